@@ -1,0 +1,20 @@
+"""bsr_hub: BSR super-resolution models you can load, train, evaluate and demo.
+
+The core import needs only torch, huggingface_hub, safetensors, numpy and Pillow; training (accelerate,
+datasets) and the demo (gradio) are optional extras imported where they are used.
+"""
+
+from .configuration import BSRConfig, ConfigError, list_presets
+from .hub import CheckpointError, bundled_checkpoints
+from .modeling import BSRModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BSRConfig",
+    "BSRModel",
+    "CheckpointError",
+    "ConfigError",
+    "bundled_checkpoints",
+    "list_presets",
+]

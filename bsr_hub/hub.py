@@ -1,0 +1,132 @@
+"""Where checkpoints come from (bundled, local folder, Hub) and strict loading of their weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Checkpoints shipped inside the package: bsr_hub/checkpoints/<name>/{config.json, model.safetensors, README.md}.
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read, or loaded exactly into the model."""
+
+
+def bundled_checkpoints() -> dict[str, Path]:
+    """Names of the checkpoints shipped with the package, and their folders."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(BUNDLED_DIR.iterdir())
+        if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+    }
+
+
+def _check_folder(folder: Path) -> Path:
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is not a BSR checkpoint: missing {' and '.join(missing)} "
+            "(a checkpoint folder is what BSRModel.save_pretrained writes)"
+        )
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    # A Hub repo id is "name" or "namespace/name"; anything else the user typed was meant as a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """The local folder holding `config.json` and `model.safetensors` for a name, a path or a Hub repo id.
+
+    Order: an existing local folder, then a bundled checkpoint name, then the Hub (which honours
+    HF_HUB_OFFLINE and the local cache).
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _check_folder(path)
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that contains {CONFIG_NAME}")
+    bundled = bundled_checkpoints()
+    if name in bundled:
+        return _check_folder(bundled[name])
+    if isinstance(name_or_path, Path) or _looks_like_path(name):
+        raise CheckpointError(f"no such checkpoint folder: {path}")
+
+    from huggingface_hub import snapshot_download
+
+    bundled_list = ", ".join(bundled) or "none in this version"
+    try:
+        folder = snapshot_download(
+            repo_id=name,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"],
+        )
+    except Exception as err:  # offline, unknown repo, invalid id, auth: all end the same way for the user
+        raise CheckpointError(
+            f"{name!r} is not a local folder or a bundled checkpoint (bundled: {bundled_list}), "
+            f"and the Hugging Face Hub could not provide it: {type(err).__name__}: {err}"
+        ) from err
+    return _check_folder(Path(folder))
+
+
+def _summarise(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str | torch.device = "cpu") -> None:
+    """Load a safetensors file into `model`, or raise CheckpointError naming every key that does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing weights file {weights_file}")
+    try:
+        state = load_file(weights_file, device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
+
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected.keys() & state.keys()
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights: {_summarise(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_summarise(mismatched)}")
+    if problems:
+        raise CheckpointError(
+            f"{weights_file} does not match the architecture in its config.json; "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
