@@ -1,0 +1,181 @@
+"""The `bsr-hub` command: argument parsing and a call into the library, one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+OUTPUT_FORMATS = {"png": "PNG", "tiff": "TIFF", "webp": "WEBP", "jpg": "JPEG"}
+
+
+def _iter_inputs(inputs: Sequence[str]) -> Iterator[tuple[Path, Path]]:
+    """(file, path relative to the output folder) for every file given or found under a folder."""
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts):
+                    yield f, f.relative_to(path)
+        else:
+            yield path, Path(path.name)
+
+
+def _load_model(name: str, device: str, dtype: str):
+    import torch
+
+    from .modeling import BSRModel
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = BSRModel.from_pretrained(name, map_location=device)
+    return model.to(dtype=getattr(torch, dtype))
+
+
+def _save_atomic(image, target: Path, fmt: str) -> None:
+    """Write to a temporary file beside the target, then rename: an interrupted run leaves no half image."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(tmp, format=fmt)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    from .inference import check_precision
+
+    try:
+        model = _load_model(args.model, args.device, args.dtype)
+        check_precision(model)  # fp16 on a CPU fails here, once, not on every image
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.output)
+    ext = args.format
+    jobs = list(_iter_inputs(args.inputs))
+    if not jobs:
+        print("error: no input files", file=sys.stderr)
+        return 2
+    inputs_resolved = {src.resolve() for src, _ in jobs if src.exists()}
+    failed = skipped = done = 0
+    progress = tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet)
+    for src, rel in progress:
+        target = out_dir / rel.with_suffix("." + ext)
+        if target.resolve() in inputs_resolved:
+            progress.write(f"skipped {src}: the output would overwrite an input file")
+            failed += 1
+            continue
+        if target.exists() and not args.overwrite:
+            progress.write(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
+            skipped += 1
+            continue
+        try:
+            with Image.open(src) as img:
+                img.load()
+                result = model.upscale(img, tile=args.tile, self_ensemble=args.self_ensemble)
+        except FileNotFoundError:
+            progress.write(f"failed {src}: no such file")
+            failed += 1
+            continue
+        except UnidentifiedImageError:
+            progress.write(f"failed {src}: not an image file")
+            failed += 1
+            continue
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+            progress.write(f"failed {src}: {err}")
+            failed += 1
+            continue
+        _save_atomic(result, target, OUTPUT_FORMATS[ext])
+        done += 1
+    progress.close()
+    summary = f"{done} upscaled into {out_dir}"
+    if skipped:
+        summary += f", {skipped} skipped (already there)"
+    if failed:
+        summary += f", {failed} failed"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def model_info(model) -> dict:
+    """What `bsr-hub info` prints: enough to tell which network a checkpoint holds."""
+    return {
+        "preset": model.config.preset,
+        "scale": model.scale,
+        "parameters": model.num_parameters(),
+        "conv_layers": model.num_conv_layers(),
+        "config": model.config.to_dict(),
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .configuration import list_presets
+    from .modeling import BSRModel
+
+    try:
+        if args.model in list_presets():
+            model = BSRModel.from_preset(args.model, scale=args.scale)
+        else:
+            model = BSRModel.from_pretrained(args.model)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = model_info(model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"preset       {info['preset'] or 'custom'}")
+        print(f"scale        x{info['scale']}")
+        print(f"parameters   {info['parameters']:,}")
+        print(f"conv layers  {info['conv_layers']}")
+        for key, value in info["config"].items():
+            print(f"  {key:22} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upscale", help="super-resolve image files or folders (recursively)")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder (folder structure is kept)")
+    p.add_argument("--model", default="bsr-lite-x2", help="bundled name, local folder or Hub repo id")
+    p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (bounded memory)")
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--format", default="png", choices=sorted(OUTPUT_FORMATS), help="output format (default png)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("info", help="describe a model: preset, scale, parameters, conv layers")
+    p.add_argument("model", help="bundled name, local folder, Hub repo id, or a preset name")
+    p.add_argument("--scale", type=int, default=2, help="scale, when MODEL is a preset name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
