@@ -53,7 +53,7 @@ class BSRConfig:
     def __post_init__(self) -> None:
         # JSON has no tuples: a config read back from config.json gives lists.
         self.rgb_mean = tuple(float(v) for v in self.rgb_mean)  # type: ignore[assignment]
-        if isinstance(self.scale, bool) or self.scale not in SUPPORTED_SCALES:
+        if type(self.scale) is not int or self.scale not in SUPPORTED_SCALES:
             raise ConfigError(f"scale must be one of {SUPPORTED_SCALES}, got {self.scale!r}")
         for name in ("num_features", "num_groups", "num_blocks", "num_channels"):
             value = getattr(self, name)
