@@ -1,0 +1,297 @@
+"""upscale: every input kind and PIL mode, tiling, memory bounds, precision rules, self-ensemble."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bsr_hub import BSRModel
+from bsr_hub import inference
+
+from conftest import SHARED_DATA, requires_shared_data, tiny_config
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth gradient plus texture and an edge: HxWx3 uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(h + w - 2, 1)], axis=-1) * 180
+    noise = rng.normal(0, 20, (h, w, 3))
+    edge = (xx > w // 2)[..., None] * 50
+    return np.clip(base + noise + edge, 0, 255).astype(np.uint8)
+
+
+def psnr8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+# ---------------------------------------------------------------------------------------------- PIL modes
+
+
+def test_rgb_pil_in_pil_out(tiny_model):
+    out = tiny_model.upscale(Image.fromarray(textured(10, 14)))
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == (28, 20)
+
+
+def test_grey_stays_grey(tiny_model):
+    out = tiny_model.upscale(Image.fromarray(textured(10, 14)[:, :, 0]))
+    assert out.mode == "L" and out.size == (28, 20)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_upscaled_separately(tiny_model, mode):
+    rgba = np.dstack([textured(12, 12), np.full((12, 12), 255, np.uint8)])
+    rgba[:, :6, 3] = 0  # left half transparent
+    img = Image.fromarray(rgba).convert(mode)
+    out = tiny_model.upscale(img)
+    assert out.mode == mode and out.size == (24, 24)
+    alpha = np.asarray(out)[:, :, -1]
+    assert (alpha[:, :10] == 0).all() and (alpha[:, 14:] == 255).all()  # bicubic keeps flat regions exact
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(rgba[:, :, 3] / 255.0)[None, None].float(), scale_factor=2, mode="bicubic"
+    ).clamp(0, 1)
+    assert np.abs(alpha.astype(int) - np.rint(expected[0, 0].numpy() * 255).astype(int)).max() <= 1
+
+
+def test_palette_images_are_converted(tiny_model):
+    img = Image.fromarray(textured(8, 8)).convert("P")
+    assert tiny_model.upscale(img).mode == "RGB"
+    img.info["transparency"] = 0
+    assert tiny_model.upscale(img).mode == "RGBA"
+
+
+def test_sixteen_bit_precision_is_kept(tiny_model):
+    ramp = (np.linspace(0, 65535, 16 * 16).reshape(16, 16)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    img = Image.open(buf)
+    assert img.mode in ("I;16", "I")
+    out = tiny_model.upscale(img)
+    assert out.mode == img.mode and out.size == (32, 32)
+    values = np.asarray(out).astype(np.int64)
+    assert values.max() <= 65535 and values.min() >= 0
+    # An 8-bit round trip would put every value on a multiple of 257.
+    assert np.mean(values % 257 != 0) > 0.5
+
+
+def test_cmyk_jpeg_is_converted_to_rgb(tiny_model):
+    buf = io.BytesIO()
+    Image.fromarray(textured(16, 16)).convert("CMYK").save(buf, format="JPEG")
+    out = tiny_model.upscale(Image.open(buf))
+    assert out.mode == "RGB" and out.size == (32, 32)
+
+
+def test_exif_orientation_is_applied(tiny_model):
+    img = Image.fromarray(textured(10, 20))  # 20 wide, 10 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    out = tiny_model.upscale(Image.open(buf))
+    assert out.size == (20, 40)  # displayed as 10 wide, 20 high
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 9), (9, 1), (2, 3)])
+def test_tiny_and_thin_images(tiny_model, size):
+    h, w = size
+    out = tiny_model.upscale(textured(h, w))
+    assert out.shape == (2 * h, 2 * w, 3)
+
+
+def test_unsupported_pil_mode_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="unsupported PIL image mode 'F'"):
+        tiny_model.upscale(Image.new("F", (4, 4)))
+
+
+# ---------------------------------------------------------------------------------------------- numpy and torch
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a,  # HxWx3 uint8
+        lambda a: a[:, :, 0],  # HxW uint8
+        lambda a: a[:, :, :1],  # HxWx1
+        lambda a: np.dstack([a, a[:, :, :1]]),  # HxWx4
+        lambda a: a.astype(np.uint16) * 257,
+        lambda a: a.astype(np.float32) / 255,
+        lambda a: a.astype(np.float64) / 255,
+    ],
+    ids=["hwc-u8", "hw-u8", "hw1-u8", "hwc4-u8", "u16", "f32", "f64"],
+)
+def test_numpy_kinds_keep_shape_layout_and_dtype(tiny_model, make):
+    arr = make(textured(6, 7))
+    out = tiny_model.upscale(arr)
+    assert isinstance(out, np.ndarray) and out.dtype == arr.dtype
+    assert out.shape == (12, 14) + arr.shape[2:]
+    if np.issubdtype(out.dtype, np.floating):
+        assert 0 <= out.min() and out.max() <= 1
+
+
+def test_torch_kinds_keep_shape_dtype_and_range(tiny_model):
+    x = torch.rand(2, 3, 5, 6)
+    out = tiny_model.upscale(x)
+    assert out.shape == (2, 3, 10, 12) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    assert tiny_model.upscale(x[0]).shape == (3, 10, 12)
+    assert tiny_model.upscale(x.half()).dtype == torch.float16  # input dtype is kept; compute stays fp32
+
+
+def test_all_kinds_give_the_same_pixels(tiny_model):
+    arr = textured(9, 11)
+    from_pil = np.asarray(tiny_model.upscale(Image.fromarray(arr)))
+    from_numpy = tiny_model.upscale(arr)
+    tensor = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    from_torch = tiny_model.upscale(tensor)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(from_pil, from_numpy)
+    assert np.array_equal(from_numpy, np.rint(from_torch * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "image, error, message",
+    [
+        (np.full((4, 4, 3), 2.0, np.float32), ValueError, r"must be in \[0, 1\].*divide by 255"),
+        (np.full((4, 4, 3), np.nan, np.float32), ValueError, "NaN"),
+        (np.zeros((4, 4, 3), np.int32), ValueError, "uint8, uint16 or float"),
+        (np.zeros((3, 8, 8), np.uint8), ValueError, "HxWxC"),
+        (np.zeros((0, 4, 3), np.uint8), ValueError, "empty"),
+        (torch.zeros(1, 3, 4, 4, dtype=torch.uint8), ValueError, "float in"),
+        (torch.zeros(2, 5, 4, 4), ValueError, "BxCxHxW"),
+        ([[0, 1]], TypeError, "PIL image, numpy array or torch tensor"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny_model, image, error, message):
+    with pytest.raises(error, match=message):
+        tiny_model.upscale(image)
+
+
+@pytest.mark.parametrize("kwargs", [{"tile": 0}, {"tile": 2.5}, {"tile_overlap": -1}])
+def test_bad_tiling_options_are_errors(tiny_model, kwargs):
+    with pytest.raises(ValueError, match="tile"):
+        tiny_model.upscale(textured(4, 4), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- precision and device
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cpu_is_a_clear_error(tiny_model, dtype):
+    with pytest.raises(ValueError, match="on the CPU"):
+        tiny_model.to(dtype).upscale(textured(4, 4))
+
+
+def test_channels_last_matches_nchw(tiny_model):
+    x = torch.rand(1, 3, 12, 12)
+    a = tiny_model.upscale(x, channels_last=True)
+    b = tiny_model.upscale(x, channels_last=False)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- tiling
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_tiled_matches_untiled_for_lite(scale):
+    """The issue's bar: 50 dB between tiled and untiled 8-bit output, bsr-lite, default overlap."""
+    torch.manual_seed(0)
+    model = BSRModel.from_preset("bsr-lite", scale=scale).eval()
+    img = textured(75, 101, seed=scale)  # tile boundaries fall at odd places; the last tile is clamped
+    whole = model.upscale(img)
+    tiled = model.upscale(img, tile=32)
+    assert psnr8(whole, tiled) >= 50
+
+
+@requires_shared_data
+def test_tiled_matches_untiled_on_a_real_photo():
+    torch.manual_seed(0)
+    model = BSRModel.from_preset("bsr-lite", scale=2).eval()
+    img = Image.open(SHARED_DATA / "benchmarks" / "Set14" / "comic.png")  # 250x361
+    whole = np.asarray(model.upscale(img))
+    tiled = np.asarray(model.upscale(img, tile=64))
+    assert psnr8(whole, tiled) >= 50
+
+
+def test_without_overlap_there_are_seams():
+    """The blending is what makes tiles seamless: with no overlap the same tiles disagree visibly."""
+    torch.manual_seed(0)
+    model = BSRModel.from_preset("bsr-lite", scale=2).eval()
+    img = textured(64, 64)
+    assert psnr8(model.upscale(img), model.upscale(img, tile=32, tile_overlap=0)) < 50
+
+
+def test_tiles_bound_what_the_network_sees(tiny_model):
+    sizes = []
+    tiny_model.head.register_forward_hook(lambda m, inp, out: sizes.append(tuple(inp[0].shape[-2:])) and None)
+    tiny_model.upscale(textured(100, 70), tile=24, tile_overlap=8)
+    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24
+
+
+def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
+    """A CUDA out-of-memory error halves the tile and retries instead of crashing."""
+
+    class RunsOutOfMemory(torch.nn.Module):
+        def __init__(self, model, limit):
+            super().__init__()
+            self.model, self.limit = model, limit
+            self.config = model.config
+
+        def forward(self, x):
+            if max(x.shape[-2:]) > self.limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.model(x)
+
+        @property
+        def scale(self):
+            return self.model.scale
+
+        @property
+        def device(self):
+            return self.model.device
+
+        @property
+        def dtype(self):
+            return self.model.dtype
+
+    img = torch.rand(1, 3, 70, 90)
+    flaky = RunsOutOfMemory(tiny_model, limit=50)
+    with pytest.warns(UserWarning, match="out of memory"):
+        out = inference.super_resolve(flaky, img)
+    expected = inference.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
+    assert torch.equal(out, expected)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        inference.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
+
+
+def test_images_too_large_for_memory_are_tiled_automatically(tiny_model, monkeypatch):
+    img = textured(80, 80)
+    whole = tiny_model.upscale(img)
+    monkeypatch.setattr(inference, "_memory_budget", lambda device: 4 * 40 * 40 * 200)
+    with pytest.warns(UserWarning, match="does not fit in memory untiled; using tile="):
+        tiled = tiny_model.upscale(img)
+    assert psnr8(whole, tiled) >= 50
+
+
+# ---------------------------------------------------------------------------------------------- self-ensemble
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny_model):
+    x = torch.rand(1, 3, 7, 9)
+    with torch.no_grad():
+        outs = []
+        for transpose in (False, True):
+            for flip_h in (False, True):
+                for flip_w in (False, True):
+                    t = x.transpose(-2, -1) if transpose else x
+                    t = t.flip(-2) if flip_h else t
+                    t = t.flip(-1) if flip_w else t
+                    y = tiny_model(t)
+                    y = y.flip(-1) if flip_w else y
+                    y = y.flip(-2) if flip_h else y
+                    outs.append(y.transpose(-2, -1) if transpose else y)
+        expected = torch.stack(outs).mean(0).clamp(0, 1)
+    got = tiny_model.upscale(x, self_ensemble=True, channels_last=False)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, tiny_model.upscale(x), atol=1e-3)  # a random net is not flip-equivariant
