@@ -51,11 +51,31 @@ def _save_atomic(image, target: Path, fmt: str) -> None:
             os.unlink(tmp)
 
 
-def cmd_upscale(args: argparse.Namespace) -> int:
+def _upscale_file(model, src: Path, target: Path, args: argparse.Namespace) -> str | None:
+    """Upscale one file into `target`; the reason it failed, or None."""
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(src) as img:
+            img.load()  # decode now: a truncated file fails here, not halfway through the network
+            result = model.upscale(img, tile=args.tile, self_ensemble=args.self_ensemble)
+    except FileNotFoundError:
+        return "no such file"
+    except UnidentifiedImageError:
+        return "not an image file"
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        return str(err)
+    _save_atomic(result, target, OUTPUT_FORMATS[args.format])
+    return None
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .inference import check_precision
+
+    def report(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
 
     try:
         model = _load_model(args.model, args.device, args.dtype)
@@ -64,43 +84,25 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
-    ext = args.format
     jobs = list(_iter_inputs(args.inputs))
     if not jobs:
         print("error: no input files", file=sys.stderr)
         return 2
     inputs_resolved = {src.resolve() for src, _ in jobs if src.exists()}
     failed = skipped = done = 0
-    progress = tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet)
-    for src, rel in progress:
-        target = out_dir / rel.with_suffix("." + ext)
+    for src, rel in tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet):
+        target = out_dir / rel.with_suffix("." + args.format)
         if target.resolve() in inputs_resolved:
-            progress.write(f"skipped {src}: the output would overwrite an input file")
+            report(f"failed {src}: the output would overwrite an input file")
             failed += 1
-            continue
-        if target.exists() and not args.overwrite:
-            progress.write(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
+        elif target.exists() and not args.overwrite:
+            report(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
             skipped += 1
-            continue
-        try:
-            with Image.open(src) as img:
-                img.load()
-                result = model.upscale(img, tile=args.tile, self_ensemble=args.self_ensemble)
-        except FileNotFoundError:
-            progress.write(f"failed {src}: no such file")
+        elif (reason := _upscale_file(model, src, target, args)) is not None:
+            report(f"failed {src}: {reason}")
             failed += 1
-            continue
-        except UnidentifiedImageError:
-            progress.write(f"failed {src}: not an image file")
-            failed += 1
-            continue
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-            progress.write(f"failed {src}: {err}")
-            failed += 1
-            continue
-        _save_atomic(result, target, OUTPUT_FORMATS[ext])
-        done += 1
-    progress.close()
+        else:
+            done += 1
     summary = f"{done} upscaled into {out_dir}"
     if skipped:
         summary += f", {skipped} skipped (already there)"

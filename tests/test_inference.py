@@ -261,7 +261,7 @@ def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
         out = inference.super_resolve(flaky, img)
     expected = inference.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
     assert torch.equal(out, expected)
-    with pytest.raises(torch.cuda.OutOfMemoryError):
+    with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(UserWarning, match="retrying with tile=45"):
         inference.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
 
 
