@@ -1,0 +1,16 @@
+"""Score a model on SR benchmarks under the published protocol (PSNR / SSIM on Y, MATLAB-exact LR).
+
+    python evaluate.py --model NAME_OR_PATH_OR_REPO|bicubic --benchmarks Set5 Set14 BSD100 \\
+        --data-dir ../shared/data/benchmarks --scale 2 [--degradation BI|BD] [--self-ensemble] \\
+        [--tile N] [--save-images DIR] [--output results.json] [--update-card MODEL_DIR]
+
+Works under `accelerate launch evaluate.py ...` too (images split across processes, then gathered).
+The logic lives in `bsr_hub.evaluation`; this file is only the command.
+"""
+
+import sys
+
+from bsr_hub.evaluation import main
+
+if __name__ == "__main__":
+    sys.exit(main())
