@@ -132,30 +132,29 @@ def _to_bchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _restore(y: torch.Tensor, spec: _Restore) -> Any:
-    """(B, C, H, W) float in [0, 1] (C = 1..4, alpha last) -> the caller's kind, dtype and layout."""
+    """(B, C, H, W) float in [0, 1] (C = 1..4, alpha last) -> the caller's kind, dtype and layout.
+
+    Works in place on `y` (ours to spend): for a large image every full-size temporary is hundreds of MiB.
+    """
     y = y.clamp_(0, 1)
     if spec.kind == "torch":
         y = y.to(device=spec.device, dtype=spec.dtype)
         return y[0] if spec.layout == "CHW" else y
-    arr = y[0].permute(1, 2, 0).cpu().numpy()  # (H, W, C)
     if spec.kind == "numpy":
-        if spec.layout == "HW":
-            arr = arr[:, :, 0]
         dtype = np.dtype(spec.dtype)
-        if dtype == np.uint8:
-            return np.rint(arr * 255.0).astype(np.uint8)
-        if dtype == np.uint16:
-            return np.rint(arr * 65535.0).astype(np.uint16)
-        return arr.astype(dtype)
-    mode = spec.dtype
-    if mode in ("I;16", "I"):
-        arr16 = np.rint(arr[:, :, 0] * 65535.0)
-        return Image.fromarray(arr16.astype(np.uint16) if mode == "I;16" else arr16.astype(np.int32))
-    arr8 = np.rint(arr * 255.0).astype(np.uint8)
-    if arr8.shape[2] == 1:
-        arr8 = arr8[:, :, 0]
-    img = Image.fromarray(arr8)  # (H, W) -> L, (H, W, 2) -> LA, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
-    return img if img.mode == mode else img.convert(mode)
+    else:
+        dtype = np.dtype(np.uint16) if spec.dtype in ("I;16", "I") else np.dtype(np.uint8)
+    if dtype in (np.uint8, np.uint16):
+        y = y.mul_(np.iinfo(dtype).max).round_().to(torch.int32 if dtype == np.uint16 else torch.uint8)
+    arr = y[0].permute(1, 2, 0).cpu().numpy()  # (H, W, C), a view
+    if spec.kind == "numpy":
+        arr = arr[:, :, 0] if spec.layout == "HW" else arr
+        return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    if spec.dtype in ("I;16", "I"):
+        grey = np.ascontiguousarray(arr[:, :, 0])
+        return Image.fromarray(grey.astype(np.uint16) if spec.dtype == "I;16" else grey)
+    img = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
+    return img if img.mode == spec.dtype else img.convert(spec.dtype)  # (H, W, 2) -> LA, 3 -> RGB, 4 -> RGBA
 
 
 # ---------------------------------------------------------------------------------------------- the forward passes
@@ -221,7 +220,7 @@ def _run_tiled(
             region = (slice(None), slice(None), slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
             out[region] += y * window
             weight[region] += window
-    return out / weight
+    return out.div_(weight)
 
 
 def _estimate_bytes(model: BSRModel, b: int, h: int, w: int) -> int:
