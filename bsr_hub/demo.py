@@ -1,0 +1,431 @@
+"""The Gradio demo: `bsr-hub demo`, and what `spaces_demo/app.py` deploys as a Hugging Face Space.
+
+What it guarantees, whoever calls it (a browser, `gradio_client`, a script hammering the API):
+
+- each model is loaded once, on first use, and kept (`ModelCache`); inference runs on a GPU when there is one;
+- an upload is checked before it is decoded: not an image, over the pixel limit, or a decompression bomb is a
+  visible error that says why (`open_upload`), never a crash, a hang or an exhausted machine;
+- the queue runs a bounded number of upscales at a time and holds a bounded number of waiting requests;
+- nothing is fetched from outside the machine (analytics off; Gradio serves its own fonts and scripts);
+- with no model to run, the page says so and upscales nothing (no random-weight output passed off as a result).
+
+Everything except `build_demo` and `serve` works without gradio, so the limits are testable on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from .modeling import BSRModel
+
+DEFAULT_MAX_MEGAPIXELS = 2.0
+"""Largest input accepted (width x height). At x4 a 2-megapixel input is a 32-megapixel output: the most a
+shared CPU Space should be asked for in one request."""
+
+API_NAME = "upscale"
+NO_MODEL_CHOICE = "no model"
+NO_MODEL_MESSAGE = (
+    "No trained model is bundled with this version of bsr_hub, so this demo has nothing to upscale with "
+    "(it will not show the output of untrained weights). Start it with a checkpoint: "
+    "`bsr-hub demo --model PATH_OR_REPO_ID`, or set BSR_DEMO_MODELS=PATH_OR_REPO_ID for spaces_demo/app.py."
+)
+INSTALL_HINT = "the demo needs gradio: pip install 'bsr-hub[demo]'"
+
+
+class DemoInputError(ValueError):
+    """An upload or setting the demo refuses; the message is shown to the user as it is."""
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo serves and how much it accepts. `from_env` reads the same values from BSR_DEMO_*."""
+
+    models: tuple[str, ...] = ()
+    """Checkpoints to offer (bundled names, folders or Hub repo ids). Empty: every bundled checkpoint."""
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    concurrency: int = 1
+    """Upscales running at once. One keeps a CPU's threads on one image (no slower per request, and memory
+    stays that of one image); raise it on a large GPU."""
+    queue_size: int = 16
+    """Requests allowed to wait; a burst beyond it is turned away ("queue is full") instead of piling up."""
+    max_file_size: str = "50mb"
+    """Largest upload Gradio accepts at all, before any decoding."""
+
+    def __post_init__(self) -> None:
+        if not self.max_megapixels > 0:
+            raise ValueError(f"max_megapixels must be positive, got {self.max_megapixels}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> DemoSettings:
+        """BSR_DEMO_MODELS (comma-separated), BSR_DEMO_MAX_MEGAPIXELS, BSR_DEMO_CONCURRENCY, BSR_DEMO_QUEUE_SIZE;
+        keyword arguments that are not None win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        try:
+            if env.get("BSR_DEMO_MODELS", "").strip():
+                values["models"] = tuple(m.strip() for m in env["BSR_DEMO_MODELS"].split(",") if m.strip())
+            if "BSR_DEMO_MAX_MEGAPIXELS" in env:
+                values["max_megapixels"] = float(env["BSR_DEMO_MAX_MEGAPIXELS"])
+            if "BSR_DEMO_CONCURRENCY" in env:
+                values["concurrency"] = int(env["BSR_DEMO_CONCURRENCY"])
+            if "BSR_DEMO_QUEUE_SIZE" in env:
+                values["queue_size"] = int(env["BSR_DEMO_QUEUE_SIZE"])
+        except ValueError as err:
+            raise ValueError(f"bad BSR_DEMO_* environment variable: {err}") from err
+        values.update({k: (tuple(v) if k == "models" else v) for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One choice in the demo: where the checkpoint is and what its card says, known before loading it."""
+
+    name: str
+    folder: Path
+    scale: int
+    preset: str
+    bundled: bool
+    benchmark: str
+    """The measured PSNR from the checkpoint's card, as a short phrase, or "not evaluated"."""
+
+    @property
+    def label(self) -> str:
+        return f"x{self.scale} · {self.name}"
+
+
+def card_psnr(folder: Path) -> str:
+    """The benchmark PSNR recorded in `folder/README.md`'s model-index, as "Set5 (x2, BI): 37.10 dB", or
+    "not evaluated". Set5 without self-ensemble is preferred, being the figure every paper reports first."""
+    from huggingface_hub import ModelCard
+
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return "not evaluated"
+    try:
+        results = ModelCard.load(readme).data.eval_results or []
+    except Exception:  # a malformed card must not take the demo down; it just has no trusted figure
+        return "not evaluated (unreadable model card)"
+    psnr = [r for r in results if str(r.metric_type).lower() == "psnr" and r.metric_value is not None]
+    if not psnr:
+        return "not evaluated"
+
+    def rank(r: Any) -> tuple[bool, bool]:
+        name = str(r.dataset_name)
+        return (not name.startswith("Set5"), "self-ensemble" in name)
+
+    best = min(psnr, key=rank)
+    return f"{best.dataset_name}: {float(best.metric_value):.2f} dB PSNR"
+
+
+def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
+    """The demo's choices, by scale: the given checkpoints, or else every bundled one.
+
+    Only configs and cards are read here (weights load on first use). A given name that cannot be resolved is
+    an error now, at start-up, rather than on the first request.
+    """
+    from .configuration import BSRConfig
+    from .hub import bundled_checkpoints, resolve_checkpoint
+
+    bundled = bundled_checkpoints()
+    sources = [(n, resolve_checkpoint(n)) for n in names] if names else list(bundled.items())
+    entries = []
+    for name, folder in sources:
+        config = BSRConfig.from_json_file(folder / "config.json")
+        label_name = Path(name).name if Path(name).expanduser().is_dir() else name
+        entries.append(
+            ModelEntry(
+                name=label_name,
+                folder=folder,
+                scale=config.scale,
+                preset=config.preset or "custom",
+                bundled=name in bundled and not Path(name).expanduser().is_dir(),
+                benchmark=card_psnr(folder),
+            )
+        )
+    labels = [e.label for e in entries]
+    duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if duplicates:
+        raise ValueError(f"two models would share the label {duplicates[0]!r}; give the checkpoint folders distinct names")
+    return sorted(entries, key=lambda e: (e.scale, e.name))
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ModelCache:
+    """Each model loaded once, on first use, then shared by every request (loading per request is the
+    classic demo mistake: seconds of latency and a copy of the weights per concurrent user)."""
+
+    def __init__(self, entries: Sequence[ModelEntry], device: str | None = None):
+        self.entries = {e.label: e for e in entries}
+        self.device = device or default_device()
+        self._models: dict[str, BSRModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, label: str) -> tuple[ModelEntry, BSRModel]:
+        entry = self.entries.get(label)
+        if entry is None:
+            raise DemoInputError(f"unknown model {label!r}; choose one of: {', '.join(self.entries) or 'none'}")
+        with self._lock:  # two first requests at once must not both load it
+            if label not in self._models:
+                from .modeling import BSRModel
+
+                self._models[label] = BSRModel.from_pretrained(entry.folder, map_location=self.device)
+            return entry, self._models[label]
+
+
+# ---------------------------------------------------------------------------------------------- one request
+
+
+def open_upload(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+    """Open an uploaded file as a decoded PIL image, or raise DemoInputError saying why not.
+
+    The size is checked from the header, before any pixel is decoded. Pillow's decompression-bomb guard
+    (Image.MAX_IMAGE_PIXELS) is left as it is: it also stops files that lie about their size to the header check.
+    """
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        raise DemoInputError("That file is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...).") from None
+    except Image.DecompressionBombError as err:
+        raise DemoInputError(f"Refused: the image is too large to decode safely ({err}).") from None
+    except OSError as err:
+        raise DemoInputError(f"The file could not be read as an image: {err}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise DemoInputError(
+            f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; this demo accepts up to "
+            f"{max_pixels / 1e6:g} megapixels. Crop or shrink it, or use `bsr-hub upscale` on your own machine."
+        )
+    try:
+        img.load()  # a truncated or corrupt file fails here, with a message, not inside the network
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DemoInputError(f"The image could not be decoded (truncated or corrupt?): {err}") from None
+    return img
+
+
+def parse_tile(tile: Any) -> int | None:
+    """The tile setting: 0 or empty means the whole image at once."""
+    if tile is None or tile == "":
+        return None
+    try:
+        value = float(tile)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"tile size must be a whole number of pixels, got {tile!r}") from None
+    if value < 0 or value != int(value):
+        raise DemoInputError(f"tile size must be 0 (whole image) or a positive whole number, got {tile!r}")
+    return int(value) or None
+
+
+def display_copy(img: Image.Image) -> Image.Image:
+    """An 8-bit copy for the browser's comparison slider (16-bit and exotic modes are not displayable)."""
+    if img.mode in ("L", "LA", "RGB", "RGBA"):
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(img).astype(np.float64) / 65535.0
+        return Image.fromarray(np.rint(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    return img.convert("RGBA" if "transparency" in img.info else "RGB")
+
+
+@dataclass
+class UpscaleResult:
+    image: Image.Image
+    """Exactly `model.upscale(upload)`: what is downloaded as a lossless PNG."""
+    bicubic: Image.Image
+    """The input enlarged with Pillow's bicubic to the same size, for the comparison slider."""
+    info: str
+    seconds: float = field(default=0.0)
+
+
+def upscale_upload(
+    cache: ModelCache,
+    path: str | os.PathLike,
+    label: str,
+    *,
+    self_ensemble: bool = False,
+    tile: Any = 0,
+    max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1_000_000),
+) -> UpscaleResult:
+    """One demo request, without gradio: validate, upscale, and describe what was done."""
+    tile_px = parse_tile(tile)
+    entry, model = cache.get(label)
+    with open_upload(path, max_pixels) as img:
+        start = time.perf_counter()
+        try:
+            result = model.upscale(img, tile=tile_px, self_ensemble=bool(self_ensemble))
+        except ValueError as err:  # a mode or value the network cannot take; the message says which
+            raise DemoInputError(f"This image cannot be upscaled: {err}") from None
+        seconds = time.perf_counter() - start
+        shown = display_copy(ImageOps.exif_transpose(img))  # upscale applies EXIF rotation; so must the preview
+    bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
+    where = "bundled" if entry.bundled else f"from {entry.folder}"
+    info = (
+        f"**{entry.name}** ({where}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
+        f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {cache.device}"
+        f"{' with self-ensemble' if self_ensemble else ''}{f', tiles of {tile_px} px' if tile_px else ''} · "
+        f"benchmark: {entry.benchmark}"
+    )
+    return UpscaleResult(result, bicubic, info, seconds)
+
+
+# ---------------------------------------------------------------------------------------------- the Gradio app
+
+
+def require_gradio() -> Any:
+    """Import gradio with analytics off (it would otherwise call home), or say which extra installs it."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+    return gradio
+
+
+def _upload_path(payload: Any) -> str:
+    """The server-side path of an uploaded image (the event runs with preprocess=False, see build_demo)."""
+    if payload is None:
+        raise DemoInputError("Upload an image first.")
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    if not path:
+        raise DemoInputError("The upload did not arrive; try again.")
+    return str(path)
+
+
+def build_demo(settings: DemoSettings | None = None, entries: Sequence[ModelEntry] | None = None) -> gr.Blocks:
+    """The demo as a `gr.Blocks`, queue configured, not launched. Importing spaces_demo/app.py calls this."""
+    gr = require_gradio()
+    from .examples import example_images
+
+    settings = settings or DemoSettings.from_env()
+    entries = discover_models(settings.models) if entries is None else list(entries)
+    cache = ModelCache(entries)
+    # With no model the radio still has one (hidden) value, so an API call with only the image reaches
+    # `upscale` and gets the "no trained model" message instead of "missing argument".
+    labels = [e.label for e in entries] or [NO_MODEL_CHOICE]
+
+    # Parameter names are what the API documents: predict(image, model=..., self_ensemble=..., tile=...).
+    def upscale(image: Any, model: str | None, self_ensemble: bool, tile: Any) -> tuple[Any, Any, str]:
+        if not entries:
+            raise gr.Error(NO_MODEL_MESSAGE)
+        try:
+            out = upscale_upload(
+                cache,
+                _upload_path(image),
+                model or labels[0],
+                self_ensemble=self_ensemble,
+                tile=tile,
+                max_pixels=settings.max_pixels,
+            )
+        except DemoInputError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return out.image, (out.bicubic, display_copy(out.image)), out.info
+
+    with gr.Blocks(title="BSR super-resolution", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        gr.Markdown(
+            "# BSR super-resolution\n"
+            "Upscale a photo with a [BSR](https://doi.org/10.23919/ituk50268.2020.9303225) model from "
+            f"[bsr_hub](https://pypi.org/project/bsr-hub/). Inputs up to {settings.max_megapixels:g} megapixels; "
+            "the result is a lossless PNG."
+        )
+        if not entries:
+            gr.Markdown(f"**{NO_MODEL_MESSAGE}**", elem_id="bsr-no-model")
+        with gr.Row():
+            with gr.Column():
+                # The event runs with preprocess=False: Gradio's own preprocessing would decode a
+                # non-image before our checks and answer with a bare "Error". We open the file ourselves.
+                image = gr.Image(
+                    label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="bsr-input"
+                )
+                model_choice = gr.Radio(
+                    choices=labels,
+                    value=labels[0],
+                    label="Scale and model",
+                    visible=bool(entries),
+                    elem_id="bsr-model",
+                )
+                self_ensemble = gr.Checkbox(
+                    value=False, label="Self-ensemble (average of 8 flips/rotations; 8x slower, slightly sharper)"
+                )
+                tile = gr.Slider(
+                    minimum=0,
+                    maximum=1024,
+                    step=32,
+                    value=0,
+                    label="Tile size in input pixels (0 = whole image; smaller uses less memory, same result)",
+                )
+                button = gr.Button("Upscale", variant="primary", interactive=bool(entries), elem_id="bsr-run")
+            with gr.Column():
+                output = gr.Image(
+                    label="BSR result (PNG)",
+                    format="png",
+                    type="pil",
+                    interactive=False,
+                    buttons=["download", "fullscreen"],
+                    elem_id="bsr-output",
+                )
+                slider = gr.ImageSlider(
+                    label="Bicubic (left) vs BSR (right)",
+                    format="png",
+                    type="pil",
+                    image_mode=None,
+                    interactive=False,
+                    elem_id="bsr-slider",
+                )
+                info = gr.Markdown(label="info", elem_id="bsr-info")
+        gr.Examples(
+            examples=[[str(p)] for p in example_images()],
+            inputs=[image],
+            label="Example photos (CC0 / public domain, shipped with bsr_hub)",
+            cache_examples=False,
+        )
+        button.click(
+            upscale,
+            inputs=[image, model_choice, self_ensemble, tile],
+            outputs=[output, slider, info],
+            api_name=API_NAME,
+            preprocess=False,
+            concurrency_limit=settings.concurrency,
+        )
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    demo.bsr_settings = settings  # serve() reads the upload limit from here
+    return demo
+
+
+def serve(demo: gr.Blocks, server_name: str | None = None, server_port: int | None = None, **launch_kwargs: Any) -> Any:
+    """Launch `demo`. Host and port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (what Spaces sets),
+    else 127.0.0.1 and the first free port from 7860."""
+    settings = getattr(demo, "bsr_settings", DemoSettings())
+    launch_kwargs.setdefault("max_file_size", settings.max_file_size)
+    launch_kwargs.setdefault("ssr_mode", False)  # no Node.js server: one process, nothing else to install
+    return demo.launch(server_name=server_name, server_port=server_port, **launch_kwargs)
