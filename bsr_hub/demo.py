@@ -109,7 +109,9 @@ class ModelEntry:
     folder: Path
     scale: int
     preset: str
-    bundled: bool
+    source: str
+    """"bundled", "local folder" or "Hugging Face Hub": shown next to the name, so nobody mistakes a
+    test checkpoint for a shipped one."""
     benchmark: str
     """The measured PSNR from the checkpoint's card, as a short phrase, or "not evaluated"."""
 
@@ -152,18 +154,26 @@ def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
     from .hub import bundled_checkpoints, resolve_checkpoint
 
     bundled = bundled_checkpoints()
-    sources = [(n, resolve_checkpoint(n)) for n in names] if names else list(bundled.items())
+
+    def source_of(name: str) -> str:  # resolve_checkpoint's order: a folder, then a bundled name, then the Hub
+        if Path(name).expanduser().is_dir():
+            return "local folder"
+        return "bundled" if name in bundled else "Hugging Face Hub"
+
+    if names:
+        sources = [(n, resolve_checkpoint(n), source_of(n)) for n in names]
+    else:
+        sources = [(n, folder, "bundled") for n, folder in bundled.items()]
     entries = []
-    for name, folder in sources:
+    for name, folder, source in sources:
         config = BSRConfig.from_json_file(folder / "config.json")
-        label_name = Path(name).name if Path(name).expanduser().is_dir() else name
         entries.append(
             ModelEntry(
-                name=label_name,
+                name=Path(name).name if source == "local folder" else name,
                 folder=folder,
                 scale=config.scale,
                 preset=config.preset or "custom",
-                bundled=name in bundled and not Path(name).expanduser().is_dir(),
+                source=source,
                 benchmark=card_psnr(folder),
             )
         )
@@ -289,9 +299,8 @@ def upscale_upload(
         seconds = time.perf_counter() - start
         shown = display_copy(ImageOps.exif_transpose(img))  # upscale applies EXIF rotation; so must the preview
     bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
-    where = "bundled" if entry.bundled else f"from {entry.folder}"
     info = (
-        f"**{entry.name}** ({where}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
+        f"**{entry.name}** ({entry.source}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
         f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {cache.device}"
         f"{' with self-ensemble' if self_ensemble else ''}{f', tiles of {tile_px} px' if tile_px else ''} · "
         f"benchmark: {entry.benchmark}"

@@ -1,0 +1,60 @@
+"""The demo in a real browser: Debian's Chromium driven by Playwright, against a server on 127.0.0.1.
+
+The driving code is spaces_demo/screenshot.py's `drive_demo`, the same code that makes the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("gradio")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'bsr-hub[test]')")
+
+from bsr_hub import BSRModel  # noqa: E402
+from bsr_hub.demo import DemoSettings, build_demo, serve  # noqa: E402
+from bsr_hub.examples import example_images  # noqa: E402
+from conftest import REPO_ROOT, tiny_config  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("spaces_demo_screenshot", REPO_ROOT / "spaces_demo" / "screenshot.py")
+screenshot = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = screenshot  # its dataclasses look their module up there
+_spec.loader.exec_module(screenshot)
+
+ARTIFACT = REPO_ROOT / "test-artifacts" / "demo.png"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not screenshot.CHROMIUM.is_file(),
+        reason=f"Chromium is not installed at {screenshot.CHROMIUM} (apt-get install -y chromium)",
+    ),
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def test_upload_upscale_and_result_in_chromium(tmp_path):
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-test-x2"
+    BSRModel(tiny_config(scale=2)).eval().save_pretrained(folder)
+    demo = build_demo(DemoSettings(models=(str(folder),)))
+    serve(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    image = next(p for p in example_images() if p.name == "chelsea.png")
+    try:
+        report = screenshot.drive_demo(demo.local_url, image, ARTIFACT)
+    finally:
+        demo.close()
+    with Image.open(image) as img:
+        assert (report.natural_width, report.natural_height) == (img.width * 2, img.height * 2)
+    assert "tiny-test-x2" in report.info and "not evaluated" in report.info
+    assert report.requests_seen > 10  # the page, its scripts, the upload, the queue, the result
+    assert report.foreign_requests == []  # no CDN, no analytics, no fonts from elsewhere
+    assert report.console_errors == []
+    with Image.open(ARTIFACT) as shot:
+        assert shot.width >= 1280 and shot.height > 600
