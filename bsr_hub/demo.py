@@ -130,7 +130,7 @@ def card_psnr(folder: Path) -> str:
         return "not evaluated"
     try:
         results = ModelCard.load(readme).data.eval_results or []
-    except Exception:  # a malformed card must not take the demo down; it just has no trusted figure
+    except Exception:  # noqa: BLE001  (a malformed card must not take the demo down; it has no trusted figure)
         return "not evaluated (unreadable model card)"
     psnr = [r for r in results if str(r.metric_type).lower() == "psnr" and r.metric_value is not None]
     if not psnr:
@@ -155,7 +155,9 @@ def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
 
     bundled = bundled_checkpoints()
 
-    def source_of(name: str) -> str:  # resolve_checkpoint's order: a folder, then a bundled name, then the Hub
+    def source_of(
+        name: str,
+    ) -> str:  # resolve_checkpoint's order: a folder, then a bundled name, then the Hub
         if Path(name).expanduser().is_dir():
             return "local folder"
         return "bundled" if name in bundled else "Hugging Face Hub"
@@ -180,7 +182,9 @@ def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
     labels = [e.label for e in entries]
     duplicates = sorted({lab for lab in labels if labels.count(lab) > 1})
     if duplicates:
-        raise ValueError(f"two models would share the label {duplicates[0]!r}; give the checkpoint folders distinct names")
+        raise ValueError(
+            f"two models would share the label {duplicates[0]!r}; give the checkpoint folders distinct names"
+        )
     return sorted(entries, key=lambda e: (e.scale, e.name))
 
 
@@ -203,7 +207,9 @@ class ModelCache:
     def get(self, label: str) -> tuple[ModelEntry, BSRModel]:
         entry = self.entries.get(label)
         if entry is None:
-            raise DemoInputError(f"unknown model {label!r}; choose one of: {', '.join(self.entries) or 'none'}")
+            raise DemoInputError(
+                f"unknown model {label!r}; choose one of: {', '.join(self.entries) or 'none'}"
+            )
         with self._lock:  # two first requests at once must not both load it
             if label not in self._models:
                 from .modeling import BSRModel
@@ -224,7 +230,9 @@ def open_upload(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
-        raise DemoInputError("That file is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...).") from None
+        raise DemoInputError(
+            "That file is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...)."
+        ) from None
     except Image.DecompressionBombError as err:
         raise DemoInputError(f"Refused: the image is too large to decode safely ({err}).") from None
     except OSError as err:
@@ -297,7 +305,9 @@ def upscale_upload(
         except ValueError as err:  # a mode or value the network cannot take; the message says which
             raise DemoInputError(f"This image cannot be upscaled: {err}") from None
         seconds = time.perf_counter() - start
-        shown = display_copy(ImageOps.exif_transpose(img))  # upscale applies EXIF rotation; so must the preview
+        shown = display_copy(
+            ImageOps.exif_transpose(img)
+        )  # upscale applies EXIF rotation; so must the preview
     bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
     info = (
         f"**{entry.name}** ({entry.source}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
@@ -331,7 +341,9 @@ def _upload_path(payload: Any) -> str:
     return str(path)
 
 
-def build_demo(settings: DemoSettings | None = None, entries: Sequence[ModelEntry] | None = None) -> gr.Blocks:
+def build_demo(
+    settings: DemoSettings | None = None, entries: Sequence[ModelEntry] | None = None
+) -> gr.Blocks:
     """The demo as a `gr.Blocks`, queue configured, not launched. Importing spaces_demo/app.py calls this."""
     gr = require_gradio()
     from .examples import example_images
@@ -384,7 +396,8 @@ def build_demo(settings: DemoSettings | None = None, entries: Sequence[ModelEntr
                     elem_id="bsr-model",
                 )
                 self_ensemble = gr.Checkbox(
-                    value=False, label="Self-ensemble (average of 8 flips/rotations; 8x slower, slightly sharper)"
+                    value=False,
+                    label="Self-ensemble (average of 8 flips/rotations; 8x slower, slightly sharper)",
                 )
                 tile = gr.Slider(
                     minimum=0,
@@ -431,7 +444,9 @@ def build_demo(settings: DemoSettings | None = None, entries: Sequence[ModelEntr
     return demo
 
 
-def serve(demo: gr.Blocks, server_name: str | None = None, server_port: int | None = None, **launch_kwargs: Any) -> Any:
+def serve(
+    demo: gr.Blocks, server_name: str | None = None, server_port: int | None = None, **launch_kwargs: Any
+) -> Any:
     """Launch `demo`. Host and port default to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (what Spaces sets),
     else 127.0.0.1 and the first free port from 7860."""
     settings = getattr(demo, "bsr_settings", DemoSettings())

@@ -12,7 +12,7 @@ import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no request leaves the machine
 
-from bsr_hub.demo import build_demo, serve  # noqa: E402
+from bsr_hub.demo import build_demo, serve
 
 demo = build_demo()
 

@@ -60,7 +60,9 @@ def drive_demo(url: str, image: Path, screenshot: Path, timeout_s: float = 60.0)
             page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
             page.goto(url, wait_until="load", timeout=timeout_ms)
             page.locator("#bsr-input input[type=file]").set_input_files(str(image), timeout=timeout_ms)
-            page.locator("#bsr-input img").first.wait_for(state="visible", timeout=timeout_ms)  # upload finished
+            page.locator("#bsr-input img").first.wait_for(
+                state="visible", timeout=timeout_ms
+            )  # upload finished
             page.locator("#bsr-run").click(timeout=timeout_ms)
             page.wait_for_function(
                 "() => { const i = document.querySelector('#bsr-output img');"
@@ -77,7 +79,11 @@ def drive_demo(url: str, image: Path, screenshot: Path, timeout_s: float = 60.0)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
-    foreign = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).hostname not in LOCAL_HOSTS]
+    foreign = [
+        u
+        for u in requests
+        if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).hostname not in LOCAL_HOSTS
+    ]
     return BrowserReport(size[0], size[1], info, len(requests), foreign, errors)
 
 
@@ -94,7 +100,9 @@ def _untrained_checkpoint(root: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", help="checkpoint(s) to serve (default: an untrained bsr-lite)")
+    parser.add_argument(
+        "--model", action="append", help="checkpoint(s) to serve (default: an untrained bsr-lite)"
+    )
     parser.add_argument("--image", default=None, help="image to upload (default: the bundled chelsea.png)")
     parser.add_argument("-o", "--output", default="docs/images/demo.png", help="screenshot path")
     args = parser.parse_args(argv)
@@ -108,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_demo(DemoSettings(models=tuple(models)))
         serve(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
         try:
-            report = drive_demo(demo.local_url, Path(args.image or EXAMPLES_DIR / "chelsea.png"), Path(args.output))
+            report = drive_demo(
+                demo.local_url, Path(args.image or EXAMPLES_DIR / "chelsea.png"), Path(args.output)
+            )
         finally:
             demo.close()
     print(f"wrote {args.output}: result {report.natural_width}x{report.natural_height}; {report.info}")

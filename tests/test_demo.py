@@ -25,11 +25,12 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from conftest import REPO_ROOT, tiny_config
+from gradio_client import Client, handle_file
 
-from bsr_hub import BSRModel, hub  # noqa: E402
-from bsr_hub.card import render_model_card  # noqa: E402
-from bsr_hub.demo import (  # noqa: E402
+from bsr_hub import BSRModel, hub
+from bsr_hub.card import render_model_card
+from bsr_hub.demo import (
     NO_MODEL_MESSAGE,
     DemoInputError,
     DemoSettings,
@@ -40,8 +41,7 @@ from bsr_hub.demo import (  # noqa: E402
     parse_tile,
     serve,
 )
-from bsr_hub.examples import example_images  # noqa: E402
-from conftest import REPO_ROOT, tiny_config  # noqa: E402
+from bsr_hub.examples import example_images
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix, and noise in every report.
 pytestmark = [
@@ -67,7 +67,14 @@ def _save_tiny(folder: Path, scale: int, seed: int, results: list[dict] | None =
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("demo-checkpoints")
-    set5 = dict(benchmark="Set5", scale=2, degradation="BI", num_images=5, psnr=CARD_PSNR, ssim=0.9)
+    set5 = {
+        "benchmark": "Set5",
+        "scale": 2,
+        "degradation": "BI",
+        "num_images": 5,
+        "psnr": CARD_PSNR,
+        "ssim": 0.9,
+    }
     return {
         2: _save_tiny(root / "tiny-x2", 2, seed=0, results=[set5]),
         3: _save_tiny(root / "tiny-x3", 3, seed=1),
@@ -76,7 +83,9 @@ def checkpoints(tmp_path_factory) -> dict[int, Path]:
 
 @pytest.fixture(scope="module")
 def served(checkpoints):
-    demo = build_demo(DemoSettings(models=tuple(str(p) for p in checkpoints.values()), max_megapixels=MAX_MEGAPIXELS))
+    demo = build_demo(
+        DemoSettings(models=tuple(str(p) for p in checkpoints.values()), max_megapixels=MAX_MEGAPIXELS)
+    )
     serve(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         yield demo, Client(demo.local_url, verbose=False)
@@ -126,7 +135,9 @@ def test_api_output_is_the_models_output(served, checkpoints, example, scale, se
 def test_api_defaults_to_the_first_model_and_reports_its_card(served, checkpoints):
     _, client = served
     path = example_images()[0]
-    png, _, info = client.predict(handle_file(str(path)), api_name="/upscale")  # image only: every other input defaults
+    png, _, info = client.predict(
+        handle_file(str(path)), api_name="/upscale"
+    )  # image only: every other input defaults
     with Image.open(path) as img, Image.open(png) as out:
         assert out.size == (img.width * 2, img.height * 2)
     assert f"Set5 (x2, BI): {CARD_PSNR:.2f} dB PSNR" in info
@@ -151,7 +162,9 @@ def test_sixteen_bit_and_alpha_inputs_survive_the_round_trip(served, checkpoints
 def test_eight_concurrent_requests_each_get_their_own_result(served, checkpoints, tmp_path):
     _, client = served
     with Image.open(example_images()[0]) as img:
-        crops = [img.convert("RGB").crop((i * 7, i * 5, i * 7 + 40 + i, i * 5 + 30 + 2 * i)) for i in range(8)]
+        crops = [
+            img.convert("RGB").crop((i * 7, i * 5, i * 7 + 40 + i, i * 5 + 30 + 2 * i)) for i in range(8)
+        ]
     paths = []
     for i, crop in enumerate(crops):
         crop.save(tmp_path / f"crop{i}.png")
@@ -177,7 +190,9 @@ def test_queue_is_bounded(served):
 def test_oversize_input_is_refused_with_the_limit(served, tmp_path):
     _, client = served
     Image.new("RGB", (700, 600), "grey").save(tmp_path / "big.png")
-    with pytest.raises(Exception, match=r"700x600 = 0\.4 megapixels; this demo accepts up to 0\.3 megapixels"):
+    with pytest.raises(
+        Exception, match=r"700x600 = 0\.4 megapixels; this demo accepts up to 0\.3 megapixels"
+    ):
         client.predict(handle_file(str(tmp_path / "big.png")), api_name="/upscale")
 
 
@@ -211,7 +226,12 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_guard_stays_on(tmp_path):
@@ -255,7 +275,9 @@ def test_without_a_bundled_model_the_demo_says_so_and_upscales_nothing(tmp_path,
         button = next(c for c in demo.config["components"] if c["props"].get("elem_id") == "bsr-run")
         assert button["props"]["interactive"] is False
         with pytest.raises(Exception, match="No trained model is bundled"):
-            Client(demo.local_url, verbose=False).predict(handle_file(str(example_images()[0])), api_name="/upscale")
+            Client(demo.local_url, verbose=False).predict(
+                handle_file(str(example_images()[0])), api_name="/upscale"
+            )
     finally:
         demo.close()
     assert "No trained model is bundled" in NO_MODEL_MESSAGE
@@ -293,7 +315,9 @@ def test_python_app_py_serves_on_the_port_from_the_environment(checkpoints, tmp_
         HF_HUB_OFFLINE="1",
     )
     log = (tmp_path / "app.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
@@ -305,7 +329,9 @@ def test_python_app_py_serves_on_the_port_from_the_environment(checkpoints, tmp_
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"app.py did not serve {url}: {(tmp_path / 'app.log').read_text()[-2000:]}")
                 time.sleep(0.5)
-        png, _, info = Client(url, verbose=False).predict(handle_file(str(example_images()[0])), api_name="/upscale")
+        png, _, info = Client(url, verbose=False).predict(
+            handle_file(str(example_images()[0])), api_name="/upscale"
+        )
         with Image.open(png) as out, Image.open(example_images()[0]) as img:
             assert out.size == (img.width * 2, img.height * 2)
         assert "tiny-x2" in info

@@ -15,12 +15,15 @@ from PIL import Image
 pytest.importorskip("gradio")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install 'bsr-hub[test]')")
 
-from bsr_hub import BSRModel  # noqa: E402
-from bsr_hub.demo import DemoSettings, build_demo, serve  # noqa: E402
-from bsr_hub.examples import example_images  # noqa: E402
-from conftest import REPO_ROOT, tiny_config  # noqa: E402
+from conftest import REPO_ROOT, tiny_config
 
-_spec = importlib.util.spec_from_file_location("spaces_demo_screenshot", REPO_ROOT / "spaces_demo" / "screenshot.py")
+from bsr_hub import BSRModel
+from bsr_hub.demo import DemoSettings, build_demo, serve
+from bsr_hub.examples import example_images
+
+_spec = importlib.util.spec_from_file_location(
+    "spaces_demo_screenshot", REPO_ROOT / "spaces_demo" / "screenshot.py"
+)
 screenshot = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = screenshot  # its dataclasses look their module up there
 _spec.loader.exec_module(screenshot)
