@@ -214,7 +214,10 @@ class ModelCache:
             if label not in self._models:
                 from .modeling import BSRModel
 
-                self._models[label] = BSRModel.from_pretrained(entry.folder, map_location=self.device)
+                model = BSRModel.from_pretrained(entry.folder, map_location=self.device)
+                # map_location only places the loaded tensors; load_state_dict copies them into the
+                # parameters where they are (the CPU), so the module itself must be moved.
+                self._models[label] = model.to(self.device)
             return entry, self._models[label]
 
 
@@ -311,7 +314,7 @@ def upscale_upload(
     bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
     info = (
         f"**{entry.name}** ({entry.source}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
-        f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {cache.device}"
+        f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {model.device.type}"
         f"{' with self-ensemble' if self_ensemble else ''}{f', tiles of {tile_px} px' if tile_px else ''} · "
         f"benchmark: {entry.benchmark}"
     )

@@ -262,6 +262,7 @@ def test_models_are_loaded_once_under_concurrent_first_requests(checkpoints, mon
     with ThreadPoolExecutor(8) as pool:
         models = list(pool.map(lambda _: cache.get("x2 · tiny-x2")[1], range(8)))
     assert len(calls) == 1 and all(m is models[0] for m in models)
+    assert models[0].device.type == cache.device  # the module itself is on the device, not just its file
     with pytest.raises(DemoInputError, match="unknown model"):
         cache.get("x4 · nothing")
 
