@@ -61,3 +61,32 @@ def test_upload_upscale_and_result_in_chromium(tmp_path):
     assert report.console_errors == []
     with Image.open(ARTIFACT) as shot:
         assert shot.width >= 1280 and shot.height > 600
+
+
+def test_oversize_upload_shows_the_limit_in_the_page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-test-x2"
+    BSRModel(tiny_config(scale=2)).eval().save_pretrained(folder)
+    Image.new("RGB", (700, 600), "grey").save(tmp_path / "big.png")
+    demo = build_demo(DemoSettings(models=(str(folder),), max_megapixels=0.3))
+    serve(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(screenshot.CHROMIUM), args=screenshot.CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = browser.new_page()
+                page.goto(demo.local_url, wait_until="load")
+                page.locator("#bsr-input input[type=file]").set_input_files(str(tmp_path / "big.png"))
+                page.locator("#bsr-input img").first.wait_for(state="visible", timeout=30_000)
+                page.locator("#bsr-run").click()
+                # The error toast, in words the user can act on; and no result appears.
+                page.get_by_text("this demo accepts up to 0.3 megapixels").first.wait_for(timeout=30_000)
+                assert page.locator("#bsr-output img").count() == 0
+            finally:
+                browser.close()
+    finally:
+        demo.close()
