@@ -104,8 +104,10 @@ def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str 
 
     if not weights_file.is_file():
         raise CheckpointError(f"missing weights file {weights_file}")
+    device = torch.device(map_location)
     try:
-        state = load_file(weights_file, device=str(map_location))
+        # safetensors accepts "cpu" but not "cpu:0", which is what a multi-process CPU run's device prints as.
+        state = load_file(weights_file, device="cpu" if device.type == "cpu" else str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
 

@@ -102,8 +102,9 @@ class BSRModel(
             raise TypeError(f"BSRModel expects a BSRConfig, got {type(config).__name__}")
         self.config = config
         c, g = config.num_features, config.num_groups
-        # Derived from the config, so not part of the state dict (keeps checkpoints strict and minimal).
-        self.register_buffer("rgb_mean", torch.tensor(config.rgb_mean).view(1, -1, 1, 1), persistent=False)
+        # Derived from the config, so not part of the state dict (keeps checkpoints strict and minimal). Kept 1-D:
+        # a (1, 3, 1, 1) buffer converted to channels_last gets strides that DDP's buffer broadcast refuses.
+        self.register_buffer("rgb_mean", torch.tensor(config.rgb_mean), persistent=False)
 
         self.head = conv3x3(config.num_channels, c)
         self.groups = nn.ModuleList(FeatureMappingGroup(config) for _ in range(g))
@@ -127,7 +128,8 @@ class BSRModel(
         return next(self.parameters()).dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f0 = self.head(x - self.rgb_mean)  # (B, C, h, w)
+        mean = self.rgb_mean.view(1, -1, 1, 1)
+        f0 = self.head(x - mean)  # (B, C, h, w)
         features, f = [], f0
         for group in self.groups:
             f = group(f)
@@ -137,7 +139,7 @@ class BSRModel(
         else:
             fused = self.fusion(f)
         out = self.tail(self.upsampler(fused + f0))  # (B, 3, h*s, w*s)
-        return out + self.rgb_mean
+        return out + mean
 
     # ------------------------------------------------------------------ construction and introspection
 
@@ -192,7 +194,8 @@ class BSRModel(
         )
         model = cls(BSRConfig.from_json_file(folder / "config.json"))
         load_weights_strict(model, folder / "model.safetensors", map_location=map_location)
-        return model.eval()
+        # load_state_dict copies into the existing (CPU) parameters: move the model itself.
+        return model.to(map_location).eval()
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_file

@@ -185,3 +185,4 @@ def test_card_template_ships_in_the_wheel(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "# bsr-x2" in (tmp_path / "saved" / "README.md").read_text()
+

@@ -70,7 +70,7 @@ def test_group_forwarding_reaches_every_group():
     # Perturbing the first group's output changes the result even with the later groups frozen in place.
     grads = {}
     x = torch.rand(1, 3, 6, 6)
-    f1 = model.groups[0](model.head(x - model.rgb_mean)).detach().requires_grad_(True)
+    f1 = model.groups[0](model.head(x - model.rgb_mean.view(1, -1, 1, 1))).detach().requires_grad_(True)
     features = [f1]
     for group in model.groups[1:]:
         features.append(group(features[-1]).detach())  # cut the path through the later groups

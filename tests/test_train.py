@@ -1,0 +1,194 @@
+"""train.py end to end on the CPU with a tiny model and the bundled photos: outputs, exact resume, crash safety,
+two synchronised processes, the Hub push. Everything local runs for real; only the remote Hub is stood in for."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+
+pytest.importorskip("accelerate")
+pytest.importorskip("datasets")
+sys.path.insert(0, str(REPO_ROOT))
+import train  # noqa: E402
+
+DEBUG = str(REPO_ROOT / "configs" / "debug_cpu.yaml")
+
+
+def run(out: Path, *flags: str) -> int:
+    return train.main(["--config", DEBUG, "--output_dir", str(out), *flags])
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model" / "model.safetensors")
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ: {different}"
+
+
+def test_a_short_run_writes_model_card_curve_and_rotates_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    assert run(out, "--max_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2") == 0
+    assert checkpoint_steps(out) == [6, 8]  # 2 and 4 rotated away
+    model_dir = out / "model"
+    for name in ("config.json", "model.safetensors", "README.md", "training_curve.png", "training.json",
+                 "training_config.yaml", "eval_results.json"):
+        assert (model_dir / name).is_file(), name
+    card = (model_dir / "README.md").read_text()
+    assert "astronaut (bundled, held out)" in card and "| steps | 8 |" in card
+    assert "accelerate launch train.py --config" in card
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 9))
+    assert any("val_psnr" in h for h in history)
+    from bsr_hub import BSRModel
+
+    assert BSRModel.from_pretrained(out / "checkpoints" / "step_8" / "model").config.num_features == 8
+
+
+def test_resume_is_exact(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(straight, "--max_steps", "6") == 0
+    assert run(resumed, "--max_steps", "6", "--checkpointing_steps", "3") == 0
+    # Stop after 3 of 6: delete what came after the step-3 checkpoint, then resume from "latest".
+    import shutil
+
+    shutil.rmtree(resumed / "checkpoints" / "step_6")
+    shutil.rmtree(resumed / "model")
+    assert checkpoint_steps(resumed) == [3]
+    assert run(resumed, "--max_steps", "6", "--checkpointing_steps", "3", "--resume", "latest") == 0
+    assert_bitwise_equal(final_weights(straight), final_weights(resumed))
+    history = [json.loads(line) for line in (resumed / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]  # no duplicated steps
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    out = tmp_path / "run"
+    real_save_state = Accelerator.save_state
+    calls = []
+
+    def crash_on_second(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        real_save_state(self, output_dir, **kwargs)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated, after the state was half written)")
+
+    monkeypatch.setattr(Accelerator, "save_state", crash_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        run(out, "--max_steps", "6", "--checkpointing_steps", "3")
+    assert checkpoint_steps(out) == [3]  # the half-written step 6 never got its name
+    assert (out / "checkpoints" / ".tmp-step_6").is_dir()
+    monkeypatch.setattr(Accelerator, "save_state", real_save_state)
+    assert run(out, "--max_steps", "6", "--checkpointing_steps", "3", "--resume", "latest") == 0
+    assert not (out / "checkpoints" / ".tmp-step_6").exists()
+    straight = tmp_path / "straight"
+    assert run(straight, "--max_steps", "6") == 0
+    assert_bitwise_equal(final_weights(straight), final_weights(out))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_sigterm_saves_and_resume_is_exact(tmp_path):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    steps = "400"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", DEBUG, "--output_dir", str(out), "--max_steps", steps,
+         "--checkpointing_steps", "1000", "--validation_steps", "1000"],
+        cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    history = out / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not history.is_file() or len(history.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "resume with:" in output and "--resume latest" in output
+    (stopped_at,) = checkpoint_steps(out)
+    assert 5 <= stopped_at < int(steps)
+    assert not (out / "model").exists()  # stopped early: no final model pretending to be done
+    assert run(out, "--max_steps", steps, "--checkpointing_steps", "1000", "--validation_steps", "1000",
+               "--resume", "latest") == 0
+    assert run(straight, "--max_steps", steps, "--checkpointing_steps", "1000", "--validation_steps", "1000") == 0
+    assert_bitwise_equal(final_weights(straight), final_weights(out))
+
+
+def test_two_processes_train_one_model_on_different_batches(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "train.py", "--config", DEBUG, "--output_dir", str(out), "--max_steps", "4",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    training = json.loads((out / "model" / "training.json").read_text())
+    ranks = training["processes"]
+    assert [r["rank"] for r in ranks] == [0, 1]  # two real processes, not one
+    assert ranks[0]["batches_sha256"] != ranks[1]["batches_sha256"]
+    # train.py gathers a checksum of every process's weights and fails if they differ; it passed.
+    assert "2 CPU process(es)" in training["hardware"]
+
+
+def test_mixed_precision_on_cpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        run(tmp_path / "x", "--mixed_precision", "bf16")
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown setting.*learning_rat"):
+        train.main(["--config", str(bad)])
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        run(tmp_path / "x", "--sampler", "rfs")
+
+
+def test_push_to_hub_fails_fast_when_the_hub_is_unreachable(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(SystemExit, match="cannot create or reach me/bsr-test"):
+        run(tmp_path / "x", "--push_to_hub", "--hub_model_id", "me/bsr-test")
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "x" / "checkpoints").exists()  # failed before any training
+
+
+def test_push_to_hub_uploads_the_model_folder_only(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, RepoUrl
+
+    sent = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        sent["repo_id"] = repo_id
+        sent["files"] = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "run"
+    assert run(out, "--max_steps", "3", "--push_to_hub", "--hub_model_id", "me/bsr-test") == 0
+    assert sent["repo_id"] == "me/bsr-test"
+    assert {"README.md", "config.json", "model.safetensors", "training_curve.png"} <= set(sent["files"])
+    assert not any("checkpoint" in f or "state" in f.split("/")[0] for f in sent["files"])
+    assert "me/bsr-test" in (out / "model" / "README.md").read_text()
