@@ -192,3 +192,12 @@ def test_push_to_hub_uploads_the_model_folder_only(tmp_path, monkeypatch):
     assert {"README.md", "config.json", "model.safetensors", "training_curve.png"} <= set(sent["files"])
     assert not any("checkpoint" in f or "state" in f.split("/")[0] for f in sent["files"])
     assert "me/bsr-test" in (out / "model" / "README.md").read_text()
+
+
+def test_init_from_x2_weights_for_x4_reports_what_was_not_loaded(tmp_path, capsys):
+    assert run(tmp_path / "x2", "--max_steps", "2") == 0
+    assert run(tmp_path / "x4", "--max_steps", "2", "--scale", "4", "--init_from", str(tmp_path / "x2" / "model")) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("initialised from"))
+    # x4 has a second x2 stage (upsampler.2) that x2 lacks: it keeps its fresh initialisation.
+    assert "upsampler.2.weight" in line and "upsampler.2.bias" in line and "head.weight" not in line
