@@ -547,6 +547,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None, prog: str =
         # cpu=True is what makes a CPU-only multi-process launch actually synchronise (ENVIRONMENT.md).
         accelerator = Accelerator(cpu=not torch.cuda.is_available() or args.device == "cpu")
         device: str | torch.device = accelerator.device
+        if device.type == "cpu":
+            device = "cpu"  # Accelerate says cpu:0 under debug_launcher, which safetensors' loader rejects
     else:
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     is_main = accelerator is None or accelerator.is_main_process

@@ -52,8 +52,8 @@ def rgb_to_y(image: torch.Tensor) -> torch.Tensor:
     """
     if image.shape[-3] != 3:
         raise ValueError(f"rgb_to_y: expected 3 channels in dim -3, got shape {tuple(image.shape)}")
-    r, g, b = image.unbind(-3)
-    return Y_OFFSET + (Y_COEFFS[0] * r + Y_COEFFS[1] * g + Y_COEFFS[2] * b) / 255.0
+    weights = torch.tensor(Y_COEFFS, dtype=image.dtype, device=image.device) / 255.0
+    return torch.tensordot(weights, image.movedim(-3, 0), dims=1).add_(Y_OFFSET)  # one pass over the image
 
 
 def luma(image: torch.Tensor, grey_reference: bool) -> torch.Tensor:
@@ -71,8 +71,8 @@ def luma(image: torch.Tensor, grey_reference: bool) -> torch.Tensor:
     if c != 3:
         raise ValueError(f"luma: expected 1 or 3 channels, got {c} (shape {tuple(image.shape)})")
     if grey_reference:
-        r, g, b = image.unbind(-3)
-        return (Y_COEFFS[0] * r + Y_COEFFS[1] * g + Y_COEFFS[2] * b) / _Y_RANGE
+        weights = torch.tensor(Y_COEFFS, dtype=image.dtype, device=image.device) / _Y_RANGE
+        return torch.tensordot(weights, image.movedim(-3, 0), dims=1)
     return rgb_to_y(image)
 
 
@@ -160,10 +160,13 @@ def ssim(
     mu_x, mu_y, e_xx, e_yy, e_xy = (m_h @ stacked @ m_w.T).unbind(1)  # each (B, h, w)
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    var_x = e_xx - mu_x * mu_x
-    var_y = e_yy - mu_y * mu_y
-    cov = e_xy - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    # ssim = (2 mu_x mu_y + c1)(2 cov + c2) / ((mu_x^2 + mu_y^2 + c1)(var_x + var_y + c2)), written in place:
+    # on a CPU these full-size temporaries, not the filtering, dominate the time.
+    mu_xy = mu_x * mu_y
+    mu_sq = mu_x.square_().add_(mu_y.square_())  # mu_x^2 + mu_y^2 (mu_x, mu_y are not needed after this)
+    numerator = (2 * mu_xy + c1).mul_(e_xy.sub_(mu_xy).mul_(2).add_(c2))
+    denominator = (mu_sq + c1).mul_(e_xx.add_(e_yy).sub_(mu_sq).add_(c2))
+    ssim_map = numerator.div_(denominator)
     out = ssim_map.mean(dim=(-2, -1))
     return out[0] if squeeze else out
 
