@@ -163,6 +163,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_degrade(args: argparse.Namespace) -> int:
+    from .degradations import degrade_files
+
+    done, problems = degrade_files(args.inputs, args.output, args.scale, args.degradation, args.overwrite)
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{done} LR images (x{args.scale}, {args.degradation}) written into {args.output}", file=sys.stderr)
+    return 1 if any(p.startswith("failed") for p in problems) or not done else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import run
+
+    return run(args, prog="bsr-hub eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=None, help="largest input accepted (default 2)")
     p.add_argument("--concurrency", type=int, default=None, help="upscales running at once (default 1)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("degrade", help="make LR images (MATLAB-exact BI, or BD) from HR files or folders")
+    p.add_argument("inputs", nargs="+", help="HR image files and/or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder (same names as PNG, structure kept)")
+    p.add_argument("--scale", type=int, required=True, help="downscaling factor (2, 3, 4, ...)")
+    p.add_argument("--degradation", default="BI", choices=["BI", "BD"], help="BI bicubic (default) or BD blur")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_degrade)
+
+    from .evaluation import add_eval_arguments  # light: datasets/accelerate are imported only when it runs
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on benchmarks under the published protocol (needs bsr-hub[train])")
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval)
 
     return parser
 

@@ -263,3 +263,57 @@ def degrade(hr: np.ndarray, scale: int, kind: Degradation = "BI") -> np.ndarray:
     if kind == "BI":
         return imresize(hr, 1 / scale)
     return blur_downsample(hr, scale)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files: `bsr-hub degrade`
+# ---------------------------------------------------------------------------------------------------------
+
+
+def degrade_files(
+    inputs: list[str], output: str, scale: int, kind: Degradation = "BI", overwrite: bool = False
+) -> tuple[int, list[str]]:
+    """Write the LR of every HR image file (folders recursively) into `output` as PNG, same names and sub-folders.
+
+    A file given directly lands at `output/<stem>.png`; files found under a folder keep their path relative to
+    it. Grey images stay grey; other modes are converted to RGB first (alpha is dropped).
+
+    Returns:
+        (number written, messages about the files that failed or were skipped).
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    jobs: list[tuple[Path, Path]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            jobs += [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file()
+                     and not any(part.startswith(".") for part in f.relative_to(path).parts)]
+        else:
+            jobs.append((path, Path(path.name)))
+    out_dir = Path(output)
+    resolved_inputs = {src.resolve() for src, _ in jobs}
+    done, problems = 0, []
+    for src, rel in jobs:
+        target = out_dir / rel.with_suffix(".png")
+        if target.resolve() in resolved_inputs:
+            problems.append(f"skipped {src}: the output would overwrite an input file")
+            continue
+        if target.exists() and not overwrite:
+            problems.append(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
+            continue
+        try:
+            with Image.open(src) as img:
+                img.load()
+                img = img.convert("L") if img.mode in ("1", "L", "LA") else img.convert("RGB")
+                hr = np.array(img)
+            lr = degrade(hr, scale, kind)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            problems.append(f"failed {src}: {err}")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(lr).save(target)
+        done += 1
+    return done, problems

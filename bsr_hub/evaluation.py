@@ -534,10 +534,25 @@ def _launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def run(args: argparse.Namespace, argv: Sequence[str] | None = None, prog: str = "python evaluate.py") -> int:
+def command_line(args: argparse.Namespace, scale: int, prog: str = "python evaluate.py") -> str:
+    """The command that reproduces these numbers (what decides them, not where outputs went), for the card."""
+    parts = [prog, "--model", args.model]
+    if args.dataset:
+        parts += ["--dataset", args.dataset, "--split", args.split, "--image-column", args.image_column]
+    else:
+        parts += ["--benchmarks", *(args.benchmarks or DEFAULT_BENCHMARKS), "--data-dir", str(args.data_dir)]
+    parts += ["--scale", str(scale), "--degradation", args.degradation]
+    if args.self_ensemble:
+        parts.append("--self-ensemble")
+    if args.tile:
+        parts += ["--tile", str(args.tile)]
+    return " ".join(map(_quote, parts))
+
+
+def run(args: argparse.Namespace, prog: str = "python evaluate.py") -> int:
     """Run the evaluation the flags describe; print the table; write JSON / card. Returns the exit status.
 
-    `argv` and `prog` make the command line that is recorded in the card next to the numbers.
+    `prog` starts the command line recorded in the card next to the numbers.
     """
     accelerator = None
     if _launched_distributed():
@@ -589,7 +604,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None, prog: str =
     if not is_main:
         return 0
     print(markdown_table(model_name, results))
-    command = " ".join([prog, *map(_quote, argv)]) if argv is not None else None
+    command = command_line(args, scale, prog)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"model": model_name, "results": results}, indent=2) + "\n")
@@ -611,7 +626,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None, prog: str =
 def _quote(s: str) -> str:
     import shlex
 
-    return shlex.quote(s)
+    return shlex.quote(s) if s else "''"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -619,6 +634,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = add_eval_arguments(
         argparse.ArgumentParser(prog="evaluate.py", description="Score a model on SR benchmarks (PSNR/SSIM on Y).")
     )
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return run(parser.parse_args(argv), argv)
+    return run(parser.parse_args(argv))
 

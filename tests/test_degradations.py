@@ -198,3 +198,22 @@ def test_imresize_rejects_bad_input() -> None:
         imresize(np.zeros((4, 4), np.int32), 2)
     with pytest.raises(ValueError, match="shape"):
         imresize(np.zeros((2, 4, 4, 3), np.uint8), 2)
+
+
+@requires_reference
+def test_cli_degrade_writes_same_names_and_matlab_pixels(tmp_path: Path) -> None:
+    from bsr_hub.cli import main
+
+    src = tmp_path / "hr"
+    (src / "sub").mkdir(parents=True)
+    hr = _png(REFERENCE_LR / "RCAN_Set5_x4" / "bird_HR_x4.png")
+    Image.fromarray(hr).save(src / "sub" / "bird.png")
+    Image.fromarray(hr[:, :, 0]).save(src / "grey.bmp")
+    assert main(["degrade", str(src), "-o", str(tmp_path / "lr"), "--scale", "4"]) == 0
+    lr = _png(tmp_path / "lr" / "sub" / "bird.png")
+    assert np.array_equal(lr, _png(REFERENCE_LR / "RCAN_Set5_x4" / "bird_LRBI_x4.png"))
+    assert Image.open(tmp_path / "lr" / "grey.png").mode == "L"
+    assert main(["degrade", str(src / "grey.bmp"), "-o", str(tmp_path / "bd"), "--scale", "3", "--degradation", "BD"]) == 0
+    assert (tmp_path / "bd" / "grey.png").is_file()
+    (src / "junk.png").write_bytes(b"not an image")
+    assert main(["degrade", str(src), "-o", str(tmp_path / "lr2"), "--scale", "2"]) == 1  # reported, not hidden

@@ -277,3 +277,10 @@ def test_two_processes_give_the_numbers_of_one(bench_dir: Path, tiny_ckpt: Path,
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-9) and a["ssim"] == pytest.approx(b["ssim"], abs=1e-12)
     assert r2["psnr"] == pytest.approx(r1["psnr"], abs=1e-9)
     assert not math.isnan(r2["ssim"])
+
+
+def test_bsr_hub_eval_subcommand(bench_dir: Path, capsys) -> None:
+    from bsr_hub.cli import main as cli_main
+
+    assert cli_main(["eval", "--model", "bicubic", "--benchmarks", "Syn", "--data-dir", str(bench_dir), "--scale", "3", "-q"]) == 0
+    assert "| bicubic | Syn | x3 | BI | no | 4 |" in capsys.readouterr().out
