@@ -25,10 +25,6 @@ import torch.nn.functional as F
 
 Reduction = Literal["mean", "sum"]
 
-# Sobel kernels; the sign and the cross-correlation/convolution distinction do not matter under |.|.
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-_SOBEL_Y = _SOBEL_X.t().contiguous()
-
 
 def _as_batch(images: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
     """(C, H, W) or (B, C, H, W) -> float (B, C, H, W), and whether a batch dimension was added."""
@@ -42,8 +38,11 @@ def _as_batch(images: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
         raise ValueError(f"{name} must be (C, H, W) or (B, C, H, W), got shape {tuple(images.shape)}")
     if images.shape[-2] < 3 or images.shape[-1] < 3:
         raise ValueError(f"{name} must be at least 3x3 pixels for a valid Sobel, got {tuple(images.shape[-2:])}")
-    if not images.is_floating_point():
-        images = images.float()  # uint8 0..255 stays on the 0..255 scale
+    if images.dtype == torch.uint8:
+        # int16 holds every intermediate exactly (|Gx| + |Gy| <= 2040) and is several times faster than float.
+        images = images.to(torch.int16)
+    elif not images.is_floating_point():
+        images = images.float()
     return images, added
 
 
@@ -58,11 +57,15 @@ def gradient_map(images: torch.Tensor) -> torch.Tensor:
         (B, H - 2, W - 2) or (H - 2, W - 2), same float dtype and device as the input (float32 for uint8).
     """
     x, added = _as_batch(images, "images")
-    b, c, h, w = x.shape
-    kernel = torch.stack([_SOBEL_X, _SOBEL_Y]).to(device=x.device, dtype=x.dtype).unsqueeze(1)  # (2, 1, 3, 3)
-    g = F.conv2d(x.reshape(b * c, 1, h, w), kernel)  # (B*C, 2, H-2, W-2): Gx and Gy of every channel
-    g = g.abs().sum(dim=1).reshape(b, c, h - 2, w - 2)  # (B, C, H-2, W-2): |Gx| + |Gy|
-    g = g.amax(dim=1)  # (B, H-2, W-2): max over channels
+    # Separable Sobel by slicing (faster than a 1-channel conv2d on CPU, and exact for integer inputs):
+    # Gx = [1 2 1]^T * [-1 0 1], Gy = [-1 0 1]^T * [1 2 1], both on the valid interior.
+    dx = x[..., :, 2:] - x[..., :, :-2]  # (B, C, H, W-2)
+    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]  # (B, C, H-2, W-2)
+    dy = x[..., 2:, :] - x[..., :-2, :]  # (B, C, H-2, W)
+    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]  # (B, C, H-2, W-2)
+    g = (gx.abs() + gy.abs()).amax(dim=1)  # (B, H-2, W-2): |Gx| + |Gy|, max over channels
+    if not g.is_floating_point():
+        g = g.float()  # exact: integers up to 2040
     return g[0] if added else g
 
 

@@ -19,6 +19,18 @@ def test_step_edge_by_hand():
     assert pic(patch).item() == 8 * 400.0 / 16
 
 
+def test_equals_a_conv2d_sobel():
+    import torch.nn.functional as F
+
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel_x, sobel_x.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randint(0, 256, (2, 3, 13, 17), generator=g, dtype=torch.uint8)
+    ref = F.conv2d(x.float().reshape(6, 1, 13, 17), kernels).abs().sum(1).reshape(2, 3, 11, 15).amax(1)
+    assert torch.equal(gradient_map(x), ref)
+    assert torch.equal(gradient_map(x.double()), ref.double())
+
+
 def test_max_over_channels_and_grey():
     g = torch.Generator().manual_seed(0)
     rgb = torch.randint(0, 256, (2, 3, 10, 10), generator=g, dtype=torch.uint8)
