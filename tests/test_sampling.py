@@ -407,3 +407,36 @@ def _two_process_fn():
 def test_two_processes_draw_different_batches():
     accelerate = pytest.importorskip("accelerate")
     accelerate.debug_launcher(_two_process_fn, num_processes=2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The balance report
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_pic_stats_cli_writes_json_and_plot(tmp_path, pairs):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from PIL import Image
+
+    from bsr_hub.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, hr in enumerate(pairs.hr):
+        Image.fromarray(hr).save(folder / f"{i}.png")
+    out_json, out_png = tmp_path / "pic.json", tmp_path / "pic.png"
+    args = ["pic-stats", str(folder), "--scale", "2", "--patch", str(P), "--mode", "literal", "--batches", "4"]
+    assert main(args + ["--json", str(out_json), "--plot", str(out_png)]) == 0
+    stats = json.loads(out_json.read_text())
+    for key in ("edges", "natural", "sampled", "quotas", "attempts_per_batch", "spills_per_batch"):
+        assert key in stats
+    k = len(stats["edges"])
+    assert len(stats["natural"]) == len(stats["sampled"]) == len(stats["quotas"]) == k
+    assert math.isclose(sum(stats["natural"]), 1.0) and math.isclose(sum(stats["sampled"]), 1.0)
+    if stats["spills_per_batch"] == 0:
+        assert stats["sampled_counts"] == [4 * q for q in stats["quotas"]]
+    assert len(stats["per_batch"]["attempts"]) == 4 and stats["attempts_per_batch"] >= N
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["pic-stats", str(tmp_path / "nothing-here")]) == 2  # a clear error, not a traceback
