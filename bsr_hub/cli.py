@@ -179,6 +179,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run(args, prog="bsr-hub eval")
 
 
+def cmd_pic_stats(args: argparse.Namespace) -> int:
+    from .pic_stats import run as run_pic_stats
+
+    return run_pic_stats(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmarks under the published protocol (needs bsr-hub[train])")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
+
+    from .pic_stats import add_pic_stats_arguments  # light: torch/datasets are imported only when it runs
+
+    p = sub.add_parser("pic-stats", help="PIC balance report: natural vs RFS-sampled patches (needs bsr-hub[train])")
+    add_pic_stats_arguments(p)
+    p.set_defaults(func=cmd_pic_stats)
 
     return parser
 
