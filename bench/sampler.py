@@ -105,16 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}` (from the repository root; written by bench/sampler.py).",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {load[0]:.1f} at the end), torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"for the training step. Data: `{args.data}`, {len(pairs)} images ({pairs.num_skipped} skipped), "
-        f"x{args.scale}, LR patch {args.patch}, N = {args.batch_size}; {args.batches} batches per mode.",
+        (
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+            f"(load average {load[0]:.1f} at the end), torch {torch.__version__}, {torch.get_num_threads()} threads "
+            f"for the training step. Data: `{args.data}`, {len(pairs)} images ({pairs.num_skipped} skipped), "
+            f"x{args.scale}, LR patch {args.patch}, N = {args.batch_size}; {args.batches} batches per mode."
+        ),
         "",
-        f"One `bsr-lite` x{args.scale} training step (fp32, forward + L1 + backward + Adam): "
-        f"**{step_s * 1000:.0f} ms** (median of {args.steps}).",
+        (
+            f"One `bsr-lite` x{args.scale} training step (fp32, forward + L1 + backward + Adam): "
+            f"**{step_s * 1000:.0f} ms** (median of {args.steps})."
+        ),
         "",
-        "| mode | setup (s) | batches/s in-process | batches/s, 1 DataLoader worker | batches per training step "
-        "(1 worker) | crops per batch | spills per batch |",
+        (
+            "| mode | setup (s) | batches/s in-process | batches/s, 1 DataLoader worker | batches per training step "
+            "(1 worker) | crops per batch | spills per batch |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for mode, setup_s, inproc, worker, attempts, spills in rows:
@@ -122,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{attempts:.1f} | {spills:.3f} |")
     lines += [
         "",
-        "Setup = pre-scan of 4096 patches (+ the dense-PIC index on a stride-4 grid in indexed mode); loading the "
-        f"images (LR from the `Dataset.map` cache) took {load_s:.1f} s before that and is shared by all modes.",
+        (
+            "Setup = pre-scan of 4096 patches (+ the dense-PIC index on a stride-4 grid in indexed mode); loading "
+            f"the images (LR from the `Dataset.map` cache) took {load_s:.1f} s before that and is shared by all modes."
+        ),
         "Timings on this shared CPU swing by about 30 % from run to run; the ratios are measured side by side.",
         "",
     ]

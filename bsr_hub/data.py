@@ -76,7 +76,8 @@ def decode_image(value: Any) -> Image.Image | np.ndarray:
         elif isinstance(value, (str, os.PathLike)):
             img = Image.open(value)
         else:
-            raise ValueError(f"cannot read an image from a {type(value).__name__}")
+            # ValueError, not TypeError: one unreadable row is skipped and counted, never fatal to a run.
+            raise ValueError(f"cannot read an image from a {type(value).__name__}")  # noqa: TRY004
         img.load()
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise ValueError(f"unreadable image: {err}") from err
@@ -239,9 +240,11 @@ def add_lr_column(
     datasets = require_datasets()
     ds = _undecoded(ds, image_column)
     features = getattr(ds, "features", None)
-    kwargs: dict[str, Any] = dict(
-        fn_kwargs=dict(image_column=image_column, scale=scale, degradation=degradation, transparent=transparent)
-    )
+    kwargs: dict[str, Any] = {
+        "fn_kwargs": {
+            "image_column": image_column, "scale": scale, "degradation": degradation, "transparent": transparent
+        }
+    }
     if features is not None:
         new = features.copy()
         new[LR_CACHE_COLUMN] = datasets.Image()
@@ -338,7 +341,9 @@ class ImagePairs:
         config = _with_overrides(config, config_overrides)
         ds = load_image_source(source, split=config.split, streaming=config.streaming)
         if isinstance(ds, datasets.IterableDataset):
-            raise ValueError("ImagePairs.from_source needs a map-style dataset; a stream is read with iter_pools")
+            raise ValueError(  # noqa: TRY004 - a valid type, the wrong kind of source for this constructor
+                "ImagePairs.from_source needs a map-style dataset; a stream is read with iter_pools"
+            )
         column = find_image_column(ds, config.image_column)
         ds = prepare_rows(ds, config, column)
         pairs = cls.from_rows(ds, config, column, min_lr_size)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import warnings
@@ -135,7 +136,7 @@ class RFSConfig:
         if self.edges is not None:
             e = self.edges
             if len(e) == 0 or e[0] != 0.0 or any(not math.isfinite(v) for v in e) or any(
-                b <= a for a, b in zip(e, e[1:])
+                b <= a for a, b in itertools.pairwise(e)
             ):
                 raise ValueError(
                     f"RFSConfig.edges must be strictly increasing finite lower bounds starting at 0.0, got {e}"
@@ -313,7 +314,7 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
         else:
-            r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            r, w = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         rank = r if rank is None else rank
         world_size = w if world_size is None else world_size
     if not 0 <= rank < world_size:

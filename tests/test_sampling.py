@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from rfs_synthetic import SHARED_DATA, synthetic_pairs
 from torch.utils.data import DataLoader
 
 from bsr_hub.data import ImagePairs
@@ -19,13 +20,12 @@ from bsr_hub.sampling import (
     interval_index,
     prescan_edges,
 )
-from rfs_synthetic import SHARED_DATA, synthetic_pairs
 
 P, N = 16, 16
 
 
 def cfg(**kw) -> RFSConfig:
-    base = dict(patch_size=P, batch_size=N, prescan_patches=1024, index_stride=2)
+    base = {"patch_size": P, "batch_size": N, "prescan_patches": 1024, "index_stride": 2}
     return RFSConfig(**{**base, **kw})
 
 
