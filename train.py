@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             shippable().save_pretrained(tmp / "model")
             trainer = {"step": step, "wall_time_s": wall_before + time.perf_counter() - start,
-                       "config": cfg.to_dict()}
+                       "config": cfg.to_dict(), "sampler": sampler.to_dict()}
             (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
             finalize_checkpoint(tmp, final)  # named step_N only once whole: "latest" is never half-written
             rotate_checkpoints(output, cfg.checkpoints_total_limit)
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "hardware": hardware_description(accelerator),
             "command": command,
             "recipe": config_to_yaml(cfg),
+            "sampler_state": sampler.to_dict(),  # PIC intervals and quotas in use: rerunning with them reproduces the batches
             "curve": "training_curve.png",
             "processes": processes,
             "weights_checksum": sums[0].tolist(),
