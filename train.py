@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
     fingerprint = hashlib.sha256()  # of this process's batches: shows that processes draw different ones
     val_psnr = math.nan
-    running, seen, last_log = 0.0, 0, time.perf_counter()
+    running, seen, last_log, last_step = 0.0, 0, time.perf_counter(), step
     stopped = False
     model.train()
     with StopRequest() as stop:
@@ -261,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
 
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
-                rate = per_step * cfg.logging_steps / (now - last_log) if step % cfg.logging_steps == 0 else math.nan
+                rate = per_step * (step - last_step) / (now - last_log)
                 entry = {"step": step, "loss": running / seen, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
                 record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}",
                                 val_psnr=f"{val_psnr:.2f}")
-                running, seen, last_log = 0.0, 0, now
+                running, seen, last_log, last_step = 0.0, 0, now, step
             if validation is not None and (step % cfg.validation_steps == 0 or step == cfg.max_steps):
                 val_psnr, val_ssim = validate(shippable(), validation, cfg, accelerator)
                 record({"step": step, "val_psnr": val_psnr, "val_ssim": val_ssim})
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if stopped:
         accelerator.print(
             f"stopped at step {step}; checkpoint written to {saved}.\n"
-            f"resume with: {command} --resume latest"
+            f"resume with: {command}" + ("" if cfg.resume else " --resume latest")
         )
         accelerator.end_training()
         return 0
