@@ -572,6 +572,8 @@ def run(args: argparse.Namespace, prog: str = "python evaluate.py") -> int:
 
     try:
         model = load_model(args.model, args.scale, device)
+        if args.update_card:
+            _check_card_target(args.update_card, args.model, model)  # before hours of evaluation, not after
         scale = args.scale or model.scale
         if args.dataset:
             if args.benchmarks and len(args.benchmarks) > 1:
@@ -621,6 +623,31 @@ def run(args: argparse.Namespace, prog: str = "python evaluate.py") -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return status
+
+
+def _check_card_target(model_dir: str | os.PathLike, model_name: str, model: torch.nn.Module) -> None:
+    """Refuse to write one model's numbers into another checkpoint's card.
+
+    Raises:
+        EvaluationError: `model` is the bicubic baseline, or its weights are not those in `model_dir`.
+    """
+    from .modeling import BSRModel
+
+    if not isinstance(model, BSRModel):
+        raise EvaluationError(
+            f"--update-card {model_dir}: --model {model_name} is not that checkpoint; its numbers would be written "
+            "into the card as the checkpoint's own (the bicubic baseline is added to the card automatically)"
+        )
+    target = BSRModel.from_pretrained(model_dir)
+    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    theirs = target.state_dict()
+    if target.config.to_dict() != model.config.to_dict() or ours.keys() != theirs.keys() or not all(
+        torch.equal(ours[k], theirs[k]) for k in theirs
+    ):
+        raise EvaluationError(
+            f"--update-card {model_dir}: that checkpoint is not the evaluated model {model_name} (different config "
+            "or weights); pass the same checkpoint to --model and --update-card"
+        )
 
 
 def _quote(s: str) -> str:

@@ -284,3 +284,17 @@ def test_bsr_hub_eval_subcommand(bench_dir: Path, capsys) -> None:
 
     assert cli_main(["eval", "--model", "bicubic", "--benchmarks", "Syn", "--data-dir", str(bench_dir), "--scale", "3", "-q"]) == 0
     assert "| bicubic | Syn | x3 | BI | no | 4 |" in capsys.readouterr().out
+
+
+def test_update_card_refuses_another_models_numbers(bench_dir: Path, tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    # The numbers of --model must never land in a different checkpoint's card (nor bicubic's in any card).
+    other = tmp_path / "other"
+    _tiny_model(seed=123).save_pretrained(other)  # same architecture and scale, other weights
+    card_before = (tiny_ckpt / "README.md").read_text()
+    common = ["--benchmarks", "Syn", "--data-dir", str(bench_dir), "--scale", "2", "-q", "--update-card", str(tiny_ckpt)]
+    assert main(["--model", str(other), *common]) == 2
+    assert "not the evaluated model" in capsys.readouterr().err
+    assert main(["--model", "bicubic", *common]) == 2
+    assert "is not that checkpoint" in capsys.readouterr().err
+    assert (tiny_ckpt / "README.md").read_text() == card_before
+    assert not (tiny_ckpt / "eval_results.json").exists()
