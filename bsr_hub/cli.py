@@ -42,6 +42,12 @@ def _save_atomic(image, target: Path, fmt: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
+            # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
+            import numpy as np
+            from PIL import Image
+
+            image = Image.fromarray(np.rint(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8))
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         image.save(tmp, format=fmt)
@@ -89,10 +95,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print("error: no input files", file=sys.stderr)
         return 2
     inputs_resolved = {src.resolve() for src, _ in jobs if src.exists()}
+    writers: dict[Path, Path] = {}  # output file -> the input that writes it (photo.jpg and photo.png collide)
     failed = skipped = done = 0
     for src, rel in tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet):
         target = out_dir / rel.with_suffix("." + args.format)
-        if target.resolve() in inputs_resolved:
+        first = writers.setdefault(target.resolve(), src)
+        if first is not src:
+            report(f"failed {src}: its output {target} is also the output of {first} (rename one of them)")
+            failed += 1
+        elif target.resolve() in inputs_resolved:
             report(f"failed {src}: the output would overwrite an input file")
             failed += 1
         elif target.exists() and not args.overwrite:

@@ -89,3 +89,29 @@ def test_console_script_is_installed(tiny_checkpoint, tmp_path):
     run = subprocess.run([exe, "info", str(tiny_checkpoint)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "conv layers" in run.stdout
+
+
+def test_inputs_with_the_same_output_name_fail_instead_of_being_skipped(tmp_path, tiny_checkpoint, capsys):
+    # photo.jpg and photo.png both map to photo.png: the second must not be reported as "already there".
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (5, 5), (200, 10, 10)).save(src / "photo.png")
+    Image.new("RGB", (7, 7), (10, 200, 10)).save(src / "photo.jpg")
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--model", str(tiny_checkpoint), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "also the output of" in err and "1 upscaled" in err and "1 failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png"]
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_sixteen_bit_input_to_an_eight_bit_format_is_scaled_not_clipped(tmp_path, tiny_checkpoint, fmt):
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "r.png")
+    out = tmp_path / "out"
+    assert main(["upscale", str(tmp_path / "r.png"), "-o", str(out), "--model", str(tiny_checkpoint), "-q",
+                 "--format", fmt]) == 0
+    assert main(["upscale", str(tmp_path / "r.png"), "-o", str(out), "--model", str(tiny_checkpoint), "-q"]) == 0
+    reference = np.asarray(Image.open(out / "r.png")).astype(np.float64) / 257.0  # the 16-bit result, in 8 bits
+    values = np.asarray(Image.open(out / f"r.{fmt}").convert("L")).astype(np.float64)
+    assert np.abs(values - reference).mean() < 8  # JPEG noise, but not clipped to white (Pillow's convert of I;16)
