@@ -295,9 +295,14 @@ def degrade_files(
             jobs.append((path, Path(path.name)))
     out_dir = Path(output)
     resolved_inputs = {src.resolve() for src, _ in jobs}
+    writers: dict[Path, Path] = {}  # LR file -> the HR that writes it (a.jpg and a.png both give a.png)
     done, problems = 0, []
     for src, rel in jobs:
         target = out_dir / rel.with_suffix(".png")
+        first = writers.setdefault(target.resolve(), src)
+        if first is not src:
+            problems.append(f"failed {src}: its output {target} is also the output of {first} (rename one of them)")
+            continue
         if target.resolve() in resolved_inputs:
             problems.append(f"skipped {src}: the output would overwrite an input file")
             continue
@@ -307,6 +312,9 @@ def degrade_files(
         try:
             with Image.open(src) as img:
                 img.load()
+                if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                    # Pillow's convert() clips these to 0..255 instead of scaling: a silently wrong LR.
+                    raise ValueError(f"mode {img.mode} is not an 8-bit image; the LR protocol is defined on uint8")
                 img = img.convert("L") if img.mode in ("1", "L", "LA") else img.convert("RGB")
                 hr = np.array(img)
             lr = degrade(hr, scale, kind)

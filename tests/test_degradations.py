@@ -217,3 +217,19 @@ def test_cli_degrade_writes_same_names_and_matlab_pixels(tmp_path: Path) -> None
     assert (tmp_path / "bd" / "grey.png").is_file()
     (src / "junk.png").write_bytes(b"not an image")
     assert main(["degrade", str(src), "-o", str(tmp_path / "lr2"), "--scale", "2"]) == 1  # reported, not hidden
+
+
+def test_degrade_files_refuses_sixteen_bit_and_colliding_names(tmp_path: Path) -> None:
+    from bsr_hub.degradations import degrade_files
+
+    src = tmp_path / "hr"
+    src.mkdir()
+    # 16-bit: Pillow's convert() would clip it to 255 and write a wrong LR with no error.
+    Image.fromarray(np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)).save(src / "deep.png")
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(src / "pair.png")
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(src / "pair.bmp")  # same output name, pair.png
+    done, problems = degrade_files([str(src)], str(tmp_path / "lr"), 2)
+    assert done == 1
+    assert not (tmp_path / "lr" / "deep.png").exists()
+    assert any(p.startswith("failed") and "deep.png" in p and "8-bit" in p for p in problems)
+    assert any(p.startswith("failed") and "also the output of" in p for p in problems)
