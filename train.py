@@ -117,7 +117,7 @@ def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, recipe = load_config(argv)
+    cfg, _ = load_config(argv)
     command = "accelerate launch train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
     from accelerate import Accelerator
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         final = checkpoints_dir(output) / f"step_{step}"
         tmp = checkpoints_dir(output) / f".tmp-step_{step}"
         accelerator.save_state(str(tmp / "state"))  # every process writes its own RNG state
+        accelerator.wait_for_everyone()  # save_state has no barrier: let every rank finish before the rename
         if accelerator.is_main_process:
             shippable().save_pretrained(tmp / "model")
             trainer = {"step": step, "wall_time_s": wall_before + time.perf_counter() - start,

@@ -66,14 +66,14 @@ def _run_case(case: Case, repeats: int, queue) -> None:
     image = Image.fromarray(rng.integers(0, 256, (case.size, case.size, 3), dtype=np.uint8))
     small = image.crop((0, 0, 64, 64))
     if case.preset is None:
-        run = lambda img=image: img.resize((img.width * case.scale, img.height * case.scale), Image.BICUBIC)  # noqa: E731
+        run = lambda img=image: img.resize((img.width * case.scale, img.height * case.scale), Image.BICUBIC)
         flops = 0.0
     else:
         from bsr_hub import BSRModel
 
         model = BSRModel.from_preset(case.preset, scale=case.scale).eval()
         flops = _conv_flops(model, case.size)
-        run = lambda img=image: model.upscale(img, tile=case.tile, channels_last=case.channels_last)  # noqa: E731
+        run = lambda img=image: model.upscale(img, tile=case.tile, channels_last=case.channels_last)
     base_rss = _peak_rss_mib()
     run(small)  # warm-up on a small crop: kernels and thread pools ready, without the cost of a full run
     times = []

@@ -26,7 +26,7 @@ def template_path() -> Path:
     raise FileNotFoundError(f"model card template {TEMPLATE_NAME} is missing from the bsr_hub installation")
 
 
-def eval_results_for(model_name: str, results: list[dict[str, Any]]) -> list[EvalResult]:
+def eval_results_for(results: list[dict[str, Any]]) -> list[EvalResult]:
     """model-index entries (one per benchmark, scale and degradation; metrics psnr and ssim)."""
     out = []
     for r in results:
@@ -79,7 +79,7 @@ def render_model_card(
         tags=list(info.tags or []),
         datasets=datasets,
         model_name=name if results else None,
-        eval_results=eval_results_for(name, results) if results else None,
+        eval_results=eval_results_for(results) if results else None,
     )
     card = ModelCard.from_template(
         card_data,

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from .files import plan_jobs, save_image_atomic
+
 OUTPUT_FORMATS = {"png": "PNG", "tiff": "TIFF", "webp": "WEBP", "jpg": "JPEG"}
-
-
-def _iter_inputs(inputs: Sequence[str]) -> Iterator[tuple[Path, Path]]:
-    """(file, path relative to the output folder) for every file given or found under a folder."""
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts):
-                    yield f, f.relative_to(path)
-        else:
-            yield path, Path(path.name)
 
 
 def _load_model(name: str, device: str, dtype: str):
@@ -32,29 +20,10 @@ def _load_model(name: str, device: str, dtype: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
     model = BSRModel.from_pretrained(name, map_location=device)
     return model.to(dtype=getattr(torch, dtype))
-
-
-def _save_atomic(image, target: Path, fmt: str) -> None:
-    """Write to a temporary file beside the target, then rename: an interrupted run leaves no half image."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
-            # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
-            import numpy as np
-            from PIL import Image
-
-            image = Image.fromarray(np.rint(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8))
-        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
-        image.save(tmp, format=fmt)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _upscale_file(model, src: Path, target: Path, args: argparse.Namespace) -> str | None:
@@ -71,7 +40,12 @@ def _upscale_file(model, src: Path, target: Path, args: argparse.Namespace) -> s
         return "not an image file"
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
         return str(err)
-    _save_atomic(result, target, OUTPUT_FORMATS[args.format])
+    except RuntimeError as err:  # e.g. out of memory even at the smallest tile: this file fails, the batch goes on
+        return f"{type(err).__name__}: {err}"
+    try:
+        save_image_atomic(result, target, OUTPUT_FORMATS[args.format])
+    except OSError as err:
+        return f"cannot write {target}: {err}"
     return None
 
 
@@ -90,27 +64,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
-    jobs = list(_iter_inputs(args.inputs))
+    jobs = plan_jobs(args.inputs, out_dir, "." + args.format, args.overwrite)
     if not jobs:
         print("error: no input files", file=sys.stderr)
         return 2
-    inputs_resolved = {src.resolve() for src, _ in jobs if src.exists()}
-    writers: dict[Path, Path] = {}  # output file -> the input that writes it (photo.jpg and photo.png collide)
     failed = skipped = done = 0
-    for src, rel in tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet):
-        target = out_dir / rel.with_suffix("." + args.format)
-        first = writers.setdefault(target.resolve(), src)
-        if first is not src:
-            report(f"failed {src}: its output {target} is also the output of {first} (rename one of them)")
-            failed += 1
-        elif target.resolve() in inputs_resolved:
-            report(f"failed {src}: the output would overwrite an input file")
-            failed += 1
-        elif target.exists() and not args.overwrite:
-            report(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
+    for job in tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet):
+        if job.skip is not None:
+            report(f"skipped {job.source}: {job.skip}")
             skipped += 1
-        elif (reason := _upscale_file(model, src, target, args)) is not None:
-            report(f"failed {src}: {reason}")
+            continue
+        reason = job.failure or _upscale_file(model, job.source, job.target, args)
+        if reason is not None:
+            report(f"failed {job.source}: {reason}")
             failed += 1
         else:
             done += 1

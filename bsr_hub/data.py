@@ -77,9 +77,9 @@ def decode_image(value: Any) -> Image.Image | np.ndarray:
             img = Image.open(value)
         else:
             # ValueError, not TypeError: one unreadable row is skipped and counted, never fatal to a run.
-            raise ValueError(f"cannot read an image from a {type(value).__name__}")  # noqa: TRY004
+            raise ValueError(f"cannot read an image from a {type(value).__name__}")
         img.load()
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"unreadable image: {err}") from err
     return img
 
@@ -341,7 +341,7 @@ class ImagePairs:
         config = _with_overrides(config, config_overrides)
         ds = load_image_source(source, split=config.split, streaming=config.streaming)
         if isinstance(ds, datasets.IterableDataset):
-            raise ValueError(  # noqa: TRY004 - a valid type, the wrong kind of source for this constructor
+            raise ValueError(  # a valid type, but the wrong kind of source for this constructor
                 "ImagePairs.from_source needs a map-style dataset; a stream is read with iter_pools"
             )
         column = find_image_column(ds, config.image_column)

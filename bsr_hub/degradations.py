@@ -281,33 +281,15 @@ def degrade_files(
     Returns:
         (number written, messages about the files that failed or were skipped).
     """
-    from pathlib import Path
-
     from PIL import Image
 
-    jobs: list[tuple[Path, Path]] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            jobs += [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file()
-                     and not any(part.startswith(".") for part in f.relative_to(path).parts)]
-        else:
-            jobs.append((path, Path(path.name)))
-    out_dir = Path(output)
-    resolved_inputs = {src.resolve() for src, _ in jobs}
-    writers: dict[Path, Path] = {}  # LR file -> the HR that writes it (a.jpg and a.png both give a.png)
+    from .files import plan_jobs, save_image_atomic
+
     done, problems = 0, []
-    for src, rel in jobs:
-        target = out_dir / rel.with_suffix(".png")
-        first = writers.setdefault(target.resolve(), src)
-        if first is not src:
-            problems.append(f"failed {src}: its output {target} is also the output of {first} (rename one of them)")
-            continue
-        if target.resolve() in resolved_inputs:
-            problems.append(f"skipped {src}: the output would overwrite an input file")
-            continue
-        if target.exists() and not overwrite:
-            problems.append(f"skipped {src}: {target} exists (pass --overwrite to replace it)")
+    for job in plan_jobs(inputs, output, ".png", overwrite):
+        src, target = job.source, job.target
+        if job.failure or job.skip:
+            problems.append(f"failed {src}: {job.failure}" if job.failure else f"skipped {src}: {job.skip}")
             continue
         try:
             with Image.open(src) as img:
@@ -321,7 +303,6 @@ def degrade_files(
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             problems.append(f"failed {src}: {err}")
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(lr).save(target)
+        save_image_atomic(Image.fromarray(lr), target)
         done += 1
     return done, problems

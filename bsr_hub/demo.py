@@ -130,7 +130,7 @@ def card_psnr(folder: Path) -> str:
         return "not evaluated"
     try:
         results = ModelCard.load(readme).data.eval_results or []
-    except Exception:  # noqa: BLE001  (a malformed card must not take the demo down; it has no trusted figure)
+    except Exception:
         return "not evaluated (unreadable model card)"
     psnr = [r for r in results if str(r.metric_type).lower() == "psnr" and r.metric_value is not None]
     if not psnr:
@@ -407,7 +407,7 @@ def build_demo(
                     maximum=1024,
                     step=32,
                     value=0,
-                    label="Tile size in input pixels (0 = whole image; smaller uses less memory, same result)",
+                    label="Tile size in input pixels (0 = whole image; smaller uses less memory, nearly identical result)",
                 )
                 button = gr.Button("Upscale", variant="primary", interactive=bool(entries), elem_id="bsr-run")
             with gr.Column():

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from .degradations import DEGRADATIONS, degrade, imresize, modcrop
 from .metrics import psnr_ssim, quantize
 
 if TYPE_CHECKING:
-    from .modeling import BSRModel
+    pass
 
 BICUBIC = "bicubic"
 DEFAULT_BENCHMARKS = ("Set5", "Set14", "BSD100")
@@ -342,7 +343,11 @@ def evaluate_benchmark(
             failed.append({"name": record.name, "error": str(err)})
             return math.nan, math.nan
         timing["read"] += time.perf_counter() - t0
-        p, s, sr, seconds = score_image(model, hr, scale, degradation, self_ensemble=self_ensemble, tile=tile)
+        try:
+            p, s, sr, seconds = score_image(model, hr, scale, degradation, self_ensemble=self_ensemble, tile=tile)
+        except ValueError as err:  # e.g. too small for SSIM once mod-cropped and shaved: report, do not abort
+            failed.append({"name": record.name, "error": str(err)})
+            return math.nan, math.nan
         for k, v in seconds.items():
             timing[k] += v
         if save_dir is not None:
@@ -497,8 +502,10 @@ def update_card(
 
 
 def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
+    # A unique temporary name: two evaluations updating one card must not write into each other's file.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, target)
 
 

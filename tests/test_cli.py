@@ -115,3 +115,14 @@ def test_sixteen_bit_input_to_an_eight_bit_format_is_scaled_not_clipped(tmp_path
     reference = np.asarray(Image.open(out / "r.png")).astype(np.float64) / 257.0  # the 16-bit result, in 8 bits
     values = np.asarray(Image.open(out / f"r.{fmt}").convert("L")).astype(np.float64)
     assert np.abs(values - reference).mean() < 8  # JPEG noise, but not clipped to white (Pillow's convert of I;16)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    args = ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_checkpoint)]
+    assert main(args + ["--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

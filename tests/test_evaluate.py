@@ -9,15 +9,15 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
 
-from bsr_hub import BSRConfig, BSRModel  # noqa: E402
-from bsr_hub.evaluation import (  # noqa: E402
+from bsr_hub import BSRConfig, BSRModel
+from bsr_hub.evaluation import (
     BicubicModel,
     EvaluationError,
     evaluate_benchmark,

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, tiny_config
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import load_file, save_file
 
-from bsr_hub import BSRConfig, BSRModel, CheckpointError, ConfigError, bundled_checkpoints, list_presets
-from bsr_hub import hub
-
-from conftest import REPO_ROOT, tiny_config
+from bsr_hub import BSRModel, CheckpointError, ConfigError, bundled_checkpoints, hub, list_presets
 
 
 def assert_same_weights(a: BSRModel, b: BSRModel) -> None:

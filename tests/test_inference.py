@@ -1,17 +1,14 @@
 """upscale: every input kind and PIL mode, tiling, memory bounds, precision rules, self-ensemble."""
 
 import io
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
-from bsr_hub import BSRModel
-from bsr_hub import inference
-
-from conftest import SHARED_DATA, requires_shared_data, tiny_config
+from bsr_hub import BSRModel, inference
 
 
 def textured(h: int, w: int, seed: int = 0) -> np.ndarray:

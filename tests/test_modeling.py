@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
 from bsr_hub import BSRConfig, BSRModel, list_presets
 from bsr_hub.modeling import LightSpatialAttention
-
-from conftest import tiny_config
 
 PRESET_SCALES = [(name, scale) for name in list_presets() for scale in (2, 3, 4)]
 

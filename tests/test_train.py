@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO_ROOT
+from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
 sys.path.insert(0, str(REPO_ROOT))
-import train  # noqa: E402
+import train
 
 DEBUG = str(REPO_ROOT / "configs" / "debug_cpu.yaml")
 

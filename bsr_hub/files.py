@@ -1,0 +1,78 @@
+"""Batch file work for the command line (`upscale`, `degrade`): which files, where each output goes, what must
+not be written, and how it is written. One place, so both commands refuse the same dangerous cases."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FileJob:
+    source: Path
+    target: Path
+    failure: str | None = None
+    """Why this file must not be processed (the output would replace an input, or another input's output)."""
+    skip: str | None = None
+    """Why it is left alone without failing (its output exists and overwriting was not asked for)."""
+
+
+def _walk(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
+    """(file, its path relative to the output folder) for every file given, or found under a given folder."""
+    found = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found += [
+                (f, f.relative_to(path))
+                for f in sorted(path.rglob("*"))
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            ]
+        else:
+            found.append((path, Path(path.name)))
+    return found
+
+
+def plan_jobs(inputs: Sequence[str], out_dir: str | os.PathLike, suffix: str, overwrite: bool) -> list[FileJob]:
+    """One job per input file: its output keeps the folder structure and takes `suffix` (e.g. ".png")."""
+    walked = _walk(inputs)
+    inputs_resolved = {src.resolve() for src, _ in walked if src.exists()}
+    writers: dict[Path, Path] = {}  # output -> the input that writes it (photo.jpg and photo.png collide)
+    jobs = []
+    for src, rel in walked:
+        target = Path(out_dir) / rel.with_suffix(suffix)
+        first = writers.setdefault(target.resolve(), src)
+        if first is not src:
+            jobs.append(FileJob(src, target, failure=f"its output {target} is also the output of {first} (rename one of them)"))
+        elif target.resolve() in inputs_resolved:
+            jobs.append(FileJob(src, target, failure="the output would overwrite an input file"))
+        elif target.exists() and not overwrite:
+            jobs.append(FileJob(src, target, skip=f"{target} exists (pass --overwrite to replace it)"))
+        else:
+            jobs.append(FileJob(src, target))
+    return jobs
+
+
+def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
+    """Write a PIL image to a temporary file beside the target, then rename: an interrupted run leaves no half
+    image under the real name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
+            # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
+            import numpy as np
+            from PIL import Image
+
+            image = Image.fromarray(np.rint(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8))
+        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(tmp, format=fmt)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
