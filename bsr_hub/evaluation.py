@@ -553,7 +553,7 @@ def command_line(args: argparse.Namespace, scale: int, prog: str = "python evalu
         parts.append("--self-ensemble")
     if args.tile:
         parts += ["--tile", str(args.tile)]
-    return " ".join(map(_quote, parts))
+    return " ".join([prog, *map(_quote, parts[1:])])  # prog is a command ("python evaluate.py"), not one word
 
 
 def run(args: argparse.Namespace, prog: str = "python evaluate.py") -> int:
