@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from .degradations import DEGRADATIONS, degrade, imresize, modcrop
+from .files import replace_atomically
 from .metrics import psnr_ssim, quantize
 
 if TYPE_CHECKING:
@@ -506,7 +507,7 @@ def _write_atomic(target: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, target)
+    replace_atomically(tmp, target)
 
 
 # ---------------------------------------------------------------------------------------------------------

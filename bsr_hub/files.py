@@ -56,6 +56,19 @@ def plan_jobs(inputs: Sequence[str], out_dir: str | os.PathLike, suffix: str, ov
     return jobs
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def replace_atomically(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a fully written temporary file onto `target` in one step, with the permissions a plain open() would
+    have given it (mkstemp makes files readable by their owner only)."""
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, target)
+
+
 def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
     """Write a PIL image to a temporary file beside the target, then rename: an interrupted run leaves no half
     image under the real name."""
@@ -72,7 +85,7 @@ def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         image.save(tmp, format=fmt)
-        os.replace(tmp, target)
+        replace_atomically(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -22,6 +22,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from .configuration import BSRConfig
+from .files import replace_atomically
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -208,7 +209,7 @@ class BSRModel(
         os.close(fd)
         try:
             save_file(state, tmp, metadata={"format": "pt"})
-            os.replace(tmp, target)
+            replace_atomically(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

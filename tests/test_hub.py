@@ -184,3 +184,12 @@ def test_card_template_ships_in_the_wheel(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "# bsr-x2" in (tmp_path / "saved" / "README.md").read_text()
 
+
+
+def test_saved_files_get_ordinary_permissions(tiny_checkpoint):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (tiny_checkpoint / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
