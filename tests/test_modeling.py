@@ -67,15 +67,13 @@ def test_group_forwarding_reaches_every_group():
     model(torch.rand(1, 3, 6, 6))
     assert seen[0][1] == 3 * model.config.num_features
     # Perturbing the first group's output changes the result even with the later groups frozen in place.
-    grads = {}
     x = torch.rand(1, 3, 6, 6)
     f1 = model.groups[0](model.head(x - model.rgb_mean.view(1, -1, 1, 1))).detach().requires_grad_(True)
     features = [f1]
     for group in model.groups[1:]:
         features.append(group(features[-1]).detach())  # cut the path through the later groups
     model.fusion(torch.cat(features, dim=1)).sum().backward()
-    grads["direct"] = f1.grad.abs().sum()
-    assert grads["direct"] > 0
+    assert f1.grad.abs().sum() > 0
 
 
 def test_model_rejects_a_non_config():
