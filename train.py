@@ -118,7 +118,8 @@ def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = load_config(argv)
-    command = "accelerate launch train.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
 
     from accelerate import Accelerator
     from accelerate.utils import gather_object, set_seed

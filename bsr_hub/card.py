@@ -14,6 +14,14 @@ if TYPE_CHECKING:
 
 TEMPLATE_NAME = "model_card.md"
 
+# The Hub metadata of every BSR model card (also given to PyTorchModelHubMixin in modeling.py).
+CARD_METADATA: dict[str, Any] = {
+    "library_name": "bsr-hub",
+    "pipeline_tag": "image-to-image",
+    "license": "apache-2.0",
+    "tags": ("super-resolution", "image-super-resolution", "bsr", "pytorch"),
+}
+
 
 def template_path() -> Path:
     """The card template: a copy inside the installed wheel, else the one at the top of a source checkout."""
@@ -66,17 +74,14 @@ def render_model_card(
         training: what training recorded (data, command, steps, wall time, hardware, recipe); absent fields are
             rendered as "not recorded".
     """
-    from .modeling import BSRModel  # noqa: F401  (only for the type; import here keeps card.py importable alone)
-
     config = model.config
     name = model_name or (f"{config.preset}-x{config.scale}" if config.preset else f"bsr-x{config.scale}")
-    info = model._hub_mixin_info.model_card_data
     results = list(results or [])
     card_data = ModelCardData(
-        library_name=info.library_name,
-        pipeline_tag=info.pipeline_tag,
-        license=license or info.license,
-        tags=list(info.tags or []),
+        library_name=CARD_METADATA["library_name"],
+        pipeline_tag=CARD_METADATA["pipeline_tag"],
+        license=license or CARD_METADATA["license"],
+        tags=list(CARD_METADATA["tags"]),
         datasets=datasets,
         model_name=name if results else None,
         eval_results=eval_results_for(results) if results else None,

@@ -21,6 +21,7 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
+from .card import CARD_METADATA
 from .configuration import BSRConfig
 from .files import replace_atomically
 
@@ -85,10 +86,7 @@ class Upsampler(nn.Sequential):
 class BSRModel(
     nn.Module,
     PyTorchModelHubMixin,
-    library_name="bsr-hub",
-    pipeline_tag="image-to-image",
-    license="apache-2.0",
-    tags=["super-resolution", "image-super-resolution", "bsr", "pytorch"],
+    **{**CARD_METADATA, "tags": list(CARD_METADATA["tags"])},  # a copy: the mixin appends to the list it gets
     paper_url="https://doi.org/10.23919/ituk50268.2020.9303225",
 ):
     """BSR: Feature Mapping Groups with light spatial attention and group forwarding.
