@@ -118,6 +118,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bsr-base": dict(num_features=64, num_groups=16, num_blocks=5),
     # A CPU-trainable size: 53 conv layers, 0.46 M parameters at x2 (0.50 M at x3 and x4); the shipped default.
     "bsr-lite": dict(num_features=32, num_groups=4, num_blocks=5),
+    # The real-time size, FSRCNN's niche (12 K parameters, shipped with OpenCV): still a BSR network (FMGs, the
+    # light spatial attention, group forwarding), 3 FMGs x 2 blocks x 16 channels, at most 60 K parameters at
+    # every scale (`bsr-hub info bsr-tiny --scale 3`).
+    "bsr-tiny": dict(num_features=16, num_groups=3, num_blocks=2),
 }
 
 
