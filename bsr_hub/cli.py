@@ -162,6 +162,27 @@ def cmd_pic_stats(args: argparse.Namespace) -> int:
     return run_pic_stats(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .modeling import BSRModel
+
+    try:
+        from .export import export_onnx, require_export_dependencies
+
+        require_export_dependencies()  # before loading anything: the missing extra is the first thing said
+        model = BSRModel.from_pretrained(args.model)
+        done = export_onnx(model, args.output, source=args.model, verify=not args.no_verify, overwrite=args.overwrite)
+    except (ValueError, OSError, ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    checked = "" if done.max_abs_diff is None else f", ONNX Runtime vs PyTorch max |diff| {done.max_abs_diff:.1e}"
+    print(
+        f"wrote {done.onnx_path} (x{model.scale}; input float32 RGB in [0, 1], NCHW, any height and width{checked}) "
+        f"and {done.metadata_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pic-stats", help="PIC balance report: natural vs RFS-sampled patches (needs bsr-hub[train])")
     add_pic_stats_arguments(p)
     p.set_defaults(func=cmd_pic_stats)
+
+    p = sub.add_parser("export", help="write a model as ONNX for ONNX Runtime / OpenCV (needs bsr-hub[export])")
+    p.add_argument("model", help="bundled name, local folder or Hub repo id")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file; MODEL.json with the scale goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check after writing")
+    p.set_defaults(func=cmd_export)
 
     return parser
 
