@@ -5,14 +5,14 @@
     accelerate launch train.py --config configs/lite_x2.yaml --resume latest
 
 The order is Accelerate's canonical one: accelerator, model, optimizer, data, scheduler, prepare, resume,
-loop (accumulate, clip, step, EMA), checkpoint, validate, save, evaluate, push. Reusable parts live in
-bsr_hub (training.py, sampling.py, evaluation.py, losses.py).
+loop (accumulate, clip, step, EMA), checkpoint, validate, save, evaluate, push. The run's life (resume point,
+resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training's
+TrainingRun; the other reusable parts live in bsr_hub too (sampling.py, evaluation.py, losses.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shlex
@@ -26,20 +26,13 @@ from torch.utils.data import DataLoader
 from bsr_hub import BSRConfig, BSRModel
 from bsr_hub.losses import HybridLoss
 from bsr_hub.training import (
-    EMA,
+    LossMeter,
     StopRequest,
     TrainConfig,
-    checkpoints_dir,
-    config_to_yaml,
-    finalize_checkpoint,
+    TrainingRun,
+    describe_training_data,
     format_duration,
-    hardware_description,
     load_config,
-    load_matching_weights,
-    plot_curves,
-    remove_partial_checkpoints,
-    resolve_resume,
-    rotate_checkpoints,
     step_decay,
 )
 
@@ -126,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.mixed_precision != "no" and not torch.cuda.is_available():
         raise SystemExit(f"error: --mixed_precision {cfg.mixed_precision} needs a GPU; on a CPU use --mixed_precision no")
+    if cfg.deterministic:
+        # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # two CPU processes only synchronise (gloo) with cpu=True
         mixed_precision=cfg.mixed_precision,
@@ -138,106 +136,60 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
     set_seed(cfg.seed)
-    output = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        for stale in remove_partial_checkpoints(output):
-            accelerator.print(f"removed an interrupted checkpoint write: {stale}")
-    accelerator.wait_for_everyone()
+    # The output folder, and the resume point decided on the main process (the sampler starts at its step).
+    run = TrainingRun(cfg, accelerator, command)
 
     # -- model
     model = BSRModel(BSRConfig.from_preset(cfg.preset, scale=cfg.scale, **cfg.model_overrides))
-    if cfg.init_from:
-        fresh = load_matching_weights(model, cfg.init_from)
-        accelerator.print(f"initialised from {cfg.init_from}; not loaded (shape differs, kept fresh): {fresh or 'none'}")
+    run.init_weights(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
-    # -- optimizer, loss, schedule (stepped once per optimizer step, whatever the number of processes)
+    # -- optimizer and loss
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, cfg.adam_beta2))
     criterion = HybridLoss(cfg.l1_weight, cfg.lp_weight, cfg.lp_p, cfg.lp_eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, step_decay(cfg.max_steps, cfg.lr_decay_at, cfg.lr_decay_factor, cfg.warmup_steps)
-    )
-    accelerator.register_for_checkpointing(scheduler)
-
-    # -- resume point (needed before the data: the sampler starts at that batch)
-    resume_from = resolve_resume(cfg.resume, output)
-    step, wall_before = 0, 0.0
-    if resume_from is not None:
-        trainer = json.loads((resume_from / "trainer.json").read_text())
-        step, wall_before = trainer["step"], trainer["wall_time_s"]
-    elif cfg.resume == "latest":
-        accelerator.print(f"--resume latest: no checkpoint in {checkpoints_dir(output)} yet, starting from step 0")
 
     # -- data: every process draws its own batches; the stream is not passed through prepare()
     source, validation = training_data(cfg)
-    sampler = build_sampler(cfg, source, accelerator, start_batch=step * cfg.gradient_accumulation_steps)
-    loader = DataLoader(sampler, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.gradient_accumulation_steps)
+    on_gpu = accelerator.device.type == "cuda"
+    loader = DataLoader(sampler, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+                        pin_memory=on_gpu)  # pinned pages make the non_blocking copies below asynchronous
 
+    # -- schedule: stepped once per optimizer step, whatever the number of processes (so not prepared)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, step_decay(cfg.max_steps, cfg.lr_decay_at, cfg.lr_decay_factor, cfg.warmup_steps)
+    )
+
+    # -- prepare; then what is derived from the placed model (the EMA); then the resume
     model, optimizer = accelerator.prepare(model, optimizer)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from / "state"))
-        accelerator.print(f"resumed from {resume_from} at step {step}")
-
-    history_file = output / "history.jsonl"
-    history = []
-    if accelerator.is_main_process and history_file.is_file():
-        history = [h for h in map(json.loads, history_file.read_text().splitlines()) if h["step"] <= step]
-        history_file.write_text("".join(json.dumps(h) + "\n" for h in history))
+    run.attach(model, scheduler, sampler)
+    run.resume(optimizer)
     if cfg.report_to != "none":
         accelerator.init_trackers("bsr", config={k: str(v) for k, v in cfg.to_dict().items()})
-
-    def record(entry: dict) -> None:
-        if accelerator.is_main_process:
-            history.append(entry)
-            with history_file.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-        if cfg.report_to != "none":
-            accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
-
-    def shippable() -> BSRModel:
-        return ema.model if ema is not None else accelerator.unwrap_model(model)
-
-    def save_checkpoint() -> Path:
-        final = checkpoints_dir(output) / f"step_{step}"
-        tmp = checkpoints_dir(output) / f".tmp-step_{step}"
-        accelerator.save_state(str(tmp / "state"))  # every process writes its own RNG state
-        accelerator.wait_for_everyone()  # save_state has no barrier: let every rank finish before the rename
-        if accelerator.is_main_process:
-            shippable().save_pretrained(tmp / "model")
-            trainer = {"step": step, "wall_time_s": wall_before + time.perf_counter() - start,
-                       "config": cfg.to_dict(), "sampler": sampler.to_dict()}
-            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
-            finalize_checkpoint(tmp, final)  # named step_N only once whole: "latest" is never half-written
-            rotate_checkpoints(output, cfg.checkpoints_total_limit)
-        accelerator.wait_for_everyone()
-        return final
 
     # -- the loop
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="training", disable=not accelerator.is_local_main_process)
     fingerprint = hashlib.sha256()  # of this process's batches: shows that processes draw different ones
+    meter = LossMeter()
     val_psnr = math.nan
-    running, seen, last_log, last_step = 0.0, 0, time.perf_counter(), step
+    last_log, last_step = time.perf_counter(), run.step
     stopped = False
+    saved = None
     model.train()
     with StopRequest() as stop:
         batches = iter(loader)
-        while step < cfg.max_steps:
+        while run.step < cfg.max_steps:
             try:
                 batch = next(batches)
             except Exception:
                 if not stop.requested:
                     raise
                 # Ctrl-C reaches the data workers too; the last finished step is still worth saving.
-                saved, stopped = save_checkpoint(), True
+                saved, stopped = run.save_checkpoint(), True
                 break
             fingerprint.update(batch["pic"].numpy().tobytes())
             lr = batch["lr"].to(accelerator.device, non_blocking=True)  # (N, 3, P, P)
@@ -245,87 +197,61 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.channels_last:
                 lr = lr.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
-                loss, _ = criterion(model(lr), hr)
+                loss, terms = criterion(model(lr), hr)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            running += loss.item()
-            seen += 1
+            meter.add(loss, terms)  # detached, on the device: no host sync here
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-            step += 1
+            run.update_ema()
+            run.step += 1
             bar.update(1)
 
-            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+            at_log = run.step % cfg.logging_steps == 0 or run.step == cfg.max_steps
+            if at_log:
+                losses = meter.mean()  # the sync point of the interval
                 now = time.perf_counter()
-                rate = per_step * (step - last_step) / (now - last_log)
-                entry = {"step": step, "loss": running / seen, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-                record(entry)
+                rate = per_step * (run.step - last_step) / (now - last_log)
+                entry = {"step": run.step, **losses, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
+                run.record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}",
                                 val_psnr=f"{val_psnr:.2f}")
-                running, seen, last_log, last_step = 0.0, 0, now, step
-            if validation is not None and (step % cfg.validation_steps == 0 or step == cfg.max_steps):
-                val_psnr, val_ssim = validate(shippable(), validation, cfg, accelerator)
-                record({"step": step, "val_psnr": val_psnr, "val_ssim": val_ssim})
+                last_log, last_step = now, run.step
+            if validation is not None and (run.step % cfg.validation_steps == 0 or run.step == cfg.max_steps):
+                val_psnr, val_ssim = validate(run.shippable(), validation, cfg, accelerator)
+                run.record({"step": run.step, "val_psnr": val_psnr, "val_ssim": val_ssim})
                 model.train()
-            # Every process must agree to stop, or one would wait for the others at the next collective.
+            at_checkpoint = run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_steps
+            # One process alone reads its flag for free; several agree at the logging interval and checkpoints.
             requested = stop.requested
             if accelerator.num_processes > 1:
-                flag = torch.tensor([float(stop.requested)], device=accelerator.device)
-                requested = bool(accelerator.reduce(flag, reduction="sum").item())
-            if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps or requested:
-                saved = save_checkpoint()
+                requested = run.stop_agreed(stop.requested) if (at_log or at_checkpoint) else False
+            if at_checkpoint or requested:
+                saved = run.save_checkpoint()
             if requested:
                 stopped = True
                 break
     bar.close()
-    wall = wall_before + time.perf_counter() - start
 
     # -- the processes must have trained one model
-    weights = torch.cat([p.detach().double().flatten() for p in accelerator.unwrap_model(model).parameters()])
-    sums = accelerator.gather(torch.stack([weights.sum(), weights.abs().sum()]).to(accelerator.device)[None])
+    checksum = run.check_same_weights()
     fingerprints = gather_object([fingerprint.hexdigest()])
-    if not bool((sums == sums[0]).all()):
-        raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights: {sums.tolist()}")
 
     if stopped:
         accelerator.print(
-            f"stopped at step {step}; checkpoint written to {saved}.\n"
+            f"stopped at step {run.step}; checkpoint written to {saved}.\n"
             f"resume with: {command}" + ("" if cfg.resume else " --resume latest")
         )
         accelerator.end_training()
         return 0
 
     # -- the shippable model, its record, evaluation and card (main process writes; all evaluate)
-    model_dir = output / "model"
     processes = [{"rank": r, "batches_sha256": fingerprints[r]} for r in range(accelerator.num_processes)]
-    if accelerator.is_main_process:
-        shippable().save_pretrained(model_dir)
-        (model_dir / "training_config.yaml").write_text(config_to_yaml(cfg))
-        plot_curves(history, model_dir / "training_curve.png")
-        data = ("the 4 photos bundled with bsr_hub (CC0/public domain), astronaut held out"
-                if cfg.uses_bundled_photos else (cfg.train_dir or cfg.dataset_name))
-        training = {
-            "data": data,
-            "degradation": cfg.degradation,
-            "sampler": cfg.sampler + ("" if cfg.sampler == "uniform" else f" (tau={cfg.rfs_tau})"),
-            "steps": step,
-            "wall_time": format_duration(wall),
-            "hardware": hardware_description(accelerator),
-            "command": command,
-            "recipe": config_to_yaml(cfg),
-            "sampler_state": sampler.to_dict(),  # PIC intervals and quotas in use: rerunning with them reproduces the batches
-            "curve": "training_curve.png",
-            "processes": processes,
-            "weights_checksum": sums[0].tolist(),
-        }
-        (model_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    accelerator.wait_for_everyone()
+    model_dir = run.finish(describe_training_data(cfg, source), processes, checksum)
 
     results = final_evaluation(cfg, validation, accelerator)
     if accelerator.is_main_process:
@@ -336,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             accelerator.print(f"{r['benchmark']} x{cfg.scale}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} "
                               f"(bicubic {r['bicubic_psnr']:.2f} dB)")
-        accelerator.print(f"saved {model_dir} after {step} steps in {format_duration(wall)}")
+        accelerator.print(f"saved {model_dir} after {run.step} steps in {format_duration(run.wall_time())}")
         if cfg.push_to_hub:
             from huggingface_hub import HfApi
 
             url = HfApi().upload_folder(repo_id=cfg.hub_model_id, folder_path=model_dir,
-                                        commit_message=f"BSR {cfg.preset} x{cfg.scale}, {step} steps")
+                                        commit_message=f"BSR {cfg.preset} x{cfg.scale}, {run.step} steps")
             accelerator.print(f"pushed to {url}")
     accelerator.end_training()
     return 0

@@ -24,11 +24,15 @@ class HybridLoss(nn.Module):
             raise ValueError(f"lp_eps must be > 0, got {eps}")
         self.l1_weight, self.lp_weight, self.p, self.eps = l1_weight, lp_weight, p, eps
 
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The total loss (for backward) and each term's value (for logging)."""
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss (for backward) and each term, detached (for logging).
+
+        The terms stay tensors on the loss's device: reading them (`.item()`) waits for the GPU, so a training
+        loop sums them and reads the sum once per logging interval (bsr_hub.training.LossMeter).
+        """
         e = sr.float() - hr.float()
         l2 = e.square().mean()
         l1 = e.abs().mean()
         lp = (e.square() + self.eps**2).pow(self.p / 2).mean()
         total = l2 + self.l1_weight * l1 + self.lp_weight * lp
-        return total, {"l2": l2.item(), "l1": l1.item(), "lp": lp.item()}
+        return total, {"l2": l2.detach(), "l1": l1.detach(), "lp": lp.detach()}

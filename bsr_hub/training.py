@@ -1,4 +1,5 @@
-"""What `train.py` reuses: the typed training config, EMA, checkpoints written atomically, the schedule.
+"""What `train.py` reuses: the typed training config, the run's life (`TrainingRun`: resume, history,
+checkpoints, EMA, the final record), the record of `training.json` (`TrainingRecord`), the schedule.
 
 train.py stays a flat script in Accelerate's canonical order; everything here is testable on its own.
 Config precedence: dataclass defaults, then a YAML recipe (`--config`), then command-line flags.
@@ -14,6 +15,7 @@ import platform
 import re
 import shutil
 import signal
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,6 +103,9 @@ class TrainConfig:
     """no, fp16 or bf16 (GPU only: both are unsupported or 10-200x slower on a CPU)."""
     channels_last: bool = True
     seed: int = 0
+    deterministic: bool = False
+    """Deterministic cuDNN/cuBLAS kernels (slower): a GPU run resumed from a checkpoint then equals an
+    uninterrupted one bit for bit, as a CPU run always does."""
 
     # -- outputs
     output_dir: str = "outputs/bsr-demo"
@@ -108,6 +113,9 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 3
     resume: str | None = None
     """"latest" or a checkpoint folder (OUTPUT/checkpoints/step_N)."""
+    resume_allow_changes: bool = False
+    """Resume even where a setting that shapes the batches or the schedule (RESUME_GUARDED) differs from the
+    checkpoint's; the changes and their step are then written into the run's record and card."""
     logging_steps: int = 10
     report_to: str = "none"
     """Accelerate trackers: none, tensorboard, trackio, wandb, ... (their packages are optional)."""
@@ -395,3 +403,533 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from format_duration's text ("1 h 23 min", "4 min 05 s"); None if it is not that format.
+    Only old records need it (they kept the text alone), and "1 h 23 min" is exact to the minute only."""
+    m = re.fullmatch(r"\s*(?:(\d+) h )?(\d+) min(?: (\d+) s)?\s*", text or "")
+    if not m:
+        return None
+    h, mins, secs = (int(g) if g else 0 for g in m.groups())
+    return float(3600 * h + 60 * mins + secs)
+
+
+# ---------------------------------------------------------------------------------------------- training.json
+
+RECORD_FORMAT = 2
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Folder names of ../shared/data/train and what the literature calls them (../shared/data/README.md).
+KNOWN_DATASETS = {
+    "T91": "T91",
+    "BSD200": "BSD200 = BSDS500 train",
+    "BSDS500_test200": "BSDS500 test",
+}
+
+
+@dataclass
+class DatasetInfo:
+    """One named part of the training data and how many images it has (None: not counted, e.g. a stream)."""
+
+    name: str
+    images: int | None = None
+
+    def describe(self) -> str:
+        return self.name if self.images is None else f"{self.name} ({self.images} images)"
+
+
+def _count_images(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[DatasetInfo]:
+    """The training data as named datasets with image counts, not a local path.
+
+    A train_dir's subfolders are its datasets (../shared/data/train: T91/, BSD200/, BSDS500_test200/); images
+    directly in it count as one dataset named after the folder. A Hub dataset is named by its id and split.
+    """
+    if cfg.uses_bundled_photos:
+        count = len(source) if source is not None and hasattr(source, "__len__") else None
+        return [DatasetInfo("the photos bundled with bsr_hub (CC0/public domain), astronaut held out", count)]
+    if cfg.dataset_name is not None:
+        count = len(source) if source is not None and hasattr(source, "__len__") else None
+        return [DatasetInfo(f"{cfg.dataset_name} (Hugging Face Hub, split {cfg.dataset_split})", count)]
+    root = Path(cfg.train_dir)
+    found = []
+    loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        found.append(DatasetInfo(KNOWN_DATASETS.get(root.name, root.name), loose))
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        n = _count_images(sub)
+        if n:
+            found.append(DatasetInfo(KNOWN_DATASETS.get(sub.name, sub.name), n))
+    return found
+
+
+@dataclass
+class Stage:
+    """One training run in a model's history: what it started from and what it cost.
+
+    A model's lineage is the list of its stages, oldest first: bsr-lite-x3 fine-tuned on a GPU from weights
+    that were themselves trained on a CPU has two (or three, counting the x2 run it started from).
+    """
+
+    model: str
+    """What this stage produced, e.g. bsr-lite-x2."""
+    init_from: str | None
+    """The weights it started from (bundled name, folder, Hub id); None = random initialisation."""
+    steps: int
+    """Optimizer steps of this stage alone."""
+    batch: int | None
+    """Samples per optimizer step (batch_size x gradient_accumulation_steps x processes)."""
+    wall_time_s: float | None
+    hardware: str
+    command: str
+    data: str | None = None
+    finished: str | None = None
+    """UTC date and time the stage ended (ISO 8601)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Stage:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _total_wall_time(lineage: list[Stage]) -> float | None:
+    times = [s.wall_time_s for s in lineage]
+    return None if any(t is None for t in times) else float(sum(times))
+
+
+@dataclass
+class TrainingRecord:
+    """What `training.json` beside a trained model holds: the data, recipe and cost of how it was made.
+
+    `steps`, `wall_time_s`, `hardware` and `command` describe this run (the last stage); `lineage` holds every
+    stage up to and including it, so the total cost is `total_wall_time_s`. Files written before the lineage
+    existed (format 1, e.g. the first bundled bsr-lite-x2) load as a record with one stage built from their
+    fields; unknown keys are kept in `extra` and written back.
+    """
+
+    data: str
+    """The training data in words, e.g. "T91 (91 images), BSD200 = BSDS500 train (200 images), ..."."""
+    steps: int
+    wall_time_s: float | None
+    hardware: str
+    command: str
+    datasets: list[DatasetInfo] = field(default_factory=list)
+    degradation: str | None = None
+    sampler: str | None = None
+    recipe: str | None = None
+    """The resolved TrainConfig as YAML."""
+    sampler_state: dict[str, Any] | None = None
+    """PIC intervals and quotas in use: rerunning with them reproduces the batches."""
+    curve: str | None = None
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    weights_checksum: list[float] | None = None
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Settings changed at a resume with --resume_allow_changes: {step, field, old, new} each."""
+    lineage: list[Stage] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_wall_time_s(self) -> float | None:
+        """Seconds of training over the whole lineage; None when a stage did not record its time."""
+        return _total_wall_time(self.lineage)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.lineage)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": RECORD_FORMAT}
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                out[f.name] = getattr(self, f.name)
+        out["datasets"] = [dataclasses.asdict(d) for d in self.datasets]
+        out["lineage"] = [dataclasses.asdict(s) for s in self.lineage]
+        # Derived, for readers that render rather than compute (the model card).
+        out["wall_time"] = format_duration(self.wall_time_s) if self.wall_time_s is not None else None
+        total = self.total_wall_time_s
+        out["total_wall_time_s"] = total
+        out["total_wall_time"] = format_duration(total) if total is not None else None
+        out["total_steps"] = self.total_steps
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainingRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        derived = {"format", "wall_time", "total_wall_time_s", "total_wall_time", "total_steps"}
+        values = {k: v for k, v in d.items() if k in known and k not in ("extra", "datasets", "lineage")}
+        values.setdefault("data", "not recorded")
+        values.setdefault("steps", 0)
+        values.setdefault("hardware", "not recorded")
+        values.setdefault("command", "not recorded")
+        if "wall_time_s" not in values:  # format 1 kept only the text
+            values["wall_time_s"] = parse_duration(d.get("wall_time", ""))
+        record = cls(
+            **values,
+            datasets=[DatasetInfo(**x) for x in d.get("datasets", [])],
+            lineage=[Stage.from_dict(s) for s in d.get("lineage", [])],
+            extra={k: v for k, v in d.items() if k not in known and k not in derived},
+        )
+        if "lineage" not in d:  # format 1: the file describes one stage
+            recipe = _yaml_or_empty(record.recipe)
+            batch = recipe.get("batch_size")
+            if batch is not None:
+                batch *= recipe.get("gradient_accumulation_steps", 1) * max(1, len(record.processes) or 1)
+            name = f"{recipe['preset']}-x{recipe['scale']}" if "preset" in recipe and "scale" in recipe else "unknown"
+            record.lineage = [Stage(model=name, init_from=recipe.get("init_from"), steps=record.steps, batch=batch,
+                                    wall_time_s=record.wall_time_s, hardware=record.hardware,
+                                    command=record.command, data=record.data)]
+        return record
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainingRecord:
+        """Read a training.json (any format this project has written)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"cannot read the training record {path}: {err}") from err
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (a reader never sees half a file)."""
+        import tempfile
+
+        from .files import replace_atomically
+
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
+        replace_atomically(tmp, target)
+
+
+def _yaml_or_empty(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def lineage_of(init_from: str | None) -> list[Stage]:
+    """The stages behind the weights a run starts from: those of their training.json, or none when the
+    checkpoint has no record (a Hub model, a `save_pretrained` folder) or starts from scratch."""
+    if not init_from:
+        return []
+    from .hub import CheckpointError, resolve_checkpoint
+
+    try:
+        folder = resolve_checkpoint(init_from, local_files_only=True)
+    except CheckpointError:
+        return []
+    record = folder / "training.json"
+    return TrainingRecord.load(record).lineage if record.is_file() else []
+
+
+# ---------------------------------------------------------------------------------------------- resume guard
+
+RESUME_GUARDED = (
+    # the model
+    "preset", "scale", "model_overrides", "init_from",
+    # the batch stream
+    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation", "sampler",
+    "patch_size", "batch_size", "rfs_tau", "rfs_num_intervals", "rfs_candidates", "seed",
+    # the objective and the schedule
+    "l1_weight", "lp_weight", "lp_p", "lp_eps", "learning_rate", "adam_beta2", "lr_decay_at", "lr_decay_factor",
+    "warmup_steps", "max_steps", "gradient_accumulation_steps", "max_grad_norm", "ema_decay",
+)
+"""Settings whose change at a resume would silently make a different run than the checkpoint's."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)  # 5e-4 in YAML and 0.0005 from a flag are one value
+    return value
+
+
+def resume_changes(saved: dict[str, Any], current: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """(field, checkpoint's value, this run's value) for every guarded setting that differs."""
+    now = current.to_dict()
+    return [(k, saved.get(k), now[k]) for k in RESUME_GUARDED if k in saved and _plain(saved[k]) != _plain(now[k])]
+
+
+class ResumeChangedError(ValueError):
+    """A resume would change settings that shape the batches or the schedule."""
+
+
+def check_resume(saved: dict[str, Any], current: TrainConfig, checkpoint: Path) -> list[tuple[str, Any, Any]]:
+    """The guarded changes, allowed only with resume_allow_changes; otherwise an error naming each one."""
+    changes = resume_changes(saved, current)
+    if changes and not current.resume_allow_changes:
+        listed = "\n".join(f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in changes)
+        raise ResumeChangedError(
+            f"resuming from {checkpoint} with settings that change the batches or the schedule:\n{listed}\n"
+            "Resume with the checkpoint's values, start a new run (another --output_dir, --init_from the "
+            "checkpoint's model/), or pass --resume_allow_changes to continue anyway (the changes are recorded)."
+        )
+    return changes
+
+
+# ---------------------------------------------------------------------------------------------- the run's life
+
+
+class LossMeter:
+    """Loss terms summed as detached tensors on the device, so that a step makes no host sync; `mean()` is the
+    one sync per logging interval."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._sum: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        self.names = ["loss", *terms]
+        values = torch.stack([total.detach().float(), *(t.detach().float() for t in terms.values())])  # (1 + T,)
+        self._sum = values if self._sum is None else self._sum + values
+        self.count += 1
+
+    def mean(self) -> dict[str, float]:
+        if self._sum is None:
+            return {}
+        values = (self._sum / self.count).tolist()  # host sync point
+        self._sum, self.count = None, 0
+        return dict(zip(self.names, values))
+
+
+class TrainingRun:
+    """The life of one run in its output folder: where it resumes (decided once, on the main process), its
+    history, EMA, checkpoints (written atomically), the weights check and the final record.
+
+    train.py calls it in Accelerate's order: `TrainingRun(cfg, accelerator, command)` before the model (the
+    resume step decides where the sampler starts), `attach()` after `prepare()` (the EMA is built from the placed
+    model), `resume()`, then `save_checkpoint()` / `record()` in the loop and `finish()` at the end.
+    """
+
+    def __init__(self, cfg: TrainConfig, accelerator: Any, command: str):
+        self.cfg, self.accelerator, self.command = cfg, accelerator, command
+        self.output = Path(cfg.output_dir)
+        self.step = 0
+        self.wall_before = 0.0
+        self.resumed_from: Path | None = None
+        self.changes: list[dict[str, Any]] = []
+        self.hardware: list[str] = []
+        self.parent_lineage: list[Stage] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.ema: EMA | None = None
+        self.model: Any = None
+        self.scheduler: Any = None
+        self.sampler: Any = None
+        self._start = time.perf_counter()
+        if accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            for stale in remove_partial_checkpoints(self.output):
+                accelerator.print(f"removed an interrupted checkpoint write: {stale}")
+        self._decide_resume()
+
+    # -- start
+
+    def _decide_resume(self) -> None:
+        """The main process resolves --resume (node-local disks may disagree) and checks the guard; every process
+        gets its answer, or its error, by broadcast."""
+        from accelerate.utils import broadcast_object_list
+
+        payload: dict[str, Any] = {}
+        if self.accelerator.is_main_process:
+            try:
+                payload = self._read_resume_point()
+            except (ValueError, OSError, KeyError) as err:
+                payload = {"error": str(err)}
+        payload = broadcast_object_list([payload])[0]
+        if "error" in payload:
+            raise SystemExit(f"error: {payload['error']}")
+        if "checkpoint" not in payload:
+            if self.cfg.resume == "latest":
+                self.accelerator.print(f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} yet, "
+                                       "starting from step 0")
+            return
+        self.resumed_from = Path(payload["checkpoint"])
+        self.step, self.wall_before = payload["step"], payload["wall_time_s"]
+        self.changes, self.hardware = payload["changes"], payload["hardware"]
+        self.parent_lineage = payload["parent_lineage"]
+        for c in payload["new_changes"]:
+            self.accelerator.print(f"resume at step {self.step} with a changed setting (allowed): "
+                                   f"{c['field']} {c['old']!r} -> {c['new']!r}")
+
+    def _read_resume_point(self) -> dict[str, Any]:
+        checkpoint = resolve_resume(self.cfg.resume, self.output)
+        if checkpoint is None:
+            return {}
+        trainer = json.loads((checkpoint / "trainer.json").read_text())
+        step = trainer["step"]
+        new = [{"step": step, "field": k, "old": old, "new": now}
+               for k, old, now in check_resume(trainer["config"], self.cfg, checkpoint)]
+        parent = trainer.get("parent_lineage")
+        return {
+            "checkpoint": str(checkpoint), "step": step, "wall_time_s": trainer["wall_time_s"],
+            "changes": trainer.get("resume_changes", []) + new, "new_changes": new,
+            "hardware": trainer.get("hardware", []),
+            "parent_lineage": None if parent is None else [Stage.from_dict(s) for s in parent],
+        }
+
+    def init_weights(self, model: nn.Module) -> None:
+        """Load --init_from into a fresh model (not on a resume: the checkpoint's weights replace them)."""
+        if self.resumed_from is not None or not self.cfg.init_from:
+            return
+        fresh = load_matching_weights(model, self.cfg.init_from)
+        self.accelerator.print(f"initialised from {self.cfg.init_from}; not loaded (shape differs, kept fresh): "
+                               f"{fresh or 'none'}")
+
+    def attach(self, model: Any, scheduler: Any, sampler: Any) -> None:
+        """After `prepare`: build the EMA from the placed model (same device, dtype and memory format) and register
+        what the checkpoints hold besides the model and optimizer. The order of registration is the order of the
+        saved custom states, so it stays EMA, then scheduler."""
+        self.model, self.scheduler, self.sampler = model, scheduler, sampler
+        if self.cfg.ema_decay:
+            self.ema = EMA(self.accelerator.unwrap_model(model), self.cfg.ema_decay)
+            self.accelerator.register_for_checkpointing(self.ema)
+        self.accelerator.register_for_checkpointing(scheduler)
+
+    def resume(self, optimizer: Any) -> None:
+        """Load the checkpoint's state (every process its own RNG) and drop history written after it."""
+        if self.resumed_from is not None:
+            self.accelerator.load_state(str(self.resumed_from / "state"))
+            if any(c["field"] in ("learning_rate", "adam_beta2") for c in self.changes if c["step"] == self.step):
+                self._apply_changed_optimizer_settings(optimizer)
+            self.accelerator.print(f"resumed from {self.resumed_from} at step {self.step}")
+        history_file = self.output / "history.jsonl"
+        if self.accelerator.is_main_process and history_file.is_file():
+            lines = history_file.read_text().splitlines()
+            self.history = [h for h in map(json.loads, lines) if h["step"] <= self.step]
+            history_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        if self.parent_lineage is None and self.accelerator.is_main_process:
+            self.parent_lineage = lineage_of(self.cfg.init_from)
+
+    def _apply_changed_optimizer_settings(self, optimizer: Any) -> None:
+        # load_state restored the checkpoint's base learning rate and betas; an allowed change must take effect.
+        self.scheduler.base_lrs = [self.cfg.learning_rate for _ in self.scheduler.base_lrs]
+        for group, fn in zip(optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = self.cfg.learning_rate
+            group["lr"] = self.cfg.learning_rate * fn(self.scheduler.last_epoch)
+            group["betas"] = (group["betas"][0], self.cfg.adam_beta2)
+
+    # -- during the loop
+
+    def shippable(self) -> nn.Module:
+        """The weights to save and evaluate: the EMA's if there is one."""
+        return self.ema.model if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.accelerator.unwrap_model(self.model))
+
+    def wall_time(self) -> float:
+        return self.wall_before + time.perf_counter() - self._start
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            self.history.append(entry)
+            with (self.output / "history.jsonl").open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if self.cfg.report_to != "none":
+            self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
+
+    def stop_agreed(self, requested_here: bool) -> bool:
+        """Every process must agree to stop, or one would wait for the others at the next collective. The
+        reduction is a host sync: call it at the logging interval, not every step."""
+        if self.accelerator.num_processes == 1:
+            return requested_here
+        flag = torch.tensor([float(requested_here)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def _hardware_now(self) -> list[str]:
+        here = hardware_description(self.accelerator)
+        return self.hardware if self.hardware and self.hardware[-1] == here else [*self.hardware, here]
+
+    def save_checkpoint(self) -> Path:
+        """checkpoints/step_N/{state/, model/, trainer.json}, named step_N only once whole."""
+        accelerator = self.accelerator
+        final = checkpoints_dir(self.output) / f"step_{self.step}"
+        tmp = checkpoints_dir(self.output) / f".tmp-step_{self.step}"
+        accelerator.save_state(str(tmp / "state"))  # every process writes its own RNG state
+        accelerator.wait_for_everyone()  # save_state has no barrier: let every rank finish before the rename
+        if accelerator.is_main_process:
+            self.shippable().save_pretrained(tmp / "model")
+            trainer = {
+                "step": self.step, "wall_time_s": self.wall_time(), "config": self.cfg.to_dict(),
+                "sampler": self.sampler.to_dict(), "resume_changes": self.changes, "hardware": self._hardware_now(),
+                "parent_lineage": [dataclasses.asdict(s) for s in self.parent_lineage or []],
+            }
+            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+            finalize_checkpoint(tmp, final)  # "latest" is never half-written
+            rotate_checkpoints(self.output, self.cfg.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+        return final
+
+    # -- the end
+
+    def check_same_weights(self) -> list[float] | None:
+        """Fail if the processes ended with different weights (a broken synchronisation trains N models).
+
+        Under DDP every process holds the whole model, so checksums of the weights must be equal. Under FSDP
+        or DeepSpeed each holds its own shard: there is nothing to compare, and the check is skipped, saying so.
+        Returns the checksum (sum, sum of absolute values), or None when skipped.
+        """
+        from accelerate.utils import DistributedType
+
+        accelerator = self.accelerator
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            accelerator.print(f"weights check skipped: under {accelerator.distributed_type.value} each process "
+                              "holds a shard, there is no full copy to compare")
+            return None
+        params = [p.detach().flatten() for p in accelerator.unwrap_model(self.model).parameters()]
+        weights = torch.cat(params).double()
+        sums = accelerator.gather(torch.stack([weights.sum(), weights.abs().sum()])[None])  # (processes, 2)
+        if not bool((sums == sums[0]).all()):
+            raise RuntimeError(f"the {accelerator.num_processes} processes ended with different weights: "
+                               f"{sums.tolist()}")
+        return sums[0].tolist()
+
+    def finish(self, data: list[DatasetInfo], processes: list[dict[str, Any]],
+               checksum: list[float] | None) -> Path:
+        """Write the shippable model with its records into OUTPUT/model (main process) and return that folder."""
+        model_dir = self.output / "model"
+        if self.accelerator.is_main_process:
+            cfg = self.cfg
+            self.shippable().save_pretrained(model_dir)
+            (model_dir / "training_config.yaml").write_text(config_to_yaml(cfg))
+            plot_curves(self.history, model_dir / "training_curve.png")
+            self.make_record(data, processes, checksum).save(model_dir / "training.json")
+        self.accelerator.wait_for_everyone()
+        return model_dir
+
+    def make_record(self, data: list[DatasetInfo], processes: list[dict[str, Any]],
+                    checksum: list[float] | None) -> TrainingRecord:
+        from datetime import datetime, timezone
+
+        cfg = self.cfg
+        wall = self.wall_time()
+        hardware = " then ".join(self._hardware_now())
+        described = ", ".join(d.describe() for d in data)
+        batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.accelerator.num_processes
+        stage = Stage(model=f"{cfg.preset}-x{cfg.scale}", init_from=cfg.init_from, steps=self.step, batch=batch,
+                      wall_time_s=round(wall, 1), hardware=hardware, command=self.command, data=described,
+                      finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return TrainingRecord(
+            data=described, datasets=data, degradation=cfg.degradation,
+            sampler=cfg.sampler + ("" if cfg.sampler == "uniform" else f" (tau={cfg.rfs_tau})"),
+            steps=self.step, wall_time_s=round(wall, 1), hardware=hardware, command=self.command,
+            recipe=config_to_yaml(cfg), sampler_state=self.sampler.to_dict(), curve="training_curve.png",
+            processes=processes, weights_checksum=checksum, resume_changes=self.changes,
+            lineage=[*(self.parent_lineage or []), stage],
+        )

@@ -51,8 +51,16 @@ def test_a_short_run_writes_model_card_curve_and_rotates_checkpoints(tmp_path):
                  "training_config.yaml", "eval_results.json"):
         assert (model_dir / name).is_file(), name
     card = (model_dir / "README.md").read_text()
-    assert "astronaut (bundled, held out)" in card and "| steps | 8 |" in card
-    assert "accelerate launch train.py --config" in card
+    assert "astronaut held out" in card and "accelerate launch train.py --config" in card
+    from bsr_hub.training import TrainingRecord
+
+    record = TrainingRecord.load(model_dir / "training.json")
+    from bsr_hub.examples import example_images
+
+    assert record.steps == 8 and record.datasets[0].images == len(example_images()) - 1  # astronaut held out
+    (stage,) = record.lineage  # from scratch: one stage, this run
+    assert stage.init_from is None and stage.steps == 8 and stage.batch == 4 and stage.wall_time_s > 0
+    assert record.total_wall_time_s == stage.wall_time_s and "CPU" in stage.hardware
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 9))
     assert any("val_psnr" in h for h in history)
