@@ -208,3 +208,151 @@ def test_init_from_x2_weights_for_x4_reports_what_was_not_loaded(tmp_path, capsy
     line = next(line for line in out.splitlines() if line.startswith("initialised from"))
     # x4 has a second x2 stage (upsampler.2) that x2 lacks: it keeps its fresh initialisation.
     assert "upsampler.2.weight" in line and "upsampler.2.bias" in line and "head.weight" not in line
+
+
+# ---------------------------------------------------------------------------------------------- resume guard
+
+
+def test_resume_with_changed_settings_fails_naming_each_field(tmp_path):
+    out = tmp_path / "run"
+    assert run(out, "--max_steps", "3", "--checkpointing_steps", "3") == 0
+    with pytest.raises(SystemExit) as err:
+        run(out, "--max_steps", "6", "--resume", "latest", "--batch_size", "2", "--learning_rate", "0.1")
+    message = str(err.value)
+    assert "batch_size: 4 in the checkpoint, 2 now" in message
+    assert "learning_rate: 0.0005 in the checkpoint, 0.1 now" in message
+    assert "max_steps: 6 in the checkpoint" not in message and "max_steps: 3 in the checkpoint, 6 now" in message
+    assert "--resume_allow_changes" in message
+    assert checkpoint_steps(out) == [3]  # nothing trained, nothing written
+
+
+def test_resume_allow_changes_trains_with_the_new_values_and_records_them(tmp_path):
+    out = tmp_path / "run"
+    assert run(out, "--max_steps", "3", "--checkpointing_steps", "3") == 0
+    assert run(out, "--max_steps", "5", "--checkpointing_steps", "3", "--resume", "latest",
+               "--learning_rate", "0.002", "--resume_allow_changes") == 0
+    from bsr_hub.training import TrainingRecord
+
+    record = TrainingRecord.load(out / "model" / "training.json")
+    assert record.resume_changes == [
+        {"step": 3, "field": "learning_rate", "old": 0.0005, "new": 0.002},
+        {"step": 3, "field": "max_steps", "old": 3, "new": 5},
+    ]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    lr_at_4 = next(h["lr"] for h in history if h["step"] == 4 and "lr" in h)
+    # The new base rate (0.002, not 5e-4) under the new schedule (decays at 0.5 and 0.75 of 5 steps, not of 3):
+    # warm-up (4 + 1) / 50, two decays of 0.5 by step 4.
+    assert lr_at_4 == pytest.approx(0.002 * 5 / 50 * 0.5**2)
+
+
+def test_resume_guard_covers_the_batch_stream_and_schedule():
+    from bsr_hub.training import RESUME_GUARDED, TrainConfig, resume_changes
+
+    saved = TrainConfig().to_dict()
+    assert resume_changes(saved, TrainConfig(learning_rate=5e-4, output_dir="elsewhere", num_workers=8)) == []
+    for name, value in [("batch_size", 2), ("gradient_accumulation_steps", 2), ("patch_size", 24),
+                        ("sampler", "uniform"), ("rfs_tau", 1.0), ("learning_rate", 1e-3), ("lr_decay_at", [0.9]),
+                        ("lr_decay_factor", 0.1), ("warmup_steps", 0), ("max_steps", 1), ("scale", 3),
+                        ("preset", "bsr-base"), ("model_overrides", {"use_attention": False}), ("seed", 1)]:
+        assert name in RESUME_GUARDED
+        assert resume_changes(saved, TrainConfig(**{name: value})) == [(name, saved[name], value)], name
+
+
+# ---------------------------------------------------------------------------------------------- the record
+
+
+def test_record_names_the_datasets_and_counts_their_images(tmp_path):
+    from PIL import Image
+
+    from bsr_hub.training import TrainConfig, describe_training_data
+
+    root = tmp_path / "train"
+    for folder, n in (("T91", 3), ("BSD200", 2), ("mine", 1)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(root / folder / f"{i}.png")
+    (root / "mine" / "notes.txt").write_text("not an image")
+    data = describe_training_data(TrainConfig(train_dir=str(root)))
+    assert [d.describe() for d in data] == ["BSD200 = BSDS500 train (2 images)", "T91 (3 images)", "mine (1 images)"]
+
+
+@pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "train").is_dir(), reason="no ../shared/data/train")
+def test_record_describes_the_shared_training_images():
+    from bsr_hub.training import TrainConfig, describe_training_data
+
+    data = describe_training_data(TrainConfig(train_dir=str(REPO_ROOT.parent / "shared" / "data" / "train")))
+    assert {d.name: d.images for d in data} == {"T91": 91, "BSD200 = BSDS500 train": 200, "BSDS500 test": 200}
+
+
+def test_old_training_records_load_as_one_stage(tmp_path):
+    from bsr_hub.training import TrainingRecord
+
+    old = {"data": "../shared/data/train", "steps": 7000, "wall_time": "1 h 23 min", "hardware": "2 cores",
+           "command": "accelerate launch train.py --config configs/lite_x2.yaml",
+           "recipe": "preset: bsr-lite\nscale: 2\nbatch_size: 16\ninit_from: null\n", "processes": [{"rank": 0}],
+           "something_new": 1}
+    (tmp_path / "training.json").write_text(json.dumps(old))
+    record = TrainingRecord.load(tmp_path / "training.json")
+    (stage,) = record.lineage
+    assert (stage.model, stage.steps, stage.batch, stage.wall_time_s) == ("bsr-lite-x2", 7000, 16, 4980.0)
+    assert record.total_wall_time_s == 4980.0 and record.extra == {"something_new": 1}
+    record.save(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["format"] == 2 and again["something_new"] == 1 and again["total_steps"] == 7000
+    assert TrainingRecord.load(tmp_path / "again.json") == record
+    with pytest.raises(ValueError, match="cannot read the training record"):
+        TrainingRecord.load(tmp_path / "missing.json")
+
+
+def test_the_bundled_record_loads():
+    from bsr_hub.hub import bundled_checkpoints
+    from bsr_hub.training import TrainingRecord
+
+    for name, folder in bundled_checkpoints().items():
+        if (folder / "training.json").is_file():
+            record = TrainingRecord.load(folder / "training.json")
+            assert record.lineage and record.lineage[-1].model == name and record.total_steps > 0
+
+
+def test_lineage_continues_from_the_weights_a_run_starts_from(tmp_path):
+    from bsr_hub.training import TrainingRecord
+
+    assert run(tmp_path / "a", "--max_steps", "2") == 0
+    assert run(tmp_path / "b", "--max_steps", "3", "--scale", "3", "--init_from", str(tmp_path / "a" / "model")) == 0
+    a = TrainingRecord.load(tmp_path / "a" / "model" / "training.json")
+    b = TrainingRecord.load(tmp_path / "b" / "model" / "training.json")
+    assert [s.steps for s in b.lineage] == [2, 3] and b.lineage[0] == a.lineage[0]
+    assert b.lineage[1].init_from == str(tmp_path / "a" / "model") and b.lineage[1].model == "bsr-lite-x3"
+    assert b.total_steps == 5 and b.total_wall_time_s == pytest.approx(a.wall_time_s + b.wall_time_s)
+
+
+def test_loss_terms_stay_on_the_device_until_the_logging_interval():
+    from bsr_hub.losses import HybridLoss
+    from bsr_hub.training import LossMeter
+
+    torch.manual_seed(0)
+    sr, hr = torch.rand(2, 3, 8, 8, requires_grad=True), torch.rand(2, 3, 8, 8)
+    meter = LossMeter()
+    totals = []
+    for _ in range(3):
+        total, terms = HybridLoss()(sr, hr)
+        assert all(isinstance(t, torch.Tensor) and not t.requires_grad for t in terms.values())
+        meter.add(total, terms)
+        totals.append(total.item())
+    mean = meter.mean()
+    assert set(mean) == {"loss", "l2", "l1", "lp"} and mean["loss"] == pytest.approx(sum(totals) / 3)
+    assert meter.mean() == {}  # reset after reading
+
+
+def test_weights_check_is_skipped_with_a_message_under_sharding(capsys):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from bsr_hub.training import TrainingRun
+
+    fake = SimpleNamespace(distributed_type=DistributedType.FSDP, print=print)
+    run_ = TrainingRun.__new__(TrainingRun)
+    run_.accelerator = fake
+    assert run_.check_same_weights() is None
+    assert "weights check skipped: under FSDP" in capsys.readouterr().out
