@@ -183,6 +183,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_space_export(args: argparse.Namespace) -> int:
+    from .space import export_space
+
+    try:
+        done = export_space(args.output, args.model or (), wheel=args.wheel, overwrite=args.overwrite)
+    except (ValueError, OSError, ImportError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    served = ", ".join(f"{m.name} (x{m.scale})" for m in done.models)
+    print(f"wrote a Space serving {served} into {done.folder} (wheel {done.wheel.name}); "
+          f"try it: cd {done.folder} && pip install -r requirements.txt && python app.py", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check after writing")
     p.set_defaults(func=cmd_export)
+
+    space = sub.add_parser("space", help="Hugging Face Space tools").add_subparsers(dest="space_command", required=True)
+    p = space.add_parser("export", help="write a self-contained Space folder (app, README, wheel, checkpoints)")
+    p.add_argument("output", help="the Space folder to write")
+    p.add_argument("--model", action="append", help="checkpoint to serve (repeatable; default: every bundled one)")
+    p.add_argument("--wheel", default=None, help="a bsr_hub wheel to ship (default: built from this checkout)")
+    p.add_argument("--overwrite", action="store_true", help="replace the Space files in a non-empty folder")
+    p.set_defaults(func=cmd_space_export)
 
     return parser
 
