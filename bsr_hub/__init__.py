@@ -5,7 +5,7 @@ datasets) and the demo (gradio) are optional extras imported where they are used
 """
 
 from .configuration import BSRConfig, ConfigError, list_presets
-from .hub import CheckpointError, bundled_checkpoints
+from .hub import CheckpointError, bundled_checkpoints, default_checkpoint, list_checkpoints
 from .modeling import BSRModel
 
 __version__ = "0.1.0"
@@ -16,5 +16,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "bundled_checkpoints",
+    "default_checkpoint",
+    "list_checkpoints",
     "list_presets",
 ]

@@ -34,25 +34,78 @@ def template_path() -> Path:
     raise FileNotFoundError(f"model card template {TEMPLATE_NAME} is missing from the bsr_hub installation")
 
 
+METRIC_DECIMALS = {"psnr": 2, "ssim": 4}  # as published tables round them
+
+
+def _metric_type(metric: str, self_ensemble: bool) -> str:
+    return f"{metric}-self-ensemble" if self_ensemble else metric
+
+
 def eval_results_for(results: list[dict[str, Any]]) -> list[EvalResult]:
-    """model-index entries (one per benchmark, scale and degradation; metrics psnr and ssim)."""
+    """model-index entries: one dataset entry per benchmark, scale and degradation (the dataset `config`, since
+    the Hub groups metrics by task, dataset type and config); self-ensemble results are metrics of their own
+    (`psnr-self-ensemble`), never a second `psnr` on the same dataset."""
     out = []
     for r in results:
-        dataset = f"{r['benchmark']} (x{r['scale']}, {r['degradation']}{', self-ensemble' if r.get('self_ensemble') else ''})"
+        ensemble = bool(r.get("self_ensemble"))
         for metric in ("psnr", "ssim"):
             out.append(
                 EvalResult(
                     task_type="image-to-image",
                     task_name="Image Super-Resolution",
                     dataset_type=r["benchmark"],
-                    dataset_name=dataset,
+                    dataset_name=f"{r['benchmark']} (x{r['scale']}, {r['degradation']})",
+                    dataset_config=f"x{r['scale']}-{r['degradation']}",
                     dataset_split="test",
-                    metric_type=metric,
-                    metric_name=metric.upper() + " (Y channel)",
-                    metric_value=round(float(r[metric]), 4 if metric == "ssim" else 2),
+                    metric_type=_metric_type(metric, ensemble),
+                    metric_name=metric.upper() + " (Y channel" + (", x8 self-ensemble)" if ensemble else ")"),
+                    metric_value=round(float(r[metric]), METRIC_DECIMALS[metric]),
                 )
             )
     return out
+
+
+def model_index_mismatches(card_path: str | Path, results: list[dict[str, Any]]) -> list[str]:
+    """What the Hub's own parser reads back from a card's model-index that differs from `results` (the
+    `eval_results.json` entries): missing, extra or different values. Empty when the card is right."""
+    parsed = ModelCard.load(card_path).data.eval_results or []
+    found = {(e.dataset_type, e.dataset_config, e.metric_type): e.metric_value for e in parsed}
+    expected = {}
+    for r in results:
+        for metric, decimals in METRIC_DECIMALS.items():
+            key = (r["benchmark"], f"x{r['scale']}-{r['degradation']}", _metric_type(metric, bool(r.get("self_ensemble"))))
+            expected[key] = round(float(r[metric]), decimals)
+    problems = [f"{k}: card has {found.get(k, 'nothing')}, results have {v}" for k, v in expected.items()
+                if found.get(k) != v]
+    problems += [f"{k}: in the card but not in the results" for k in found.keys() - expected.keys()]
+    if len(parsed) != len(found):
+        problems.append(f"the card repeats a metric: {len(parsed)} entries for {len(found)} distinct ones")
+    return problems
+
+
+def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The stages a checkpoint was trained in (first to last) and their total, for the card.
+
+    A stage is what one `train.py` run recorded: what it started from (`init_from`), steps, wall time,
+    hardware and command. A record written before lineage was kept is one stage of its own.
+    """
+    from .training import format_duration
+
+    stages = training.get("lineage") or [
+        {key: training.get(key) for key in ("init_from", "steps", "wall_time_s", "hardware", "command")}
+    ]
+    rows = []
+    for stage in stages:
+        seconds = stage.get("wall_time_s")
+        rows.append({**stage, "init_from": stage.get("init_from") or "scratch",
+                     "wall_time": format_duration(seconds) if seconds is not None else training.get("wall_time", "-")})
+    known = [s["wall_time_s"] for s in stages if s.get("wall_time_s") is not None]
+    total = {
+        "steps": sum(int(s.get("steps") or 0) for s in stages),
+        "wall_time": format_duration(sum(known)) + ("" if len(known) == len(stages) else " (some stages unrecorded)"),
+        "stages": len(stages),
+    }
+    return rows, total
 
 
 def render_model_card(
@@ -86,6 +139,7 @@ def render_model_card(
         model_name=name if results else None,
         eval_results=eval_results_for(results) if results else None,
     )
+    lineage, total = training_lineage(training) if training else ([], {})
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path()),
@@ -97,6 +151,8 @@ def render_model_card(
         config_json=json.dumps(config.to_dict(), indent=2, sort_keys=True),
         results=results,
         training=training or {},
+        lineage=lineage,
+        total=total,
         **template_kwargs,
     )
     return card

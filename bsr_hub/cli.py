@@ -52,13 +52,18 @@ def _upscale_file(model, src: Path, target: Path, args: argparse.Namespace) -> s
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .hub import default_checkpoint, list_checkpoints
     from .inference import check_precision
 
     def report(message: str) -> None:
         tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
 
     try:
-        model = _load_model(args.model, args.device, args.dtype)
+        name = args.model or default_checkpoint(args.scale or 2)
+        model = _load_model(name, args.device, args.dtype)
+        if args.scale is not None and model.scale != args.scale:
+            raise ValueError(f"--scale {args.scale} asks for x{args.scale}, but {name} is a x{model.scale} model "
+                             f"(bundled x{args.scale}: {', '.join(list_checkpoints(args.scale)) or 'none'})")
         check_precision(model)  # fp16 on a CPU fails here, once, not on every image
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -122,6 +127,36 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"conv layers  {info['conv_layers']}")
         for key, value in info["config"].items():
             print(f"  {key:22} {value}")
+    return 0
+
+
+def zoo_rows() -> list[dict]:
+    """One row per bundled checkpoint: what `bsr-hub list` prints, from each folder's config and measured results."""
+    from .hub import bundled_checkpoints
+    from .modeling import BSRModel
+
+    rows = []
+    for name, folder in bundled_checkpoints().items():
+        model = BSRModel.from_pretrained(folder)
+        store = folder / "eval_results.json"
+        results = json.loads(store.read_text())["results"] if store.is_file() else []
+        psnr = {r["benchmark"]: round(r["psnr"], 2) for r in results
+                if r["scale"] == model.scale and r["degradation"] == "BI" and not r["self_ensemble"]}
+        rows.append({"name": name, "preset": model.config.preset, "scale": model.scale,
+                     "parameters": model.num_parameters(), "psnr": psnr})
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = zoo_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    benchmarks = ("Set5", "Set14", "BSD100")
+    print(f"{'name':16} {'scale':>5} {'parameters':>11}  Y-PSNR " + " / ".join(benchmarks))
+    for r in rows:
+        scores = " / ".join(f"{r['psnr'][b]:.2f}" if b in r["psnr"] else "-" for b in benchmarks)
+        print(f"{r['name']:16} {'x' + str(r['scale']):>5} {r['parameters']:>11,}  {scores}")
     return 0
 
 
@@ -204,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="super-resolve image files or folders (recursively)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output folder (folder structure is kept)")
-    p.add_argument("--model", default="bsr-lite-x2", help="bundled name, local folder or Hub repo id")
+    p.add_argument("--model", default=None,
+                   help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: bsr-lite-x<scale>)")
+    p.add_argument("--scale", type=int, default=None, choices=[2, 3, 4],
+                   help="upscaling factor; without --model it picks the bundled bsr-lite of that scale (default 2)")
     p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (bounded memory)")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
@@ -213,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("list", help="the bundled checkpoints: scale, parameters and measured Y-PSNR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="describe a model: preset, scale, parameters, conv layers")
     p.add_argument("model", help="bundled name, local folder, Hub repo id, or a preset name")

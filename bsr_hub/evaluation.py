@@ -461,9 +461,7 @@ def update_card(
     Raises:
         EvaluationError: results with unreadable images, or results whose scale is not the model's.
     """
-    from huggingface_hub import ModelCard
-
-    from .card import render_model_card
+    from .card import model_index_mismatches, render_model_card
     from .modeling import BSRModel
 
     folder = Path(model_dir)
@@ -491,15 +489,28 @@ def update_card(
     commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
-        model, model_name=name, results=card_results, training=training, evaluation_commands=commands
+        model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
+        load_as=_load_name(folder, name),
     )
     target = folder / "README.md"
     _write_atomic(target, str(card))
-    # ModelCard.validate() posts to the Hub; offline, check that the model-index parses back to what we wrote.
-    loaded = ModelCard.load(target).data.eval_results or []
-    if len(loaded) != 2 * len(merged):
-        raise RuntimeError(f"the rendered card's model-index has {len(loaded)} entries, expected {2 * len(merged)}")
+    # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured.
+    problems = model_index_mismatches(target, merged)
+    if problems:
+        raise RuntimeError("the rendered card's model-index does not match the results: " + "; ".join(problems))
     return target
+
+
+def _load_name(folder: Path, name: str) -> str:
+    """What the card's "How to use" passes to `from_pretrained`: the bundled name for a bundled checkpoint, a Hub
+    id for a model that has one, and otherwise the folder (a user's model named like a bundled one must not
+    point its readers at the bundled weights)."""
+    from .hub import bundled_checkpoints
+
+    bundled = bundled_checkpoints()
+    if name in bundled:
+        return name if bundled[name].resolve() == folder.resolve() else str(folder)
+    return name if name.count("/") == 1 else str(folder)
 
 
 def _write_atomic(target: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,35 @@ def bundled_checkpoints() -> dict[str, Path]:
         for p in sorted(BUNDLED_DIR.iterdir())
         if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
     }
+
+
+def list_checkpoints(scale: int | None = None) -> list[str]:
+    """Names of the bundled checkpoints (all of them, or those of one scale), for `from_pretrained`."""
+    found = bundled_checkpoints()
+    if scale is None:
+        return list(found)
+    return [name for name, folder in found.items() if _bundled_scale(folder) == scale]
+
+
+# The checkpoint a scale gets when the user names none: the balanced bsr-lite (bsr-tiny is the fast choice, and is
+# asked for by name).
+DEFAULT_CHECKPOINTS = {2: "bsr-lite-x2", 3: "bsr-lite-x3", 4: "bsr-lite-x4"}
+
+
+def default_checkpoint(scale: int) -> str:
+    """The bundled checkpoint used for `scale` when no model is named (`bsr-hub upscale --scale 4`)."""
+    name = DEFAULT_CHECKPOINTS.get(scale)
+    if name is None or name not in bundled_checkpoints():
+        offered = ", ".join(f"{n} (x{_bundled_scale(f)})" for n, f in bundled_checkpoints().items()) or "none"
+        raise CheckpointError(f"no bundled checkpoint for x{scale}; bundled: {offered}")
+    return name
+
+
+def _bundled_scale(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))["scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_folder(folder: Path) -> Path:

@@ -1,39 +1,106 @@
-"""The checkpoint shipped inside the package: it loads offline by name, and its card tells the truth."""
+"""Every checkpoint shipped inside the package (as timm's tests run over `list_models(pretrained=True)`): it loads
+offline by name, its config, card and records agree, and the card's numbers are reproduced by the evaluator."""
 
 import json
+import re
 
 import pytest
 from huggingface_hub import ModelCard
+from PIL import Image
 
-from bsr_hub import BSRModel, bundled_checkpoints
+from bsr_hub import BSRModel, bundled_checkpoints, default_checkpoint, list_checkpoints
+from bsr_hub.card import model_index_mismatches
+from bsr_hub.cli import main as cli_main
 
 from conftest import SHARED_DATA, requires_shared_data
 
-NAME = "bsr-lite-x2"
+BUNDLED = list_checkpoints()
+# Published Y-PSNR (Set5, Set14, BSD100) each bundled model must reach (README table; docs/METHOD.md section 8):
+# the requirement, not the target. bsr-lite at x2 is held to today's bundled numbers, which it must not lose.
+REQUIRED = {
+    "bsr-lite-x2": ("bsr-lite-x2 as first bundled", (37.22, 32.81, 31.76)),
+    "bsr-lite-x3": ("FSRCNN", (33.18, 29.37, 28.53)),
+    "bsr-lite-x4": ("FSRCNN", (30.72, 27.61, 26.98)),
+    "bsr-tiny-x2": ("SRCNN", (36.66, 32.45, 31.36)),
+}
 
 
-def test_bundled_model_loads_offline_by_name():
-    assert NAME in bundled_checkpoints()
-    model = BSRModel.from_pretrained(NAME)  # HF_HUB_OFFLINE=1 (conftest): no network involved
-    assert model.scale == 2 and model.config.preset == "bsr-lite"
-    card = ModelCard.load(bundled_checkpoints()[NAME] / "README.md")
+def test_the_zoo_has_every_scale_and_the_fast_model():
+    assert {"bsr-lite-x2", "bsr-lite-x3", "bsr-lite-x4", "bsr-tiny-x2"} <= set(BUNDLED)
+    assert set(list_checkpoints(scale=4)) >= {"bsr-lite-x4"} and "bsr-lite-x4" not in list_checkpoints(scale=2)
+    assert [default_checkpoint(s) for s in (2, 3, 4)] == ["bsr-lite-x2", "bsr-lite-x3", "bsr-lite-x4"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_loads_offline_and_config_card_and_records_agree(name):
+    folder = bundled_checkpoints()[name]
+    model = BSRModel.from_pretrained(name)  # HF_HUB_OFFLINE=1 (conftest): no network involved
+    preset, scale = re.fullmatch(r"(bsr-[a-z]+)-x(\d)(?:-.*)?", name).groups()
+    assert (model.config.preset, model.scale) == (preset, int(scale))
+
+    card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "bsr-hub"
-    measured = {(r.dataset_type, r.metric_type) for r in card.data.eval_results}
-    assert {("Set5", "psnr"), ("Set14", "psnr"), ("BSD100", "psnr")} <= measured
-    training = json.loads((bundled_checkpoints()[NAME] / "training.json").read_text())
-    assert training["steps"] > 0 and "../shared/data/train" in training["data"]
+    assert f"| scale | x{model.scale} |" in card.text and f"| preset | `{preset}` |" in card.text
+    assert f"| parameters | {model.num_parameters():,} |" in card.text
+    stored = json.loads((folder / "eval_results.json").read_text())
+    assert stored["model"] == name
+    assert model_index_mismatches(folder / "README.md", stored["results"]) == []  # the Hub's parser agrees
+    benchmarks = {r["benchmark"] for r in stored["results"] if r["scale"] == model.scale and not r["self_ensemble"]}
+    assert {"Set5", "Set14", "BSD100"} <= benchmarks
+
+    training = json.loads((folder / "training.json").read_text())
+    assert "../" not in training["data"] and "T91 (91 images)" in training["data"]  # datasets, not a local path
+    assert training["lineage"] and all(stage["steps"] > 0 for stage in training["lineage"])
+    assert "total training" in card.text and "Lineage" in card.text
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_card_numbers_meet_the_required_published_rows(name):
+    if name not in BUNDLED:
+        pytest.fail(f"{name} is not bundled")
+    folder = bundled_checkpoints()[name]
+    results = json.loads((folder / "eval_results.json").read_text())["results"]
+    scale = BSRModel.from_pretrained(name).scale
+    psnr = {r["benchmark"]: r["psnr"] for r in results if r["scale"] == scale and not r["self_ensemble"]
+            and r["degradation"] == "BI"}
+    reference, required = REQUIRED[name]
+    for benchmark, bar in zip(("Set5", "Set14", "BSD100"), required):
+        assert round(psnr[benchmark], 2) >= bar, f"{name} on {benchmark}: {psnr[benchmark]:.2f} < {reference}'s {bar}"
 
 
 @requires_shared_data
-def test_the_cards_set5_number_is_reproduced_and_beats_bicubic():
+@pytest.mark.parametrize("name", BUNDLED)
+def test_the_cards_set5_number_is_reproduced_and_beats_bicubic(name):
     pytest.importorskip("datasets")
     from bsr_hub.evaluation import BicubicModel, evaluate_benchmark, load_benchmark
 
-    folder = bundled_checkpoints()[NAME]
+    folder = bundled_checkpoints()[name]
+    model = BSRModel.from_pretrained(name)
     stored = json.loads((folder / "eval_results.json").read_text())["results"]
-    (card_set5,) = [r for r in stored if r["benchmark"] == "Set5" and r["scale"] == 2 and not r["self_ensemble"]]
+    (card_set5,) = [r for r in stored if r["benchmark"] == "Set5" and r["scale"] == model.scale
+                    and r["degradation"] == "BI" and not r["self_ensemble"]]
     set5 = load_benchmark("Set5", SHARED_DATA / "benchmarks")
-    ours = evaluate_benchmark(BSRModel.from_pretrained(NAME), set5, 2, progress=False)
-    bicubic = evaluate_benchmark(BicubicModel(2), set5, 2, progress=False)
+    ours = evaluate_benchmark(model, set5, model.scale, progress=False)
+    bicubic = evaluate_benchmark(BicubicModel(model.scale), set5, model.scale, progress=False)
     assert ours.psnr == pytest.approx(card_set5["psnr"], abs=0.005)  # the card was measured, not typed
-    assert ours.psnr > bicubic.psnr + 2.0
+    assert ours.psnr > bicubic.psnr + 1.0
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_upscale_by_scale_alone_uses_the_bundled_model_of_that_scale(scale, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (9, 7), (120, 40, 200)).save(src)
+    assert cli_main(["upscale", str(src), "-o", str(tmp_path / "out"), "--scale", str(scale), "-q"]) == 0
+    assert Image.open(tmp_path / "out" / "in.png").size == (9 * scale, 7 * scale)
+    # A named model of another scale is refused rather than silently giving another size.
+    other = "bsr-lite-x2" if scale != 2 else "bsr-lite-x3"
+    assert cli_main(["upscale", str(src), "-o", str(tmp_path / "o2"), "--scale", str(scale), "--model", other]) == 2
+    assert f"--scale {scale}" in capsys.readouterr().err
+
+
+def test_list_prints_every_bundled_checkpoint(capsys):
+    assert cli_main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == BUNDLED
+    for row in rows:
+        assert set(row["psnr"]) >= {"Set5", "Set14", "BSD100"}

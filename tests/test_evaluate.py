@@ -235,6 +235,46 @@ def test_update_card_refuses_failed_or_mismatched_results(tiny_ckpt: Path) -> No
         update_card(tiny_ckpt, [{**entry, "scale": 3}])
 
 
+def test_self_ensemble_results_are_their_own_metrics_in_the_model_index(tiny_ckpt: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from bsr_hub.card import model_index_mismatches
+
+    plain = {"benchmark": "Set5", "scale": 2, "degradation": "BI", "self_ensemble": False, "num_images": 5,
+             "psnr": 37.2237, "ssim": 0.95752, "per_image": []}
+    ensemble = {**plain, "self_ensemble": True, "psnr": 37.4101, "ssim": 0.95831}
+    bd = {**plain, "degradation": "BD", "psnr": 33.1, "ssim": 0.91}
+    card_path = update_card(tiny_ckpt, [plain, ensemble, bd], model_name="me/tiny")
+
+    parsed = ModelCard.load(card_path).data.eval_results  # the Hub's own parser
+    values = {(e.dataset_type, e.dataset_config, e.metric_type): e.metric_value for e in parsed}
+    assert len(values) == len(parsed) == 6  # nothing merged into another entry, nothing repeated
+    assert values[("Set5", "x2-BI", "psnr")] == 37.22 and values[("Set5", "x2-BI", "psnr-self-ensemble")] == 37.41
+    assert values[("Set5", "x2-BD", "psnr")] == 33.1
+    stored = json.loads((tiny_ckpt / "eval_results.json").read_text())["results"]
+    assert model_index_mismatches(card_path, stored) == []
+    # The check has teeth: a value edited in the card by hand is found.
+    card_path.write_text(card_path.read_text().replace("37.41", "37.5", 1))
+    assert any("37.5" in p for p in model_index_mismatches(card_path, stored))
+
+
+def test_card_lineage_total_and_how_to_use_point_at_the_right_weights(tmp_path: Path, tiny_ckpt: Path) -> None:
+    entry = {"benchmark": "Syn", "scale": 2, "degradation": "BI", "self_ensemble": False, "num_images": 1,
+             "psnr": 30.0, "ssim": 0.9, "per_image": []}
+    stages = [
+        {"init_from": None, "steps": 7000, "wall_time_s": 4980, "hardware": "2 CPU cores", "command": "train a"},
+        {"init_from": "bsr-lite-x2", "steps": 3000, "wall_time_s": 3600, "hardware": "2 CPU cores", "command": "train b"},
+    ]
+    (tiny_ckpt / "training.json").write_text(json.dumps({"data": "T91 (91 images)", "steps": 3000, "lineage": stages}))
+    # A user's model saved under a bundled checkpoint's name must not send its readers to the bundled weights.
+    text = update_card(tiny_ckpt, [entry], model_name="bsr-lite-x2").read_text()
+    assert f'from_pretrained("{tiny_ckpt}")' in text and f"--model {tiny_ckpt}" in text
+    assert "10,000 steps, 2 h 23 min, in 2 stages" in text
+    assert "| 1 | scratch | 7,000 | 1 h 23 min |" in text and "| 2 | bsr-lite-x2 | 3,000 | 1 h 00 min |" in text
+    hub = update_card(tiny_ckpt, [entry], model_name="me/my-bsr").read_text()
+    assert 'from_pretrained("me/my-bsr")' in hub
+
+
 def test_merge_results_keys() -> None:
     a = {"benchmark": "Set5", "scale": 2, "degradation": "BI", "self_ensemble": False, "psnr": 1.0}
     b = {**a, "self_ensemble": True, "psnr": 2.0}
