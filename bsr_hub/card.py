@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
@@ -86,26 +87,25 @@ def model_index_mismatches(card_path: str | Path, results: list[dict[str, Any]])
 def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The stages a checkpoint was trained in (first to last) and their total, for the card.
 
-    A stage is what one `train.py` run recorded: what it started from (`init_from`), steps, wall time,
-    hardware and command. A record written before lineage was kept is one stage of its own.
+    `training` is a `training.json` as `TrainingRecord` reads it (a record written before lineage was kept is a
+    single stage).
     """
-    from .training import format_duration
+    from .training import TrainingRecord, format_duration
 
-    stages = training.get("lineage") or [
-        {key: training.get(key) for key in ("init_from", "steps", "wall_time_s", "hardware", "command")}
-    ]
-    rows = []
-    for stage in stages:
-        seconds = stage.get("wall_time_s")
-        rows.append({**stage, "init_from": stage.get("init_from") or "scratch",
-                     "wall_time": format_duration(seconds) if seconds is not None else training.get("wall_time", "-")})
-    known = [s["wall_time_s"] for s in stages if s.get("wall_time_s") is not None]
+    record = TrainingRecord.from_dict(training)
+    stages = []
+    for stage in record.lineage:
+        row = dataclasses.asdict(stage)
+        row["init_from"] = stage.init_from or "scratch"
+        row["wall_time"] = format_duration(stage.wall_time_s) if stage.wall_time_s is not None else "not recorded"
+        stages.append(row)
+    total_s = record.total_wall_time_s
     total = {
-        "steps": sum(int(s.get("steps") or 0) for s in stages),
-        "wall_time": format_duration(sum(known)) + ("" if len(known) == len(stages) else " (some stages unrecorded)"),
+        "steps": record.total_steps,
+        "wall_time": format_duration(total_s) if total_s is not None else "not recorded for every stage",
         "stages": len(stages),
     }
-    return rows, total
+    return stages, total
 
 
 def render_model_card(
