@@ -41,6 +41,11 @@ NO_MODEL_MESSAGE = (
     "`bsr-hub demo --model PATH_OR_REPO_ID`, or set BSR_DEMO_MODELS=PATH_OR_REPO_ID for spaces_demo/app.py."
 )
 INSTALL_HINT = "the demo needs gradio: pip install 'bsr-hub[demo]'"
+DETAIL_INPUT_PX = 48
+"""Side of the detail region in input pixels (shown as DETAIL_INPUT_PX * scale output pixels per side)."""
+DETAIL_DISPLAY_PX = 400
+"""About how wide each detail is drawn: output pixels are enlarged by a whole factor, nearest-neighbour, so that
+every pixel the network made is a visible square, not smoothed again by the browser."""
 
 
 class DemoInputError(ValueError):
@@ -321,6 +326,48 @@ def upscale_upload(
     return UpscaleResult(result, bicubic, info, seconds)
 
 
+# ---------------------------------------------------------------------------------------------- the detail view
+
+
+def most_structured_point(img: Image.Image, region: int = DETAIL_INPUT_PX) -> tuple[float, float]:
+    """The centre of the `region` x `region` window with the highest PIC (the paper's measure of structure,
+    `bsr_hub.pic`), as fractions (x, y) of the width and height. An image too small to measure gives its centre."""
+    import numpy as np
+    import torch
+
+    from .pic import dense_pic
+
+    rgb = np.array(display_copy(img).convert("RGB"))  # (H, W, 3) uint8, a writable copy for torch
+    h, w = rgb.shape[:2]
+    side = min(region, h, w)
+    if side < 3:
+        return 0.5, 0.5
+    stride = max(1, side // 8)  # a few pixels off the best window is invisible; a whole-image scan is not
+    scores = dense_pic(torch.from_numpy(rgb).permute(2, 0, 1), side, stride=stride)  # (ny, nx)
+    iy, ix = divmod(int(scores.argmax()), scores.shape[1])
+    return (ix * stride + side / 2) / w, (iy * stride + side / 2) / h
+
+
+def detail_views(
+    upload: Image.Image, result: Image.Image, x: float, y: float, region: int = DETAIL_INPUT_PX
+) -> tuple[Image.Image, Image.Image]:
+    """Bicubic and BSR over the same region, centred at fractions (x, y) of the image and clamped inside it,
+    each enlarged with nearest-neighbour pixels. `upload` is the input, `result` the model's output."""
+    shown, out = display_copy(upload).convert("RGB"), display_copy(result).convert("RGB")
+    scale = out.width // max(shown.width, 1)
+    side = min(region, shown.width, shown.height) * scale  # in output pixels
+    left = min(max(round(x * out.width - side / 2), 0), out.width - side)
+    top = min(max(round(y * out.height - side / 2), 0), out.height - side)
+    box = (left, top, left + side, top + side)
+    bicubic = shown.resize(out.size, Image.Resampling.BICUBIC).crop(box)
+    zoom = max(1, round(DETAIL_DISPLAY_PX / side))
+    enlarge = (side * zoom, side * zoom)
+    return (
+        bicubic.resize(enlarge, Image.Resampling.NEAREST),
+        out.crop(box).resize(enlarge, Image.Resampling.NEAREST),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the Gradio app
 
 
@@ -375,6 +422,22 @@ def build_demo(
             raise gr.Error(str(err), print_exception=False) from None
         return out.image, (out.bicubic, display_copy(out.image)), out.info
 
+    # The detail view runs as its own events, after /upscale, so the API keeps its documented return.
+    def detail(image: Any, result: Any, x: float, y: float) -> tuple[Any, Any]:
+        if image is None or result is None:
+            return None, None
+        with open_upload(image, settings.max_pixels) as upload:
+            return detail_views(ImageOps.exif_transpose(upload), result, x / 100, y / 100)
+
+    def locate_detail(image: Any, result: Any) -> tuple[float, float, Any, Any]:
+        if image is None or result is None:
+            return 50.0, 50.0, None, None
+        with open_upload(image, settings.max_pixels) as upload:
+            upload = ImageOps.exif_transpose(upload)
+            x, y = most_structured_point(upload)
+            bicubic, bsr = detail_views(upload, result, x, y)
+        return round(100 * x, 1), round(100 * y, 1), bicubic, bsr
+
     with gr.Blocks(title="BSR super-resolution", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(
             "# BSR super-resolution\n"
@@ -428,6 +491,25 @@ def build_demo(
                     elem_id="bsr-slider",
                 )
                 info = gr.Markdown(label="info", elem_id="bsr-info")
+        with gr.Group(elem_id="bsr-detail"):
+            gr.Markdown(
+                "**Detail**: the region with the most structure (highest PIC), every output pixel drawn as a "
+                "square. Move it with the sliders."
+            )
+            with gr.Row():
+                detail_bicubic = gr.Image(
+                    label="Bicubic (detail)", format="png", type="pil", interactive=False,
+                    buttons=["fullscreen"], elem_id="bsr-detail-bicubic",
+                )
+                detail_bsr = gr.Image(
+                    label="BSR (detail)", format="png", type="pil", interactive=False,
+                    buttons=["fullscreen"], elem_id="bsr-detail-bsr",
+                )
+            with gr.Row():
+                detail_x = gr.Slider(0, 100, value=50, step=0.5, label="Detail position, % of width",
+                                     elem_id="bsr-detail-x")
+                detail_y = gr.Slider(0, 100, value=50, step=0.5, label="Detail position, % of height",
+                                     elem_id="bsr-detail-y")
         gr.Examples(
             examples=[[str(p)] for p in example_images()],
             inputs=[image],
@@ -441,7 +523,19 @@ def build_demo(
             api_name=API_NAME,
             preprocess=False,
             concurrency_limit=settings.concurrency,
+        ).success(
+            locate_detail,
+            inputs=[image, output],
+            outputs=[detail_x, detail_y, detail_bicubic, detail_bsr],
+            api_visibility="private",
         )
+        for moved in (detail_x, detail_y):
+            moved.release(
+                detail,
+                inputs=[image, output, detail_x, detail_y],
+                outputs=[detail_bicubic, detail_bsr],
+                api_visibility="private",
+            )
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     demo.bsr_settings = settings  # serve() reads the upload limit from here
     return demo

@@ -1,4 +1,4 @@
-"""Drive the demo in a real Chromium: upload, upscale, measure, screenshot. Shared by the browser test.
+"""Drive the demo in a real Chromium: upload, upscale, read the detail view, measure, screenshot. Shared by the browser test.
 
     python spaces_demo/screenshot.py --model bsr-lite-x2            # the README's docs/images/demo.png
     python spaces_demo/screenshot.py                                  # no model given: an UNTRAINED bsr-lite
@@ -39,6 +39,10 @@ class BrowserReport:
     info: str
     requests_seen: int
     """How many requests the page made at all (so an empty foreign list means something)."""
+    detail_sizes: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    """Drawn (CSS pixel) sizes of the bicubic and BSR detail images, once both have loaded."""
+    detail_pixels_differ: int = 0
+    """How many pixels differ between the bicubic and the BSR detail, as the page received them."""
     foreign_requests: list[str] = field(default_factory=list)
     """Every request to a host other than this machine (the page must make none)."""
     console_errors: list[str] = field(default_factory=list)
@@ -74,6 +78,20 @@ def drive_demo(url: str, image: Path, screenshot: Path, timeout_s: float = 60.0)
                 "() => { const i = document.querySelector('#bsr-output img'); return [i.naturalWidth, i.naturalHeight]; }"
             )
             info = page.locator("#bsr-info").inner_text()
+            details = []
+            for elem_id in ("bsr-detail-bicubic", "bsr-detail-bsr"):
+                page.wait_for_function(
+                    f"() => {{ const i = document.querySelector('#{elem_id} img');"
+                    " return i !== null && i.complete && i.naturalWidth > 0; }",
+                    timeout=timeout_ms,
+                )
+                img = page.locator(f"#{elem_id} img").first
+                img.scroll_into_view_if_needed()
+                box = img.bounding_box()
+                body = page.request.get(img.get_attribute("src")).body()  # the PNG the page shows
+                details.append(((round(box["width"]), round(box["height"])), body))
+            (shown_bicubic, png_bicubic), (shown_bsr, png_bsr) = details
+            page.evaluate("() => window.scrollTo(0, 0)")
             page.wait_for_timeout(500)  # let the slider's images paint before the screenshot
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
@@ -84,7 +102,23 @@ def drive_demo(url: str, image: Path, screenshot: Path, timeout_s: float = 60.0)
         for u in requests
         if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).hostname not in LOCAL_HOSTS
     ]
-    return BrowserReport(size[0], size[1], info, len(requests), foreign, errors)
+    return BrowserReport(
+        size[0], size[1], info, len(requests), (shown_bicubic, shown_bsr),
+        _pixels_differ(png_bicubic, png_bsr), foreign, errors,
+    )
+
+
+def _pixels_differ(png_a: bytes, png_b: bytes) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(io.BytesIO(png_a)).convert("RGB"))
+    b = np.asarray(Image.open(io.BytesIO(png_b)).convert("RGB"))
+    if a.shape != b.shape:
+        return a.shape[0] * a.shape[1]
+    return int((a != b).any(axis=2).sum())
 
 
 def _untrained_checkpoint(root: Path) -> Path:

@@ -36,7 +36,9 @@ from bsr_hub.demo import (
     DemoSettings,
     ModelCache,
     build_demo,
+    detail_views,
     discover_models,
+    most_structured_point,
     open_upload,
     parse_tile,
     serve,
@@ -373,3 +375,51 @@ def test_space_metadata_matches_the_tested_gradio():
     assert "models" in front
     requirements = (REPO_ROOT / "spaces_demo" / "requirements.txt").read_text()
     assert "bsr-hub[demo]" in requirements
+
+
+# ---------------------------------------------------------------------------------------------- the detail view
+
+
+def _flat_with_texture(size=(160, 120), at=(100, 20), side=30, seed=0) -> Image.Image:
+    """A flat grey image with one square of noise: the only structure, at a known place."""
+    arr = np.full((size[1], size[0], 3), 128, np.uint8)
+    rng = np.random.default_rng(seed)
+    arr[at[1] : at[1] + side, at[0] : at[0] + side] = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def test_detail_starts_on_the_most_structured_region():
+    img = _flat_with_texture(at=(100, 20), side=30)
+    x, y = most_structured_point(img, region=24)
+    assert 100 <= x * img.width <= 130 and 20 <= y * img.height <= 50
+    img = _flat_with_texture(at=(10, 80), side=30)
+    x, y = most_structured_point(img, region=24)
+    assert 10 <= x * img.width <= 40 and 80 <= y * img.height <= 110
+    assert most_structured_point(Image.new("RGB", (2, 9))) == (0.5, 0.5)  # too small to measure
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_detail_crops_the_same_region_of_bicubic_and_output_in_whole_pixels(scale):
+    upload = _flat_with_texture()
+    result = upload.resize((upload.width * scale, upload.height * scale), Image.Resampling.NEAREST)
+    bicubic, bsr = detail_views(upload, result, 1.0, 0.0, region=20)  # a corner: clamped inside the image
+    side = 20 * scale
+    zoom = bsr.width // side
+    assert bicubic.size == bsr.size == (side * zoom, side * zoom) and zoom >= 2
+    # Nearest-neighbour enlargement: every zoom x zoom block is one output pixel, the top-right corner region.
+    want = result.crop((result.width - side, 0, result.width, side))
+    assert np.array_equal(np.asarray(bsr)[::zoom, ::zoom], np.asarray(want))
+    # Over the texture, bicubic and the (here nearest-neighbour) result differ.
+    bicubic, bsr = detail_views(upload, result, 115 / upload.width, 35 / upload.height, region=20)
+    assert not np.array_equal(np.asarray(bicubic), np.asarray(bsr))
+
+
+def test_detail_of_grey_and_tiny_images(tiny_model):
+    grey = Image.new("L", (5, 4), 90)
+    bicubic, bsr = detail_views(grey, tiny_model.upscale(grey), 0.5, 0.5)
+    assert bicubic.size == bsr.size and bicubic.width >= 8
+
+
+def test_the_api_has_one_public_endpoint(served):
+    _, client = served
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/upscale"]

@@ -56,6 +56,11 @@ def test_upload_upscale_and_result_in_chromium(tmp_path):
     with Image.open(image) as img:
         assert (report.natural_width, report.natural_height) == (img.width * 2, img.height * 2)
     assert "tiny-test-x2" in report.info and "not evaluated" in report.info
+    # The detail view: both sides drawn at a readable size, and they are not the same picture.
+    for width, height in report.detail_sizes:
+        assert width >= 200 and height >= 200
+    total = report.detail_sizes[0][0] * report.detail_sizes[0][1]
+    assert report.detail_pixels_differ > 0, f"bicubic and BSR details are identical ({total} px drawn)"
     assert report.requests_seen > 10  # the page, its scripts, the upload, the queue, the result
     assert report.foreign_requests == []  # no CDN, no analytics, no fonts from elsewhere
     assert report.console_errors == []
