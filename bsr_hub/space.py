@@ -132,13 +132,13 @@ def build_wheel(dest: Path) -> Path:
         return Path(shutil.copy2(wheels[0], dest))
 
 
-def expected_times() -> list[tuple[int, float]] | None:
-    """(scale, seconds) for a 1-megapixel photo through the demo on 2 CPU threads, from bench/deploy.py's
-    last run, or None where that file is absent (an installed wheel has no bench/ folder)."""
+def expected_times() -> tuple[list[tuple[int, float]], str] | None:
+    """(scale, seconds) for a 1-megapixel photo through the demo on 2 CPU threads, and what else ran then, from
+    bench/deploy.py's last run; None where that file is absent (an installed wheel has no bench/ folder)."""
     if not DEPLOY_BENCH.is_file():
         return None
     record = json.loads(DEPLOY_BENCH.read_text())
-    return [(row["scale"], row["seconds"]) for row in record["space"]]
+    return [(row["scale"], row["seconds"]) for row in record["space"]], record["load"]
 
 
 def space_readme(models: list[ServedModel], gradio_version: str) -> str:
@@ -169,14 +169,15 @@ def space_readme(models: list[ServedModel], gradio_version: str) -> str:
         f"{card_psnr(m.folder)} |"
         for m in models
     ]
-    times = expected_times()
-    if times:
+    measured = expected_times()
+    if measured:
+        times, load = measured
         timing = (
-            "On the free CPU hardware (2 vCPUs), a 1-megapixel photo (1000x1000) takes about "
+            "On the free CPU hardware (2 vCPUs), expect a 1-megapixel photo (1000x1000) to take up to "
             + ", ".join(f"{sec:.0f} s at x{scale}" for scale, sec in times)
-            + " with a `bsr-lite` model (the whole image at once, the default; larger scales make more output "
-            "pixels). Measured on a 2-core CPU by `python bench/deploy.py` in bsr_hub's repository "
-            "(`bench/results/deploy.md` says what else ran then); inputs are limited to 2 megapixels."
+            + " with a `bsr-lite` model (the whole image at once, the default). Measured on a 2-core CPU by `python bench/deploy.py` in bsr_hub's repository "
+            f"(`bench/results/deploy.md`); other load on that machine then: {load}. Inputs are limited to "
+            "2 megapixels."
         )
     else:
         timing = "Expected times were not measured for this export (bench/results/deploy.json was not found)."
