@@ -182,7 +182,8 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     print(f"{done} LR images (x{args.scale}, {args.degradation}) written into {args.output}", file=sys.stderr)
-    return 1 if any(p.startswith("failed") for p in problems) or not done else 0
+    nothing_to_do = not done and not any(p.startswith("skipped") for p in problems)
+    return 1 if any(p.startswith("failed") for p in problems) or nothing_to_do else 0  # skipped-only is success
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -161,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{stats['images']} images ({sum(stats['skipped'].values())} skipped), mode {stats['mode']}, "
+    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(stats["skipped"].items()))
+    print(f"{stats['images']} images ({sum(stats['skipped'].values())} skipped{': ' + skipped if skipped else ''}), "
+          f"mode {stats['mode']}, "
           f"{stats['batches']} batches of {stats['batch_size']}")
     print(f"{'interval from':>14} {'natural':>8} {'sampled':>8} {'quota':>6}")
     for e, n, s, q in zip(stats["edges"], stats["natural"], stats["sampled"], stats["quotas"]):
