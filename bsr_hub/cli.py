@@ -20,8 +20,13 @@ def _load_model(name: str, device: str, dtype: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here (use --device cpu or auto)")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device name (use auto, cpu, cuda, cuda:1, mps, ...)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(kind, False):
+        raise ValueError(f"--device {device}: no {kind.upper()} device is available here (use --device cpu or auto)")
     model = BSRModel.from_pretrained(name, map_location=device)
     return model.to(dtype=getattr(torch, dtype))
 

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A BSRConfig value (or a config.json) that cannot describe a BSR network."""
 
 
+# Bounds far above any sensible BSR network (bsr-base is 64 x 16 x 5), so that a config.json cannot make
+# `from_pretrained` allocate gigabytes before anything is checked.
+SIZE_LIMITS = {"num_features": 1024, "num_groups": 256, "num_blocks": 256, "num_channels": 4}
+
+
 @dataclass
 class BSRConfig:
     """Architecture of a BSR network.
@@ -52,18 +57,26 @@ class BSRConfig:
 
     def __post_init__(self) -> None:
         # JSON has no tuples: a config read back from config.json gives lists.
-        self.rgb_mean = tuple(float(v) for v in self.rgb_mean)  # type: ignore[assignment]
+        mean = self.rgb_mean
+        if isinstance(mean, (str, bytes)) or not isinstance(mean, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean
+        ):
+            raise ConfigError(f"rgb_mean must be a list of numbers, one per channel, got {mean!r}")
+        self.rgb_mean = tuple(float(v) for v in mean)  # type: ignore[assignment]
         if type(self.scale) is not int or self.scale not in SUPPORTED_SCALES:
             raise ConfigError(f"scale must be one of {SUPPORTED_SCALES}, got {self.scale!r}")
-        for name in ("num_features", "num_groups", "num_blocks", "num_channels"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+        for name in ("use_attention", "use_group_forwarding"):
+            if not isinstance(getattr(self, name), bool):  # "no" would otherwise count as true
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (isinstance(self.res_scale, (int, float)) and self.res_scale > 0):
             raise ConfigError(f"res_scale must be a positive number, got {self.res_scale!r}")
         k = self.attention_kernel_size
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0 or k % 2 == 0:
-            raise ConfigError(f"attention_kernel_size must be a positive odd integer, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= 31 or k % 2 == 0:
+            raise ConfigError(f"attention_kernel_size must be an odd integer from 1 to 31, got {k!r}")
         if len(self.rgb_mean) != self.num_channels:
             raise ConfigError(
                 f"rgb_mean has {len(self.rgb_mean)} values but num_channels is {self.num_channels}"
@@ -98,7 +111,7 @@ class BSRConfig:
             raise ConfigError(f"cannot read BSR config {path}: {err}") from err
         try:
             return cls.from_dict(data)
-        except (ConfigError, TypeError) as err:
+        except (ConfigError, TypeError, ValueError) as err:
             raise ConfigError(f"{path}: {err}") from err
 
     # ------------------------------------------------------------------ presets

@@ -91,11 +91,16 @@ def resolve_checkpoint(
     """
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
+    bundled = bundled_checkpoints()
     if path.is_dir():
+        if name in bundled and not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"a folder named {name!r} in {Path.cwd()} shadows the bundled checkpoint {name!r} and is not a "
+                "checkpoint itself: rename or move that folder, or run from another directory"
+            )
         return _check_folder(path)
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the checkpoint folder that contains {CONFIG_NAME}")
-    bundled = bundled_checkpoints()
     if name in bundled:
         return _check_folder(bundled[name])
     if isinstance(name_or_path, Path) or _looks_like_path(name):
@@ -127,6 +132,42 @@ def _summarise(keys: list[str], limit: int = 10) -> str:
     return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def _mismatch_report(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = sorted(
+        f"{k} (checkpoint {found[k]}, model {expected[k]})" for k in expected.keys() & found.keys() if found[k] != expected[k]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights: {_summarise(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_summarise(mismatched)}")
+    return problems
+
+
+def check_weights_header(config_file: Path, weights_file: Path, expected: dict[str, tuple]) -> None:
+    """Compare the tensor shapes in a safetensors header with the ones a config describes, reading no weights.
+
+    Run before the model is built, so a config.json that describes a huge network next to small weights fails
+    here instead of allocating the huge network first.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing weights file {weights_file}")
+    try:
+        with safe_open(weights_file, framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
+    problems = _mismatch_report(expected, found)
+    if problems:
+        raise CheckpointError(f"{weights_file} does not match the architecture in {config_file.name}; " + "; ".join(problems))
+
+
 def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str | torch.device = "cpu") -> None:
     """Load a safetensors file into `model`, or raise CheckpointError naming every key that does not fit."""
     from safetensors import SafetensorError
@@ -141,24 +182,16 @@ def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str 
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
 
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    mismatched = sorted(
-        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in expected.keys() & state.keys()
-        if state[k].shape != expected[k].shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing weights: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"unexpected weights: {_summarise(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches: {_summarise(mismatched)}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = _mismatch_report(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problems:
         raise CheckpointError(
             f"{weights_file} does not match the architecture in its config.json; "
             + "; ".join(problems)
         )
+    # NaN or infinite weights load fine and then turn every image black: refuse them by name.
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:
+        raise CheckpointError(f"{weights_file} holds NaN or infinite values in {_summarise(broken)}; "
+                              "the checkpoint is damaged (or training diverged before it was saved)")
     model.load_state_dict(state, strict=True)

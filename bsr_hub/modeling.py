@@ -181,7 +181,7 @@ class BSRModel(
         Unlike the mixin's default, unknown config fields, missing or unexpected weights and shape mismatches
         are errors (`bsr_hub.hub.CheckpointError`) that name what is wrong; nothing is loaded partially.
         """
-        from .hub import load_weights_strict, resolve_checkpoint
+        from .hub import check_weights_header, load_weights_strict, resolve_checkpoint
 
         folder = resolve_checkpoint(
             pretrained_model_name_or_path,
@@ -191,7 +191,11 @@ class BSRModel(
             local_files_only=local_files_only,
             token=token,
         )
-        model = cls(BSRConfig.from_json_file(folder / "config.json"))
+        config = BSRConfig.from_json_file(folder / "config.json")
+        with torch.device("meta"):  # the config's shapes, with no memory allocated
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        check_weights_header(folder / "config.json", folder / "model.safetensors", expected)
+        model = cls(config)
         load_weights_strict(model, folder / "model.safetensors", map_location=map_location)
         # load_state_dict copies into the existing (CPU) parameters: move the model itself.
         return model.to(map_location).eval()
