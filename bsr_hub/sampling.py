@@ -295,8 +295,8 @@ class PositionIndex:
 @contextlib.contextmanager
 def _one_thread():
     """Run torch on one intra-op thread. The sampler's tensors are tiny, so a second thread never helps, and on a
-    busy machine OpenMP's barrier makes each small op wait for a thread that has no core: measured 13 ms vs
-    2.4 s per literal batch here. DataLoader workers already run on one thread; this covers num_workers=0."""
+    busy machine OpenMP's barrier makes each small op wait for a thread that has no core. DataLoader workers
+    already run on one thread; this covers num_workers=0."""
     n = torch.get_num_threads()
     if n == 1:
         yield
