@@ -459,7 +459,10 @@ def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[Dataset
     loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
         found.append(DatasetInfo(KNOWN_DATASETS.get(root.name, root.name), loose))
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    known = list(KNOWN_DATASETS)
+    subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    # The known sets in the order the literature lists them (T91 first), then any others by name.
+    for sub in sorted(subfolders, key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name)):
         n = _count_images(sub)
         if n:
             found.append(DatasetInfo(KNOWN_DATASETS.get(sub.name, sub.name), n))

@@ -273,7 +273,7 @@ def test_record_names_the_datasets_and_counts_their_images(tmp_path):
             Image.new("RGB", (8, 8)).save(root / folder / f"{i}.png")
     (root / "mine" / "notes.txt").write_text("not an image")
     data = describe_training_data(TrainConfig(train_dir=str(root)))
-    assert [d.describe() for d in data] == ["BSD200 = BSDS500 train (2 images)", "T91 (3 images)", "mine (1 images)"]
+    assert [d.describe() for d in data] == ["T91 (3 images)", "BSD200 = BSDS500 train (2 images)", "mine (1 images)"]
 
 
 @pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "train").is_dir(), reason="no ../shared/data/train")
