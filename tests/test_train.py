@@ -356,3 +356,21 @@ def test_weights_check_is_skipped_with_a_message_under_sharding(capsys):
     run_.accelerator = fake
     assert run_.check_same_weights() is None
     assert "weights check skipped: under FSDP" in capsys.readouterr().out
+
+
+def test_a_model_returned_from_the_gpu_packs_small_and_loads(tmp_path, monkeypatch, tiny_checkpoint):
+    monkeypatch.chdir(REPO_ROOT)  # gpu.main works from the repository root; give the test its directory back
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import gpu
+
+    from bsr_hub import BSRModel
+
+    monkeypatch.setattr(gpu, "RETURN_LIMIT", 2**20 + 1000)  # so that even a tiny model takes the fp16 path
+    note = gpu.pack_model(tiny_checkpoint, tmp_path / "tiny.tar")
+    assert note["weights"].startswith("float16") and note["max_abs_rounding"] < 1e-3
+    assert gpu.main(["unpack", str(tmp_path / "tiny.tar"), str(tmp_path / "back")]) == 0
+    back, original = BSRModel.from_pretrained(tmp_path / "back"), BSRModel.from_pretrained(tiny_checkpoint)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert (back(x) - original(x)).abs().max() < 1e-2  # fp16-rounded weights, fp32 arithmetic
+    assert (tmp_path / "back" / "packing.json").is_file()
