@@ -119,7 +119,7 @@ def print_calls(parts: int, script: str) -> None:
     first = "bench" if script.endswith("gpu.py") else "receive"
     calls = [(f"python3 {script} {first}", ["wheels", "device_data/part_1"], 300 if first == "bench" else 120)]
     calls += [(f"python3 {script} receive", [f"device_data/part_{k}"], 120) for k in range(2, parts)]
-    calls.append((f"python3 {script} train", [f"device_data/part_{parts}"], 330 if first == "bench" else 480))
+    calls.append((f"python3 {script} train", [f"device_data/part_{parts}"], 330 if first == "bench" else 440))
     print("\nThe run calls, back to back (a machine stays warm 30 s after a call):")
     for cmd, carry, timeout in calls:
         print(json.dumps({"command": cmd, "carry": carry, "timeout_s": timeout}))

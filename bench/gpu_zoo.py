@@ -258,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", choices=["stage", "receive", "train", "dry-run", "adopt"])
     parser.add_argument("returned", nargs="?", help="adopt: the folder holding the returned files")
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/bsr-gpu-zoo-out"))
-    parser.add_argument("--train-seconds", type=float, default=400.0,
+    parser.add_argument("--train-seconds", type=float, default=360.0,
                         help="deadline of the four runs, probe, start-up and final evaluation included (default "
-                             "400: the train call's 480 s limit minus data set-up and packing)")
+                             "360: the train call's 440 s limit minus data set-up and packing)")
     parser.add_argument("--cpu", action="store_true", help="run a phase on the CPU (the rehearsal)")
     parser.add_argument("--replace", action="store_true", help="adopt: replace the bundled checkpoints it beats")
     parser.add_argument("--work", default="outputs/gpu-zoo", help="adopt: where returned models are unpacked")
