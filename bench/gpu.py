@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -563,7 +562,8 @@ def write_report(args: argparse.Namespace) -> None:
             lines += [f"Stopped at the deadline and ended at the step reached with `{tr['finish_command']}`.", ""]
         lines += ["| | |", "|---|---|", f"| return code | {tr['returncode']} |", f"| steps | {tr['steps']} |",
                   f"| wall time (s, start-up and evaluation included) | {tr['seconds']} |",
-                  f"| samples/s (median of the logged intervals, data loading included) | {_num(tr['samples_per_s_median'], 0)} |",
+                  "| samples/s (median of the logged intervals, data loading included) | "
+                  f"{_num(tr['samples_per_s_median'], 0)} |",
                   f"| last validation PSNR, Set5 (dB) | {_num(tr['val_psnr_last'], 2)} |"]
         if tr.get("packed"):
             p = tr["packed"]

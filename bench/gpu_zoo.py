@@ -243,7 +243,8 @@ def write_report(summary: dict, decisions: list[dict] | None, benchmarks=BENCHMA
         lines.append(f"- {r['name']}: `{r.get('command', '')}`")
     if decisions is not None:
         lines += ["", "## Evaluated here (Y-PSNR / SSIM, x scale, BI, evaluate.py)", "",
-                  "| model | benchmark | before (bundled, else bicubic) | GPU-trained | decision |", "|---|---|---|---|---|"]
+                  "| model | benchmark | before (bundled, else bicubic) | GPU-trained | decision |",
+                  "|---|---|---|---|---|"]
         for d in decisions:
             for b in benchmarks:
                 old, new = d.get("before", {}).get(b), d.get("after", {}).get(b)
