@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,46 +32,86 @@ def _load_model(name: str, device: str, dtype: str):
     return model.to(dtype=getattr(torch, dtype))
 
 
-def _upscale_file(model, src: Path, target: Path, args: argparse.Namespace) -> str | None:
-    """Upscale one file into `target`; the reason it failed, or None."""
+def _open_image(src: Path):
+    """The decoded image, or the reason it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(src) as img:
             img.load()  # decode now: a truncated file fails here, not halfway through the network
-            result = model.upscale(img, tile=args.tile, self_ensemble=args.self_ensemble)
+            return img, None
     except FileNotFoundError:
-        return "no such file"
+        return None, "no such file"
     except UnidentifiedImageError:
-        return "not an image file"
+        return None, "not an image file"
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        return str(err)
-    except RuntimeError as err:  # e.g. out of memory even at the smallest tile: this file fails, the batch goes on
-        return f"{type(err).__name__}: {err}"
+        return None, str(err)
+
+
+def _upscale_files(model, jobs: list, args: argparse.Namespace) -> list[str | None]:
+    """Upscale a group of files (one network batch where they share a size) into their targets; per file, the
+    reason it failed, or None."""
+    from .inference import upscale_many
+
+    opened = [_open_image(job.source) for job in jobs]
+    reasons: list[str | None] = [reason for _, reason in opened]
+    ready = [i for i, (img, _) in enumerate(opened) if img is not None]
+    options = dict(tile=args.tile, self_ensemble=args.self_ensemble, backend=args.backend)
     try:
-        save_image_atomic(result, target, OUTPUT_FORMATS[args.format])
-    except OSError as err:
-        return f"cannot write {target}: {err}"
-    return None
+        results = upscale_many(model, [opened[i][0] for i in ready], batch_size=args.batch_size, **options)
+    except (ValueError, RuntimeError):  # one bad image spoils a batch: redo them one by one to blame the right one
+        results = []
+        for i in ready:
+            try:
+                results.append(upscale_many(model, [opened[i][0]], **options)[0])
+            except ValueError as err:
+                results.append(None)
+                reasons[i] = str(err)
+            except RuntimeError as err:  # e.g. out of memory even at the smallest tile: this file fails, the rest go on
+                results.append(None)
+                reasons[i] = f"{type(err).__name__}: {err}"
+    for i, result in zip(ready, results):
+        if result is None:
+            continue
+        try:
+            save_image_atomic(result, jobs[i].target, OUTPUT_FORMATS[args.format])
+        except OSError as err:
+            reasons[i] = f"cannot write {jobs[i].target}: {err}"
+    return reasons
+
+
+def _distributed_state():
+    """Accelerate's PartialState when launched as several processes (`accelerate launch`, torchrun), else None.
+    Imported only then: plain `bsr-hub upscale` needs no accelerate."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        from accelerate import PartialState
+    except ImportError as err:
+        raise ImportError("upscaling over several processes needs accelerate: pip install 'bsr-hub[train]'") from err
+    return PartialState()
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .hub import default_checkpoint, list_checkpoints
-    from .inference import check_precision
+    from .inference import check_precision, resolve_backend
 
     def report(message: str) -> None:
         tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
 
     try:
+        state = _distributed_state()  # before the model: under accelerate launch each process has its own device
+        device = str(state.device) if state is not None and args.device == "auto" else args.device
         name = args.model or default_checkpoint(args.scale or 2)
-        model = _load_model(name, args.device, args.dtype)
+        model = _load_model(name, device, args.dtype)
         if args.scale is not None and model.scale != args.scale:
             raise ValueError(f"--scale {args.scale} asks for x{args.scale}, but {name} is a x{model.scale} model "
                              f"(bundled x{args.scale}: {', '.join(list_checkpoints(args.scale)) or 'none'})")
         check_precision(model)  # fp16 on a CPU fails here, once, not on every image
-    except (ValueError, OSError) as err:
+        resolve_backend(model, args.backend)  # onnxruntime on a GPU fails here too
+    except (ValueError, OSError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
@@ -78,24 +119,56 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not jobs:
         print("error: no input files", file=sys.stderr)
         return 2
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    if state is not None:
+        # Every process plans the same list (sorted), and nobody writes before all have planned: otherwise a slow
+        # process would see a fast one's fresh outputs and skip them as "already there".
+        state.wait_for_everyone()
+    share = jobs[rank::world]  # round robin: every file in exactly one share
     failed = skipped = done = 0
-    for job in tqdm(jobs, desc=f"upscaling x{model.scale}", unit="image", disable=args.quiet):
-        if job.skip is not None:
-            report(f"skipped {job.source}: {job.skip}")
-            skipped += 1
+    desc = f"upscaling x{model.scale}" + (f" (process 1 of {world}, {len(jobs)} files in all)" if world > 1 else "")
+    progress = tqdm(total=len(share), desc=desc, unit="image", disable=args.quiet or rank != 0)
+    i = 0
+    while i < len(share):
+        job = share[i]
+        if job.skip is not None or job.failure is not None:
+            if job.skip is not None:
+                report(f"skipped {job.source}: {job.skip}")
+                skipped += 1
+            else:
+                report(f"failed {job.source}: {job.failure}")
+                failed += 1
+            progress.update(1)
+            i += 1
             continue
-        reason = job.failure or _upscale_file(model, job.source, job.target, args)
-        if reason is not None:
-            report(f"failed {job.source}: {reason}")
-            failed += 1
-        else:
-            done += 1
-    summary = f"{done} upscaled into {out_dir}"
-    if skipped:
-        summary += f", {skipped} skipped (already there)"
-    if failed:
-        summary += f", {failed} failed"
-    print(summary, file=sys.stderr)
+        group = [job]  # up to --batch-size runnable files in a row; upscale_many batches those of one size
+        while len(group) < args.batch_size and i + len(group) < len(share):
+            following = share[i + len(group)]
+            if following.skip is not None or following.failure is not None:
+                break
+            group.append(following)
+        for member, reason in zip(group, _upscale_files(model, group, args)):
+            if reason is not None:
+                report(f"failed {member.source}: {reason}")
+                failed += 1
+            else:
+                done += 1
+        progress.update(len(group))
+        i += len(group)
+    progress.close()
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        counts = gather_object([(done, skipped, failed)])  # every process's counts, on every process
+        done, skipped, failed = (sum(c[k] for c in counts) for k in range(3))
+        state.wait_for_everyone()
+    if rank == 0:
+        summary = f"{done} upscaled into {out_dir}" + (f" by {world} processes" if world > 1 else "")
+        if skipped:
+            summary += f", {skipped} skipped (already there)"
+        if failed:
+            summary += f", {failed} failed"
+        print(summary, file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -238,7 +311,19 @@ def cmd_space_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .inference import BACKENDS, parse_tile_arg
+
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -249,9 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: bsr-lite-x<scale>)")
     p.add_argument("--scale", type=int, default=None, choices=[2, 3, 4],
                    help="upscaling factor; without --model it picks the bundled bsr-lite of that scale (default 2)")
-    p.add_argument("--tile", type=int, default=None, help="tile size in input pixels (bounded memory)")
+    p.add_argument("--tile", type=parse_tile_arg, default="auto",
+                   help="auto (default: whole image or cache-sized tiles, chosen per image and device), "
+                        "0 (one pass over the whole image), or a tile size in input pixels (bounded memory)")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                   help="how the network runs (default auto: the fastest measured on a CPU, eager elsewhere)")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="images of equal size run through the network together (default 1)")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (under accelerate launch: its device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--format", default="png", choices=sorted(OUTPUT_FORMATS), help="output format (default png)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

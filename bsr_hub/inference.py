@@ -3,13 +3,21 @@
 The network sees (B, 3, h, w) float RGB in [0, 1]. Everything else a user may hand us (grey, alpha, palette,
 16-bit, CMYK, EXIF-rotated photos, HWC arrays, CHW tensors) is converted on the way in and restored to the
 same kind on the way out; what cannot be converted is a ValueError that says why.
+
+How the network is run is decided here too, by default from measurements (bench/results/fast_path.md):
+`plan_tiling` picks the whole image or cache-sized tiles, and `backend` picks eager PyTorch, a frozen
+TorchScript graph, torch.compile or ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import math
 import os
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +201,108 @@ def _ramp(length: int, margin: int, lead: bool, trail: bool) -> torch.Tensor:
     return w
 
 
+# ---------------------------------------------------------------------------------------------- how to run: tiles
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How one image goes through the network: whole (`size=None`) or in square tiles of `size` LR pixels
+    that share `overlap` pixels with their neighbours. `reason` says who decided and why (for logs and bench)."""
+
+    size: int | None
+    overlap: int = DEFAULT_TILE_OVERLAP
+    reason: str = "asked for"
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
+            raise ValueError(f"tile size must be a positive integer number of LR pixels or None, got {self.size!r}")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
+            raise ValueError(f"tile_overlap must be a non-negative integer, got {self.overlap!r}")
+
+    @property
+    def whole(self) -> bool:
+        return self.size is None
+
+
+AUTO = "auto"
+
+CPU_TILE_FEATURE_BYTES = 2 << 20
+"""On the CPU, tiles are sized so that one feature map of one tile is about 2 MiB (128x128 LR pixels at bsr-lite's
+32 channels, 90x90 at bsr-base's 64): a map then stays in this CPU's 2 MiB per-core L2 and the dozen maps a forward
+pass keeps alive (the group outputs kept for fusion, the residual branches) stay in the 32 MiB L3. A whole
+1024x1024 image at 32 channels has 128 MiB maps, which stream through main memory at every layer: in the quiet run
+of bench/results/inference.md tiles of 128 ran bsr-lite x2 at 1024x1024 in 5.7 s against 12.6 s in one pass.
+bench/results/fast_path.md measures the rule as shipped."""
+
+CPU_WHOLE_IMAGE_TILES = 4
+"""Below this many tiles' worth of pixels the CPU runs the whole image: the overlap every tile recomputes (16 LR
+pixels, 27 % more pixels for 2x2 tiles of 128) outweighs what the cache saves on maps of at most 8 MiB."""
+
+
+def _tile_target(model: torch.nn.Module, batch: int) -> int:
+    """The side of a tile whose feature maps are CPU_TILE_FEATURE_BYTES for this model's width and batch."""
+    width = getattr(model.config, "num_features", 64)
+    return max(MIN_TILE, int(math.sqrt(CPU_TILE_FEATURE_BYTES / (4 * width * batch))))
+
+
+def _even_tile(length: int, target: int, overlap: int) -> int:
+    """The smallest tile <= target that covers `length` with as few tiles as `target` would need: 1024 with a
+    target of 128 and overlap 16 gives 9 tiles of 128, 1000 gives 9 of 125, so the last tile is not mostly overlap."""
+    if length <= target:
+        return length
+    n = math.ceil((length - overlap) / (target - overlap))
+    return math.ceil((length - overlap) / n) + overlap
+
+
+def plan_tiling(model: torch.nn.Module, batch: int, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP) -> Tiling:
+    """The default (`tile="auto"`): how to run a (batch, 3, height, width) input on the model's device.
+
+    - CPU: whole image up to CPU_WHOLE_IMAGE_TILES tiles' worth of pixels, else tiles of about
+      CPU_TILE_FEATURE_BYTES per feature map, split evenly over the image (see those constants for why).
+    - GPU and other devices: the whole image, which keeps the device busiest, unless its activations would not
+      fit in memory; then the largest power-of-two tile that does (with a warning).
+    """
+    if model.device.type == "cpu":
+        target = _tile_target(model, batch)
+        if height * width <= CPU_WHOLE_IMAGE_TILES * target * target or target <= 2 * overlap:
+            return Tiling(None, overlap, f"whole image: at most {CPU_WHOLE_IMAGE_TILES} CPU tiles of {target}")
+        size = _even_tile(max(height, width), target, overlap)
+        return Tiling(size, overlap, f"CPU tiles of about {CPU_TILE_FEATURE_BYTES >> 20} MiB per feature map")
+    tile = _auto_tile(model, batch, height, width)
+    if tile is None:
+        return Tiling(None, overlap, f"whole image: fits in {model.device.type} memory")
+    return Tiling(tile, overlap, f"the whole image does not fit in {model.device.type} memory")
+
+
+def resolve_tiling(tile: int | str | None, overlap: int, model: torch.nn.Module, shape: Sequence[int]) -> Tiling:
+    """The caller's `tile` argument -> a Tiling: "auto" plans, None or 0 forces one pass, n > 0 is tiles of n."""
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"tile_overlap must be a non-negative integer, got {overlap!r}")
+    if tile == AUTO:
+        b, _, h, w = shape
+        return plan_tiling(model, b, h, w, overlap)
+    if tile is None or (isinstance(tile, int) and not isinstance(tile, bool) and tile == 0):
+        return Tiling(None, overlap, "one pass, asked for")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile must be 'auto', None or 0 (one pass), or a positive number of LR pixels; got {tile!r}")
+    return Tiling(tile, overlap)
+
+
+def parse_tile_arg(text: str) -> int | str | None:
+    """argparse type for --tile: "auto", 0 (one pass) or a positive number of LR pixels."""
+    import argparse
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 0 (one pass) or a tile size in LR pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a tile size cannot be negative, got {value}")
+    return value or None
+
+
 def _run_tiled(
     forward: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -245,9 +355,8 @@ def _memory_budget(device: torch.device) -> int:
     return int(available * 0.5)
 
 
-def _auto_tile(model: BSRModel, x: torch.Tensor) -> int | None:
+def _auto_tile(model: BSRModel, b: int, h: int, w: int) -> int | None:
     """A tile size when the whole image would not fit in memory, else None (untiled)."""
-    b, _, h, w = x.shape
     budget = _memory_budget(model.device)
     if _estimate_bytes(model, b, h, w) <= budget:
         return None
@@ -255,9 +364,120 @@ def _auto_tile(model: BSRModel, x: torch.Tensor) -> int | None:
     while tile > MIN_TILE and _estimate_bytes(model, b, tile, tile) > budget:
         tile //= 2
     warnings.warn(
-        f"a {w}x{h} image does not fit in memory untiled; using tile={tile} (pass tile= to choose)", stacklevel=3
+        f"a {w}x{h} image does not fit in memory untiled; using tile={tile} (pass tile= to choose)", stacklevel=4
     )
     return tile
+
+
+# ---------------------------------------------------------------------------------------------- how to run: backends
+
+BACKENDS = ("eager", "jit", "compile", "onnxruntime")
+"""eager: the nn.Module as it is. jit: a traced TorchScript graph, frozen (weights become constants) and passed
+through torch.jit.optimize_for_inference (conv + ReLU fusion, MKL-DNN layouts). compile: torch.compile with the
+inductor backend and freezing; compiled once per input shape (about a minute on this CPU), reused after. onnxruntime:
+the model exported to ONNX (opset 17, any height and width) and run by ONNX Runtime's CPU provider; needs the
+`export` extra."""
+
+CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
+"""What `backend="auto"` runs on the CPU: the first of these that is available (onnxruntime only with the `export`
+extra). The order is the measured one: bench/fast_path.py times every backend side by side on bsr-lite-x2 at
+1024x1024 x2 (bench/results/fast_path.md); torch.compile is left out of the default because its first call on a
+new shape costs about a minute here, more than it saves on one image."""
+
+# Built runners, per model: rebuilding a frozen graph or an ONNX session costs seconds, compiling a minute.
+_RUNNERS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: torch.nn.Module) -> tuple:
+    # A frozen graph or an exported model holds a copy of the weights: any in-place change (an optimizer step bumps
+    # `_version`) or a move (new storage) must rebuild it rather than silently run the old weights.
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+CPU_BUILD_MIN_PIXELS = 256 * 256
+"""`backend="auto"` builds its graph (an ONNX export or a frozen trace: one to a few seconds, once per model) only for
+inputs of at least this many LR pixels, or once it is built anyway: a smaller image runs eager in less time."""
+
+
+def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = None) -> str:
+    """"auto" -> eager off the CPU, else the first available of CPU_BACKEND_PREFERENCE (eager for an input of
+    fewer than CPU_BUILD_MIN_PIXELS `pixels` unless already built); names are checked."""
+    from .modeling import BSRModel
+
+    if backend not in (AUTO, *BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == AUTO:
+        if model.device.type != "cpu" or not isinstance(model, BSRModel):
+            return "eager"  # on a GPU eager channels_last is what was measured; other modules (bicubic) stay as they are
+        available = {"eager": True, "jit": True, "compile": True, "onnxruntime": _onnxruntime_available()}
+        preferred = next(b for b in CPU_BACKEND_PREFERENCE if available[b])
+        built = any(key[0] == preferred for key in _RUNNERS.get(model, {}))
+        small = pixels is not None and pixels < CPU_BUILD_MIN_PIXELS
+        return "eager" if small and not built else preferred
+    if backend == "onnxruntime" and model.device.type != "cpu":
+        raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
+    if backend == "onnxruntime" and not _onnxruntime_available():
+        raise ImportError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'bsr-hub[export]'")
+    return backend
+
+
+def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory_format) -> Callable:
+    example = torch.rand(1, 3, 32, 32, device=model.device, dtype=model.dtype).contiguous(memory_format=memory_format)
+    if backend == "jit":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice: the graph is what we want here
+            traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    if backend == "compile":
+        # A private copy: the cache must not keep the caller's model alive, and freezing treats weights as constants.
+        return torch.compile(copy.deepcopy(model).eval(), backend="inductor", dynamic=False, options={"freezing": True})
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ImportError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'bsr-hub[export]'") from err
+        buffer = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model, example.contiguous(), buffer, dynamo=False, opset_version=17,
+                    input_names=["input"], output_names=["output"],
+                    dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                  "output": {0: "batch", 2: "out_height", 3: "out_width"}},
+                )
+            except Exception as err:  # torch reports a missing `onnx` as its own error type
+                raise ImportError(f"backend='onnxruntime' could not export the model ({err}); "
+                                  "pip install 'bsr-hub[export]'") from err
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            (y,) = session.run(None, {"input": x.detach().float().contiguous().numpy()})
+            return torch.from_numpy(y)
+
+        return run
+    raise ValueError(backend)
+
+
+def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory_format) -> Callable:
+    """The callable that runs `model` with `backend` (resolved, not "auto"): built once, reused while the weights,
+    device and dtype stay the same."""
+    if backend == "eager":
+        return model
+    key = (backend, memory_format, _weights_key(model))
+    runners = _RUNNERS.setdefault(model, {})
+    if key not in runners:
+        runners.clear()  # a stale graph holds a full copy of old weights
+        runners[key] = _build_runner(model, backend, memory_format)
+    return runners[key]
 
 
 def check_precision(model: BSRModel) -> None:
@@ -272,74 +492,58 @@ def super_resolve(
     model: BSRModel,
     x: torch.Tensor,
     *,
-    tile: int | None = None,
+    tile: int | str | None = AUTO,
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     self_ensemble: bool = False,
     channels_last: bool | None = None,
+    backend: str = AUTO,
 ) -> torch.Tensor:
     """The network on a (B, 3, h, w) float RGB batch in [0, 1] -> (B, 3, sh, sw), clamped, on x's device.
 
-    Runs on the model's device and dtype. On an out-of-memory error the tile is halved and the image retried
-    (down to MIN_TILE), with a warning, instead of failing.
+    Runs on the model's device and dtype; `tile` and `backend` as in `upscale`. On an out-of-memory error the
+    tile is halved and the image retried (down to MIN_TILE), with a warning, instead of failing.
     """
     check_precision(model)
     device, dtype = model.device, model.dtype
+    tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
+    backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
     if channels_last is None:
-        # On CUDA it feeds the tensor cores; on this CPU bench/inference.py measured NCHW slightly faster
-        # (0.74 vs 0.69 output MP/s for bsr-lite x2 at 256x256), so the CPU keeps the default layout.
+        # channels_last feeds CUDA's tensor cores. On this CPU eager NCHW and channels_last measured within the
+        # machine's run-to-run noise of each other (bench/results/fast_path.md), so the CPU keeps the default layout.
         channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    runner = get_runner(model, backend, memory_format)
 
     def forward(t: torch.Tensor) -> torch.Tensor:
         t = t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
-        y = _ensemble(model, t) if self_ensemble else model(t)
+        y = _ensemble(runner, t) if self_ensemble else runner(t)
         return y.float()
 
-    if tile is None:
-        tile = _auto_tile(model, x)
+    if tiling.whole and device.type == "cpu" and tile != AUTO:
+        needed, budget = _estimate_bytes(model, *x.shape[:1], *x.shape[-2:]), _memory_budget(device)
+        if needed > budget:
+            warnings.warn(f"one pass over a {x.shape[-1]}x{x.shape[-2]} image needs about {needed / 2**30:.1f} GiB "
+                          f"of {budget / 2**30:.1f} GiB available; tile='auto' would tile it", stacklevel=3)
+    size = tiling.size
     while True:
         try:
             with torch.no_grad():
-                if tile is None:
+                if size is None:
                     return forward(x).to(x.device).clamp_(0, 1)
-                return _run_tiled(forward, x, model.scale, tile, tile_overlap).clamp_(0, 1)
+                return _run_tiled(forward, x, model.scale, size, tiling.overlap).clamp_(0, 1)
         except torch.cuda.OutOfMemoryError:
-            current = tile or max(x.shape[-2:])
+            current = size or max(x.shape[-2:])
             smaller = current // 2
-            if smaller < max(MIN_TILE, tile_overlap + 1):
+            if smaller < max(MIN_TILE, tiling.overlap + 1):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            warnings.warn(f"out of memory at tile={tile}; retrying with tile={smaller}", stacklevel=2)
-            tile = smaller
+            warnings.warn(f"out of memory at tile={size}; retrying with tile={smaller}", stacklevel=2)
+            size = smaller
 
 
-def upscale(
-    model: BSRModel,
-    image: Any,
-    *,
-    tile: int | None = None,
-    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    self_ensemble: bool = False,
-    channels_last: bool | None = None,
-) -> Any:
-    """Super-resolve an image by the model's scale; returns the same kind of object.
-
-    Args:
-        image: a PIL image (RGB, L, RGBA, LA, P, I;16, I, CMYK, ...; EXIF orientation applied), a numpy array
-            (HxW or HxWxC with C = 1..4; uint8, uint16, or float in [0, 1]) or a torch tensor (BxCxHxW or CxHxW,
-            float in [0, 1]). Grey stays grey; an alpha channel is upscaled with bicubic, separately.
-        tile: process the image in tiles of this many LR pixels (bounded memory for any size). None: whole
-            image, unless it would not fit in memory, in which case a tile size is chosen with a warning.
-        tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
-        self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
-        channels_last: use the channels_last memory format (None: on CUDA only; on the CPU it measured slower).
-    """
-    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-        raise ValueError(f"tile must be a positive integer number of LR pixels, got {tile!r}")
-    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
-        raise ValueError(f"tile_overlap must be a non-negative integer, got {tile_overlap!r}")
-
+def _prepare(image: Any) -> tuple[torch.Tensor, _Restore]:
+    """Any accepted image -> ((B, C, H, W) float with alpha last, how to restore it)."""
     if isinstance(image, Image.Image):
         arr, spec = _from_pil(image)
     elif isinstance(image, np.ndarray):
@@ -348,18 +552,91 @@ def upscale(
         arr, spec = _from_torch(image)
     else:
         raise TypeError(f"upscale expects a PIL image, numpy array or torch tensor, got {type(image).__name__}")
-
     x = _to_bchw(arr)  # (B, C, H, W), C = 1..4 with alpha last
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"the image is empty ({x.shape[-1]}x{x.shape[-2]})")
+    return x, spec
+
+
+def _network_input(x: torch.Tensor, spec: _Restore) -> torch.Tensor:
     colour = x[:, :1] if spec.grey else x[:, :3]
-    rgb = colour.expand(-1, 3, -1, -1) if spec.grey else colour  # the network is RGB; grey is replicated
-    y = super_resolve(
-        model, rgb, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble, channels_last=channels_last
-    )  # (B, 3, sH, sW)
+    return colour.expand(-1, 3, -1, -1) if spec.grey else colour  # the network is RGB; grey is replicated
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor, spec: _Restore, scale: int) -> Any:
+    """Network output (B, 3, sH, sW) + the prepared input -> the caller's kind (grey folded, alpha added)."""
     if spec.grey:
         y = y.mean(dim=1, keepdim=True)  # (B, 1, sH, sW)
     if spec.alpha:
-        alpha = F.interpolate(x[:, -1:], scale_factor=model.scale, mode="bicubic", align_corners=False)
+        alpha = F.interpolate(x[:, -1:], scale_factor=scale, mode="bicubic", align_corners=False)
         y = torch.cat([y, alpha.clamp(0, 1).to(y.device)], dim=1)
     return _restore(y, spec)
+
+
+def _check_options(tile: Any, tile_overlap: Any, backend: Any) -> None:
+    Tiling(None, tile_overlap)  # validates the overlap
+    if tile != AUTO and tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
+        raise ValueError(f"tile must be 'auto', None or 0 (one pass), or a positive number of LR pixels; got {tile!r}")
+    if backend != AUTO and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
+
+
+def upscale(
+    model: BSRModel,
+    image: Any,
+    *,
+    tile: int | str | None = AUTO,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    self_ensemble: bool = False,
+    channels_last: bool | None = None,
+    backend: str = AUTO,
+) -> Any:
+    """Super-resolve an image by the model's scale; returns the same kind of object.
+
+    Args:
+        image: a PIL image (RGB, L, RGBA, LA, P, I;16, I, CMYK, ...; EXIF orientation applied), a numpy array
+            (HxW or HxWxC with C = 1..4; uint8, uint16, or float in [0, 1]) or a torch tensor (BxCxHxW or CxHxW,
+            float in [0, 1]). Grey stays grey; an alpha channel is upscaled with bicubic, separately.
+        tile: "auto" (default): chosen from the image size, the model's width and the device (`plan_tiling`):
+            on the CPU, cache-sized tiles for large images, the whole image for small ones; on a GPU, the whole
+            image unless it would not fit. None or 0: one pass over the whole image, always. n > 0: tiles of
+            n x n LR pixels (bounded memory for any size). Tiled output is within one 8-bit grey level of one pass.
+        tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
+        self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
+        channels_last: use the channels_last memory format (None: on CUDA only).
+        backend: "auto" (default: on the CPU the fastest measured, `CPU_BACKEND_PREFERENCE`; elsewhere eager),
+            or one of BACKENDS. A backend other than eager is built once per model (and, for "compile", once per
+            input shape) and reused while the weights do not change.
+    """
+    _check_options(tile, tile_overlap, backend)
+    x, spec = _prepare(image)
+    y = super_resolve(
+        model, _network_input(x, spec), tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
+        channels_last=channels_last, backend=backend,
+    )  # (B, 3, sH, sW)
+    return _finish(y, x, spec, model.scale)
+
+
+def upscale_many(model: BSRModel, images: Sequence[Any], *, batch_size: int = 1, **options: Any) -> list[Any]:
+    """`upscale` for a list of images; up to `batch_size` consecutive images of the same size and kind go through
+    the network as one batch. Returns the results in order; each equals `upscale(model, image, **options)` to
+    within float rounding. A bad image raises, as in `upscale`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_options(options.get("tile", AUTO), options.get("tile_overlap", DEFAULT_TILE_OVERLAP),
+                   options.get("backend", AUTO))
+    prepared = [_prepare(image) for image in images]
+    results: list[Any] = [None] * len(prepared)
+    i = 0
+    while i < len(prepared):
+        x0, spec0 = prepared[i]
+        j = i + 1
+        while (j < len(prepared) and j - i < batch_size and x0.shape[0] == 1
+               and prepared[j][0].shape == x0.shape and prepared[j][1] == spec0):
+            j += 1
+        xs = torch.cat([x for x, _ in prepared[i:j]]) if j - i > 1 else x0  # (n, C, H, W)
+        y = super_resolve(model, _network_input(xs, spec0), **options)
+        for k in range(i, j):
+            results[k] = _finish(y[k - i : k - i + 1], xs[k - i : k - i + 1], spec0, model.scale)
+        i = j
+    return results

@@ -165,10 +165,15 @@ def test_bad_input_is_a_clear_error(tiny_model, image, error, message):
         tiny_model.upscale(image)
 
 
-@pytest.mark.parametrize("kwargs", [{"tile": 0}, {"tile": 2.5}, {"tile_overlap": -1}])
+@pytest.mark.parametrize("kwargs", [{"tile": -1}, {"tile": 2.5}, {"tile": "big"}, {"tile": True}, {"tile_overlap": -1}])
 def test_bad_tiling_options_are_errors(tiny_model, kwargs):
     with pytest.raises(ValueError, match="tile"):
         tiny_model.upscale(textured(4, 4), **kwargs)
+
+
+def test_unknown_backend_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of eager, jit"):
+        tiny_model.upscale(textured(4, 4), backend="tensorrt")
 
 
 # ---------------------------------------------------------------------------------------------- precision and device
@@ -222,7 +227,7 @@ def test_without_overlap_there_are_seams():
 def test_tiles_bound_what_the_network_sees(tiny_model):
     sizes = []
     tiny_model.head.register_forward_hook(lambda m, inp, out: sizes.append(tuple(inp[0].shape[-2:])) and None)
-    tiny_model.upscale(textured(100, 70), tile=24, tile_overlap=8)
+    tiny_model.upscale(textured(100, 70), tile=24, tile_overlap=8, backend="eager")
     assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24
 
 
@@ -262,13 +267,19 @@ def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
         inference.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
 
 
-def test_images_too_large_for_memory_are_tiled_automatically(tiny_model, monkeypatch):
-    img = textured(80, 80)
-    whole = tiny_model.upscale(img)
+def test_off_the_cpu_images_too_large_for_memory_are_tiled(tiny_model, monkeypatch):
+    """On a GPU the plan is the whole image unless it would not fit; the memory rule, checked without a GPU."""
     monkeypatch.setattr(inference, "_memory_budget", lambda device: 4 * 40 * 40 * 200)
     with pytest.warns(UserWarning, match="does not fit in memory untiled; using tile="):
-        tiled = tiny_model.upscale(img)
-    assert psnr8(whole, tiled) >= 50
+        tile = inference._auto_tile(tiny_model, 1, 80, 80)
+    assert tile is not None and inference._estimate_bytes(tiny_model, 1, tile, tile) <= 4 * 40 * 40 * 200
+    assert inference._auto_tile(tiny_model, 1, 20, 20) is None
+
+
+def test_forcing_one_pass_that_will_not_fit_warns(tiny_model, monkeypatch):
+    monkeypatch.setattr(inference, "_memory_budget", lambda device: 1000)
+    with pytest.warns(UserWarning, match="one pass over a 12x10 image needs about"):
+        tiny_model.upscale(textured(10, 12), tile=None)
 
 
 # ---------------------------------------------------------------------------------------------- self-ensemble
@@ -292,3 +303,155 @@ def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny_model):
     got = tiny_model.upscale(x, self_ensemble=True, channels_last=False)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, tiny_model.upscale(x), atol=1e-3)  # a random net is not flip-equivariant
+
+
+# ---------------------------------------------------------------------------------------------- the default plan
+
+
+def _count_passes(model):
+    calls = []
+    handle = model.head.register_forward_hook(lambda m, inp, out: calls.append(tuple(inp[0].shape)) and None)
+    return calls, handle
+
+
+@pytest.fixture
+def small_cpu_tiles(monkeypatch):
+    """CPU tiles of 48 LR pixels for the 8-channel test model (72 KiB maps), so tiling shows on small images."""
+    monkeypatch.setattr(inference, "CPU_TILE_FEATURE_BYTES", 4 * 8 * 48 * 48)
+
+
+def test_auto_tiles_large_images_and_runs_small_ones_whole(tiny_model, small_cpu_tiles):
+    calls, handle = _count_passes(tiny_model)
+    tiny_model.upscale(textured(40, 40), backend="eager")  # at most CPU_WHOLE_IMAGE_TILES tiles' worth of pixels: one pass
+    assert calls == [(1, 3, 40, 40)]
+    calls.clear()
+    tiny_model.upscale(textured(150, 120), backend="eager")
+    assert len(calls) > 1 and all(max(shape[-2:]) <= 48 for shape in calls)
+    handle.remove()
+
+
+@pytest.mark.parametrize("tile", [None, 0])
+def test_none_and_zero_force_one_pass(tiny_model, small_cpu_tiles, tile):
+    calls, handle = _count_passes(tiny_model)
+    tiny_model.upscale(textured(150, 120), tile=tile, backend="eager")
+    assert calls == [(1, 3, 150, 120)]
+    handle.remove()
+
+
+def test_plan_follows_model_width_and_splits_evenly():
+    lite, base = BSRModel.from_preset("bsr-lite"), BSRModel.from_preset("bsr-base")
+    plan = inference.plan_tiling(lite, 1, 1024, 1024)
+    assert plan.size == 128  # 32 channels x 128 x 128 x 4 bytes = 2 MiB: 9 tiles of 128 cover 1024 exactly
+    assert inference.plan_tiling(lite, 1, 1000, 1000).size < 128  # 9 tiles still, each a little smaller
+    assert inference.plan_tiling(base, 1, 1024, 1024).size < plan.size  # 64 channels: smaller tiles
+    assert inference.plan_tiling(lite, 4, 1024, 1024).size < plan.size  # a batch of 4 shares the cache
+    assert inference.plan_tiling(lite, 1, 200, 300).whole  # BSD100-sized inputs run whole
+
+
+def test_tiling_value_object_validates():
+    with pytest.raises(ValueError, match="tile size"):
+        inference.Tiling(0)
+    with pytest.raises(ValueError, match="tile_overlap"):
+        inference.Tiling(64, overlap=-2)
+    assert inference.Tiling(None).whole and not inference.Tiling(64).whole
+
+
+def test_tile_argument_parser():
+    import argparse
+
+    assert inference.parse_tile_arg("auto") == "auto"
+    assert inference.parse_tile_arg("0") is None
+    assert inference.parse_tile_arg("96") == 96
+    for bad in ("-3", "big"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            inference.parse_tile_arg(bad)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+def _backends():
+    import importlib.util
+
+    have_ort = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+    return ["eager", "jit", pytest.param("onnxruntime", marks=pytest.mark.skipif(not have_ort, reason="no onnxruntime"))]
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_backends_match_eager(tiny_model, backend):
+    x = torch.rand(1, 3, 20, 28)
+    expected = tiny_model.upscale(x, backend="eager", tile=None)
+    assert torch.allclose(tiny_model.upscale(x, backend=backend, tile=None), expected, atol=1e-5)
+    assert torch.allclose(tiny_model.upscale(x[:, :, :9, :13], backend=backend, tile=None),
+                          tiny_model.upscale(x[:, :, :9, :13], backend="eager", tile=None), atol=1e-5)  # any size
+
+
+@pytest.mark.slow
+def test_compile_backend_matches_eager(tiny_model):
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(tiny_model.upscale(x, backend="compile"), tiny_model.upscale(x, backend="eager"), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", _backends()[1:])
+def test_built_backend_follows_new_weights(tiny_model, backend):
+    """A frozen graph or exported model holds a copy of the weights: changing them must rebuild it."""
+    x = torch.rand(1, 3, 12, 12)
+    before = tiny_model.upscale(x, backend=backend)
+    with torch.no_grad():
+        tiny_model.tail.bias.add_(0.1)
+    after = tiny_model.upscale(x, backend=backend)
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, tiny_model.upscale(x, backend="eager"), atol=1e-5)
+
+
+def test_built_backend_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    from conftest import tiny_config
+
+    model = BSRModel(tiny_config()).eval()  # not the fixture: pytest holds on to fixture values
+    model.upscale(torch.rand(1, 3, 8, 8), backend="jit")
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_auto_backend_builds_only_for_large_inputs(tiny_model):
+    assert inference.resolve_backend(tiny_model, "auto", pixels=64 * 64) == "eager"
+    big = inference.resolve_backend(tiny_model, "auto", pixels=1024 * 1024)
+    assert big == next(b for b in inference.CPU_BACKEND_PREFERENCE if b != "onnxruntime"
+                       or inference._onnxruntime_available())
+    tiny_model.upscale(torch.rand(1, 3, 8, 8), backend=big)
+    assert inference.resolve_backend(tiny_model, "auto", pixels=64 * 64) == big  # once built, it is free
+
+
+@requires_shared_data
+def test_default_is_within_one_level_of_one_pass_for_the_bundled_model():
+    """The issue's bar, on the trained bsr-lite-x2 and a real photo the default plan tiles (250x361 LR)."""
+    model = BSRModel.from_pretrained("bsr-lite-x2")
+    img = Image.open(SHARED_DATA / "benchmarks" / "Set14" / "comic.png").convert("RGB")
+    assert not inference.plan_tiling(model, 1, img.height, img.width).whole
+    one_pass = np.asarray(model.upscale(img, tile=None, backend="eager")).astype(int)
+    for backend in ("auto", "eager", "jit"):
+        fast = np.asarray(model.upscale(img, backend=backend)).astype(int)
+        assert np.abs(fast - one_pass).max() <= 1, backend
+
+
+# ---------------------------------------------------------------------------------------------- many images
+
+
+def test_upscale_many_batches_equal_sizes_and_keeps_order(tiny_model):
+    images = [textured(12, 16, seed=i) for i in range(3)] + [textured(10, 10, seed=9), textured(12, 16, seed=5)]
+    calls, handle = _count_passes(tiny_model)
+    batched = inference.upscale_many(tiny_model, images, batch_size=4, backend="eager")
+    handle.remove()
+    assert [c[0] for c in calls] == [3, 1, 1]  # three of one size together; the others alone (order is kept)
+    for image, out in zip(images, batched):
+        assert np.abs(out.astype(int) - tiny_model.upscale(image).astype(int)).max() <= 1
+
+
+def test_upscale_many_rejects_a_bad_batch_size(tiny_model):
+    with pytest.raises(ValueError, match="batch_size"):
+        inference.upscale_many(tiny_model, [textured(4, 4)], batch_size=0)
