@@ -28,6 +28,10 @@ def _load_model(name: str, device: str, dtype: str):
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(kind, False):
         raise ValueError(f"--device {device}: no {kind.upper()} device is available here (use --device cpu or auto)")
+    if kind == "cpu" and dtype != "float32":
+        # Said in flags: check_precision's advice (model.float()) is for Python callers. Checked before loading.
+        raise ValueError(f"--dtype {dtype} needs a GPU (--device cuda); on the CPU keep --dtype float32 "
+                         "(half precision is unsupported or 10-200x slower there)")
     model = BSRModel.from_pretrained(name, map_location=device)
     return model.to(dtype=getattr(torch, dtype))
 
@@ -89,7 +93,16 @@ def _distributed_state():
         from accelerate import PartialState
     except ImportError as err:
         raise ImportError("upscaling over several processes needs accelerate: pip install 'bsr-hub[train]'") from err
-    return PartialState()
+    import torch
+
+    # Without cpu=True, PartialState on a machine without CUDA sets up no process group at all, and every process
+    # would upscale every file alone (racing for the same outputs): ENVIRONMENT.md, "Accelerate on a CPU".
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=use_cpu)
+    world = int(os.environ["WORLD_SIZE"])
+    if state.num_processes != world:
+        raise ValueError(f"launched as {world} processes, but accelerate set up {state.num_processes}")
+    return state
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
