@@ -6,7 +6,10 @@ What it guarantees, whoever calls it (a browser, `gradio_client`, a script hamme
 - an upload is checked before it is decoded: not an image, over the pixel limit, or a decompression bomb is a
   visible error that says why (`open_upload`), never a crash, a hang or an exhausted machine;
 - the queue runs a bounded number of upscales at a time and holds a bounded number of waiting requests;
-- nothing is fetched from outside the machine (analytics off; Gradio serves its own fonts and scripts);
+- nothing is fetched from outside the machine (analytics off; Gradio serves its own fonts and scripts; an API
+  call that names a URL instead of uploading a file is refused before Gradio would download it);
+- every result is a file of its own, complete before its path is handed out (`publish_png`), so identical
+  requests at once (everyone clicking the same example) cannot read each other's half-written files;
 - with no model to run, the page says so and upscales nothing (no random-weight output passed off as a result).
 
 Everything except `build_demo` and `serve` works without gradio, so the limits are testable on their own.
@@ -15,6 +18,8 @@ Everything except `build_demo` and `serve` works without gradio, so the limits a
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +46,10 @@ NO_MODEL_MESSAGE = (
     "`bsr-hub demo --model PATH_OR_REPO_ID`, or set BSR_DEMO_MODELS=PATH_OR_REPO_ID for spaces_demo/app.py."
 )
 INSTALL_HINT = "the demo needs gradio: pip install 'bsr-hub[demo]'"
+REMOTE_FILE_MESSAGE = (
+    "This demo takes only uploaded files and fetches nothing from other machines; upload the image instead "
+    "of passing a URL (gradio_client: handle_file('photo.png') with a local path)."
+)
 DETAIL_INPUT_PX = 48
 """Side of the detail region in input pixels (shown as DETAIL_INPUT_PX * scale output pixels per side)."""
 DETAIL_DISPLAY_PX = 400
@@ -371,6 +380,57 @@ def detail_views(
 # ---------------------------------------------------------------------------------------------- the Gradio app
 
 
+def publish_png(img: Image.Image, folder: str | os.PathLike, name: str) -> str:
+    """Write `img` as a lossless PNG in a new folder of its own under `folder` (Gradio's cache) and return its
+    path, for a component to serve as it is.
+
+    Returning the PIL image instead lets Gradio write it to a path named by its content hash, rewritten in
+    place by every request with the same result: a user downloading it while another request rewrote it got
+    a truncated or empty PNG (issue 12). Here no other request ever writes to the path, the file is complete
+    before the path is returned, and Gradio serves a file already in its cache without copying it again.
+    Gradio's `delete_cache` removes it with its other temporary files.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="bsr-", dir=folder)) / name
+    try:
+        img.save(path, format="PNG")
+    except BaseException:  # a half-written file must not stay behind (a full disk, an unsavable mode)
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
+    return str(path)
+
+
+def _refuse_remote(path: Any) -> None:
+    """Raise the user-facing refusal when `path` is a URL (what Gradio would otherwise download)."""
+    if str(path).lower().startswith(("http://", "https://")):
+        import gradio as gr
+
+        raise gr.Error(REMOTE_FILE_MESSAGE, print_exception=False)
+
+
+def _local_files_only(component: gr.Component) -> gr.Component:
+    """Make `component` take only files already on the server (uploads, the bundled examples, our results).
+
+    Gradio resolves and downloads a FileData whose path is an http(s) URL when it moves an event's inputs into
+    its cache, before any event function runs, so the refusal has to sit in the component's two cache methods.
+    They are wrapped on the instance: a subclass of a Gradio component would make Gradio write a `.pyi` stub
+    next to this module at run time.
+    """
+    move, async_move = component.move_resource_to_block_cache, component.async_move_resource_to_block_cache
+
+    def local_only(url_or_file_path: Any) -> str | None:
+        _refuse_remote(url_or_file_path)
+        return move(url_or_file_path)
+
+    async def async_local_only(url_or_file_path: Any) -> str | None:
+        _refuse_remote(url_or_file_path)
+        return await async_move(url_or_file_path)
+
+    component.move_resource_to_block_cache = local_only
+    component.async_move_resource_to_block_cache = async_local_only
+    return component
+
+
 def require_gradio() -> Any:
     """Import gradio with analytics off (it would otherwise call home), or say which extra installs it."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -409,25 +469,32 @@ def build_demo(
     def upscale(image: Any, model: str | None, self_ensemble: bool, tile: Any) -> tuple[Any, Any, str]:
         if not entries:
             raise gr.Error(NO_MODEL_MESSAGE)
+        label = model or labels[0]
         try:
+            upload = _upload_path(image)
             out = upscale_upload(
-                cache,
-                _upload_path(image),
-                model or labels[0],
-                self_ensemble=self_ensemble,
-                tile=tile,
-                max_pixels=settings.max_pixels,
+                cache, upload, label, self_ensemble=self_ensemble, tile=tile, max_pixels=settings.max_pixels
             )
         except DemoInputError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        return out.image, (out.bicubic, display_copy(out.image)), out.info
+        # Files, not PIL images: see publish_png. The download is named after the upload.
+        cache_dir = output.GRADIO_CACHE
+        png = publish_png(out.image, cache_dir, f"{Path(upload).stem}_x{cache.entries[label].scale}.png")
+        shown = display_copy(out.image)
+        slider_bsr = png if shown is out.image else publish_png(shown, cache_dir, "bsr.png")
+        return png, (publish_png(out.bicubic, cache_dir, "bicubic.png"), slider_bsr), out.info
+
+    def publish_details(views: tuple[Image.Image, Image.Image]) -> tuple[str, str]:
+        bicubic, bsr = views
+        cache_dir = output.GRADIO_CACHE
+        return publish_png(bicubic, cache_dir, "bicubic.png"), publish_png(bsr, cache_dir, "bsr.png")
 
     # The detail view runs as its own events, after /upscale, so the API keeps its documented return.
     def detail(image: Any, result: Any, x: float, y: float) -> tuple[Any, Any]:
         if image is None or result is None:
             return None, None
         with open_upload(image, settings.max_pixels) as upload:
-            return detail_views(ImageOps.exif_transpose(upload), result, x / 100, y / 100)
+            return publish_details(detail_views(ImageOps.exif_transpose(upload), result, x / 100, y / 100))
 
     def locate_detail(image: Any, result: Any) -> tuple[float, float, Any, Any]:
         if image is None or result is None:
@@ -435,7 +502,7 @@ def build_demo(
         with open_upload(image, settings.max_pixels) as upload:
             upload = ImageOps.exif_transpose(upload)
             x, y = most_structured_point(upload)
-            bicubic, bsr = detail_views(upload, result, x, y)
+            bicubic, bsr = publish_details(detail_views(upload, result, x, y))
         return round(100 * x, 1), round(100 * y, 1), bicubic, bsr
 
     with gr.Blocks(title="BSR super-resolution", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
@@ -451,8 +518,10 @@ def build_demo(
             with gr.Column():
                 # The event runs with preprocess=False: Gradio's own preprocessing would decode a
                 # non-image before our checks and answer with a bare "Error". We open the file ourselves.
-                image = gr.Image(
-                    label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="bsr-input"
+                image = _local_files_only(
+                    gr.Image(
+                        label="Input image", type="filepath", sources=["upload", "clipboard"], elem_id="bsr-input"
+                    )
                 )
                 model_choice = gr.Radio(
                     choices=labels,
@@ -474,13 +543,15 @@ def build_demo(
                 )
                 button = gr.Button("Upscale", variant="primary", interactive=bool(entries), elem_id="bsr-run")
             with gr.Column():
-                output = gr.Image(
-                    label="BSR result (PNG)",
-                    format="png",
-                    type="pil",
-                    interactive=False,
-                    buttons=["download", "fullscreen"],
-                    elem_id="bsr-output",
+                output = _local_files_only(  # also an input, of the detail events
+                    gr.Image(
+                        label="BSR result (PNG)",
+                        format="png",
+                        type="pil",
+                        interactive=False,
+                        buttons=["download", "fullscreen"],
+                        elem_id="bsr-output",
+                    )
                 )
                 slider = gr.ImageSlider(
                     label="Bicubic (left) vs BSR (right)",

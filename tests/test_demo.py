@@ -6,6 +6,7 @@ model at all, and `python spaces_demo/app.py` as a subprocess, check the other t
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import socket
@@ -177,6 +178,109 @@ def test_eight_concurrent_requests_each_get_their_own_result(served, checkpoints
     for path, (png, _, _) in zip(paths, results):
         with Image.open(path) as src, Image.open(png) as out:
             assert _arrays_equal(out, model.upscale(src)), path.name
+
+
+def _upscale_and_check(client: Client, path: Path, expected: np.ndarray) -> str | None:
+    """One user's request: None when every returned file is a complete PNG and the result is `expected`,
+    else what went wrong."""
+    try:
+        png, (left, right), _ = client.predict(handle_file(str(path)), api_name="/upscale")
+        for name in (left, right):
+            with Image.open(name) as slider:
+                slider.load()  # a truncated file fails here
+        with Image.open(png) as out:
+            assert out.format == "PNG", out.format
+            out.load()
+            assert np.array_equal(np.asarray(out), expected), "pixels differ from model.upscale"
+    except Exception as err:  # every failure is collected and reported, not just the first
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def test_concurrent_identical_requests_all_get_the_complete_result(checkpoints, tmp_path):
+    # Everyone clicking the same example gets the same result bytes. Results cached by content hash and
+    # rewritten in place by each request were served half-written (issue 12: 4 failures in 32 at the default
+    # concurrency, one an empty PNG); each result must be a complete file that no other request writes to.
+    # Eight upscales at once (a GPU Space's setting) make the requests finish together, so the old race
+    # shows in every run instead of now and then.
+    demo = build_demo(DemoSettings(models=(str(checkpoints[2]),), concurrency=8))
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    try:
+        path = next(p for p in example_images() if p.name == "chelsea.png")
+        with Image.open(path) as img:
+            expected = np.asarray(BSRModel.from_pretrained(checkpoints[2]).upscale(img))
+        # 8 users, each with its own session and download folder; generous timeouts for a loaded machine.
+        timeout = {"timeout": 120}
+        users = [
+            Client(demo.local_url, verbose=False, download_files=tmp_path / f"u{i}", httpx_kwargs=timeout)
+            for i in range(8)
+        ]
+        failures = []
+        with ThreadPoolExecutor(len(users)) as pool:
+            for round_ in range(4):
+                calls = [pool.submit(_upscale_and_check, user, path, expected) for user in users]
+                failures += [f"round {round_}: {c.result()}" for c in calls if c.result() is not None]
+    finally:
+        demo.close()
+    assert not failures, f"{len(failures)} of 32 requests failed:\n" + "\n".join(failures)
+
+
+class _RecordingServer:
+    """An HTTP server on 127.0.0.1 that serves one PNG and records every request it gets."""
+
+    def __init__(self, body: bytes):
+        import http.server
+        import threading
+
+        self.requests: list[str] = []
+        recorded = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                recorded.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_api_refuses_urls_and_fetches_nothing(served, monkeypatch):
+    # The demo promises that no request leaves the machine. Gradio resolves and downloads a FileData whose
+    # path is a URL before the function runs; its own guard only skips private addresses, so the local server
+    # is trusted here as Gradio trusts huggingface.co, and stands in for any public host.
+    from gradio import processing_utils
+
+    demo, client = served
+    host = _RecordingServer(example_images()[0].read_bytes())
+    monkeypatch.setattr(processing_utils, "PUBLIC_HOSTNAME_WHITELIST", ["127.0.0.1"])
+    try:
+        for url in (f"{host.url}/photo.png", f"{host.url.replace('http:', 'https:')}/photo.png"):
+            with pytest.raises(Exception, match="only uploaded files"):
+                client.predict(handle_file(url), api_name="/upscale")
+        # The private detail events (the browser's, callable by fn_index) take the result image as an input:
+        # every image input of every event refuses, in the same place Gradio would fetch.
+        image_inputs = {b._id: b for fn in demo.fns.values() for b in fn.inputs if isinstance(b, gr.Image)}
+        assert len(image_inputs) == 2  # the upload and the result
+        for block in image_inputs.values():
+            with pytest.raises(gr.Error, match="only uploaded files"):
+                asyncio.run(block.async_move_resource_to_block_cache(f"{host.url}/photo.png"))
+        assert host.requests == [], f"the server fetched {host.requests}"
+    finally:
+        host.close()
+    png, _, _ = client.predict(handle_file(str(example_images()[0])), api_name="/upscale")  # still serving
+    assert Path(png).is_file()
 
 
 def test_queue_is_bounded(served):
