@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from .degradations import DEGRADATIONS, degrade, imresize, modcrop
+from .extras import MissingExtraError, require_extra
 from .files import replace_atomically
 from .metrics import psnr_ssim, quantize
 
@@ -578,6 +579,11 @@ def run(args: argparse.Namespace, prog: str = "python evaluate.py") -> int:
 
     `prog` starts the command line recorded in the card next to the numbers.
     """
+    try:  # every benchmark is read through datasets: say so now, in one line, not as a traceback later
+        require_extra("train", "datasets", what="evaluation")
+    except MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     accelerator = None
     if _launched_distributed():
         _require("accelerate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 from conftest import SHARED_DATA, requires_shared_data
@@ -29,3 +30,28 @@ def test_pic_stats_says_why_an_image_was_skipped(tmp_path, capsys):
     Image.new("RGB", (10, 10)).save(tmp_path / "tiny.png")
     assert main(["pic-stats", str(tmp_path), "--scale", "2", "--patch", "24", "--batches", "1", "--batch-size", "4"]) == 0
     assert "(1 skipped: 1 smaller than the patch)" in capsys.readouterr().out
+
+
+def test_cpu_half_precision_is_answered_in_flags(tmp_path, tiny_checkpoint, capsys):
+    # A command-line user cannot act on check_precision's "use model.float()"; the CLI names the flags.
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    args = ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_checkpoint)]
+    for dtype in ("float16", "bfloat16"):
+        assert main(args + ["--device", "cpu", "--dtype", dtype]) == 2
+        err = capsys.readouterr().err
+        assert f"--dtype {dtype} needs a GPU (--device cuda); on the CPU keep --dtype float32" in err
+        assert "model.float()" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_without_the_train_extra_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    # sys.modules[name] = None is how Python spells "not installed" to both import and find_spec.
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    (tmp_path / "Set5").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "Set5" / "a.png")
+    assert main(["eval", "--model", "bicubic", "--benchmarks", "Set5", "--data-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "error: evaluation needs datasets: pip install 'bsr-hub[train]' (from a clone: pip install -e '.[train]')"
+    ]
+    assert captured.out == ""
