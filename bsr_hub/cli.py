@@ -89,11 +89,11 @@ def _distributed_state():
     Imported only then: plain `bsr-hub upscale` needs no accelerate."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    try:
-        from accelerate import PartialState
-    except ImportError as err:
-        raise ImportError("upscaling over several processes needs accelerate: pip install 'bsr-hub[train]'") from err
+    from .extras import require_extra
+
+    require_extra("train", "accelerate", what="upscaling over several processes")
     import torch
+    from accelerate import PartialState
 
     # Without cpu=True, PartialState on a machine without CUDA sets up no process group at all, and every process
     # would upscale every file alone (racing for the same outputs): ENVIRONMENT.md, "Accelerate on a CPU".

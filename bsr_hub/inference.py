@@ -422,8 +422,10 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
         return "eager" if small and not built else preferred
     if backend == "onnxruntime" and model.device.type != "cpu":
         raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
-    if backend == "onnxruntime" and not _onnxruntime_available():
-        raise ImportError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'bsr-hub[export]'")
+    if backend == "onnxruntime":
+        from .extras import require_extra
+
+        require_extra("export", "onnx", "onnxruntime", what="backend='onnxruntime'")
     return backend
 
 

@@ -455,3 +455,13 @@ def test_upscale_many_batches_equal_sizes_and_keeps_order(tiny_model):
 def test_upscale_many_rejects_a_bad_batch_size(tiny_model):
     with pytest.raises(ValueError, match="batch_size"):
         inference.upscale_many(tiny_model, [textured(4, 4)], batch_size=0)
+
+
+def test_without_onnxruntime_auto_falls_back_and_asking_for_it_names_the_extra(tiny_model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert inference.resolve_backend(tiny_model, "auto", pixels=1024 * 1024) == "jit"
+    with pytest.raises(ImportError, match=r"bsr-hub\[export\]"):
+        tiny_model.upscale(textured(4, 4), backend="onnxruntime")
