@@ -211,8 +211,16 @@ def prescan_edges(
             shares[i - 1] += shares.pop(i)
             edges.pop(i)
     if len(edges) > 1 and shares[0] < merge_threshold:  # no lower neighbour: merge upwards
-        shares[1] += shares.pop(0)
+        shares[0:2] = [shares[0] + shares[1]]  # the merged interval starts where the lowest one did
         edges.pop(1)
+    if len(edges) == 1:
+        # Noise-like images: PIC so concentrated that every other interval is nearly empty.
+        warnings.warn(
+            f"RFS pre-scan: PIC over {values.size} random patches is concentrated in a range too narrow for "
+            f"intervals (all but one hold under {merge_threshold:.1%} of patches): there is a single interval and "
+            "RFS is plain random cropping",
+            RFSWarning, stacklevel=3,
+        )
     return edges, shares, raw_edges, raw_shares
 
 

@@ -65,6 +65,40 @@ def test_prescan_of_flat_images_gives_one_interval_with_a_warning():
     assert edges == [0.0] and shares == [1.0]
 
 
+def test_prescan_with_a_sparse_lowest_interval_merges_it_upwards():
+    # 0.2 % of patches near 0, the rest spread high: the lowest interval joins the one above it.
+    rng = np.random.default_rng(0)
+    values = np.r_[np.full(20, 1.0), rng.uniform(40.0, 100.0, 9980)]
+    edges, shares, raw_edges, raw_shares = prescan_edges(values, 16, 99.5, 0.005)
+    assert edges[0] == 0.0 and len(edges) > 2
+    assert all(s >= 0.005 for s in shares), shares
+    counts = np.bincount(interval_index(edges, values), minlength=len(edges))
+    np.testing.assert_allclose(shares, counts / values.size)  # each share is its interval's, none lost
+
+
+def test_prescan_of_noise_like_images_gives_one_interval_with_a_warning():
+    # All PIC in the top raw interval (what random-noise images give): everything else merges away.
+    values = np.random.default_rng(0).uniform(95.0, 100.0, 1000)
+    with pytest.warns(RFSWarning, match="too narrow for intervals"):
+        edges, shares, _, _ = prescan_edges(values, 16, 99.5, 0.005)
+    assert edges == [0.0] and shares == [1.0]
+
+
+def test_pic_stats_on_random_noise_images_reports_instead_of_crashing(tmp_path, capsys):
+    from PIL import Image
+
+    from bsr_hub.cli import main
+
+    for i in range(3):  # at x4 their LR patches' PIC is one narrow peak (this crashed with an IndexError)
+        noise = np.random.default_rng(i).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(tmp_path / f"{i}.png")
+    args = ["pic-stats", str(tmp_path), "--scale", "4", "--patch", "48", "--batches", "2", "--batch-size", "4"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "0.0    1.000    1.000      4" in captured.out  # one interval: natural = sampled = everything
+    assert "too narrow for intervals" in captured.err and "plain random cropping" in captured.err
+
+
 def test_quotas_largest_remainder_and_tau():
     shares = [0.5, 0.3, 0.15, 0.05]
     assert balanced_quotas(shares, 16, tau=0) == [4, 4, 4, 4]
