@@ -267,11 +267,14 @@ def test_card_lineage_total_and_how_to_use_point_at_the_right_weights(tmp_path: 
         {"model": "bsr-lite-x3", "init_from": "bsr-lite-x2", "steps": 3000, "batch": 16, "wall_time_s": 3600,
          "hardware": "2 CPU cores", "command": "train b"},
     ]
-    (tiny_ckpt / "training.json").write_text(json.dumps({"data": "T91 (91 images)", "steps": 3000, "lineage": stages}))
+    changes = [{"step": 1500, "field": "max_steps", "old": 4000, "new": 3000}]
+    (tiny_ckpt / "training.json").write_text(json.dumps({"data": "T91 (91 images)", "steps": 3000, "lineage": stages,
+                                                         "resume_changes": changes}))
     # A user's model saved under a bundled checkpoint's name must not send its readers to the bundled weights.
     text = update_card(tiny_ckpt, [entry], model_name="bsr-lite-x2").read_text()
     assert f'from_pretrained("{tiny_ckpt}")' in text and f"--model {tiny_ckpt}" in text
     assert "10,000 steps, 2 h 23 min, in 2 stages" in text
+    assert "at step 1500: `max_steps` 4000 -> 3000" in text
     assert "| 1 | bsr-lite-x2 | scratch | 7,000 | 16 | 1 h 23 min |" in text
     assert "| 2 | bsr-lite-x3 | bsr-lite-x2 | 3,000 | 16 | 1 h 00 min |" in text
     hub = update_card(tiny_ckpt, [entry], model_name="me/my-bsr").read_text()
