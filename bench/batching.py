@@ -1,6 +1,7 @@
 """Does batching equal-size images help `bsr-hub upscale` on a folder? One run, side by side.
 
     python bench/batching.py                      # 8 crops of 128x128 and 8 of 256x256, batch 1 / 4 / 8
+    python bench/batching.py --sizes 128          # the small crops only
 
 Times `upscale_many(model, images, batch_size=b)` (what `bsr-hub upscale --batch-size b` calls) on the bundled
 bsr-lite-x2 with the default tile and backend, median of --repeats after one untimed call; the batch sizes
@@ -25,6 +26,7 @@ PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchm
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     photo = Image.open(PHOTO).convert("RGB")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows = []
-    for size in (128, 256):
+    for size in args.sizes:
         crops = [photo.crop((x, y, x + size, y + size)) for x in (0, 200) for y in (0, 60, 120, 200)][:8]
         sizes = (1, 4, 8)
         for b in sizes:
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Batching equal-size images (bsr-hub upscale --batch-size)",
         "",
-        f"Command: `python bench/batching.py --repeats {args.repeats}` (written by the script itself).",
+        f"Command: `python bench/batching.py --repeats {args.repeats} --sizes {' '.join(map(str, args.sizes))}` "
+        "(written by the script itself).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; bundled bsr-lite-x2, default tile and backend, 8 crops of Set14 baboon.",

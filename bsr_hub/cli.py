@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                    help="how the network runs (default auto: the fastest measured on a CPU, eager elsewhere)")
     p.add_argument("--batch-size", type=_positive_int, default=1,
-                   help="images of equal size run through the network together (default 1)")
+                   help="images of equal size run through the network together (default 1: on a 2-core CPU "
+                        "batches of 4 and 8 measured no faster, bench/results/batching.md; try more on a GPU)")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (under accelerate launch: its device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

@@ -235,8 +235,10 @@ of bench/results/inference.md tiles of 128 ran bsr-lite x2 at 1024x1024 in 5.7 s
 bench/results/fast_path.md measures the rule as shipped."""
 
 CPU_WHOLE_IMAGE_TILES = 4
-"""Below this many tiles' worth of pixels the CPU runs the whole image: the overlap every tile recomputes (16 LR
-pixels, 27 % more pixels for 2x2 tiles of 128) outweighs what the cache saves on maps of at most 8 MiB."""
+"""Up to this many tiles' worth of pixels the CPU runs the whole image. A judgement, not a measured crossover: the
+overlap every tile recomputes (16 LR pixels: 2x2 tiles of 136 over 256x256 are 13 % more pixels) is certain,
+while the cache gain on maps of at most 8 MiB is small (bench/results/inference.md: bsr-lite ran whole 256x256
+inputs at 94 % of a plain conv in the same layout). It also keeps every BSD100 input (240x160 at x2) whole."""
 
 
 def _tile_target(model: torch.nn.Module, batch: int) -> int:
@@ -380,9 +382,11 @@ the model exported to ONNX (opset 17, any height and width) and run by ONNX Runt
 
 CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
 """What `backend="auto"` runs on the CPU: the first of these that is available (onnxruntime only with the `export`
-extra). The order is the measured one: bench/fast_path.py times every backend side by side on bsr-lite-x2 at
-1024x1024 x2 (bench/results/fast_path.md); torch.compile is left out of the default because its first call on a
-new shape costs about a minute here, more than it saves on one image."""
+extra). bench/fast_path.py times every backend side by side on bsr-lite-x2 (bench/results/fast_path.md): ONNX
+Runtime on the same tiles took about a third of the time of eager, jit or torch.compile, with the training jobs
+running; it also degrades far less than PyTorch's OpenMP threads when other processes load the cores. jit and
+eager measured within the machine's noise of each other; jit comes first as it fuses conv + ReLU. torch.compile
+is left out of the default: its first call on each new tile shape costs tens of seconds here."""
 
 # Built runners, per model: rebuilding a frozen graph or an ONNX session costs seconds, compiling a minute.
 _RUNNERS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
@@ -511,7 +515,8 @@ def super_resolve(
     backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
     if channels_last is None:
         # channels_last feeds CUDA's tensor cores. On this CPU eager NCHW and channels_last measured within the
-        # machine's run-to-run noise of each other (bench/results/fast_path.md), so the CPU keeps the default layout.
+        # machine's run-to-run swing of each other (NCHW 7 % faster whole in bench/results/inference.md, channels_last
+        # faster on tiles in bench/results/fast_path.md), so the CPU keeps the default layout.
         channels_last = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     runner = get_runner(model, backend, memory_format)
