@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     model = BSRModel.from_pretrained("bsr-lite-x2")
     photo = Image.open(PHOTO).convert("RGB")
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
+    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
     rows = []
     for size in args.sizes:
         crops = [photo.crop((x, y, x + size, y + size)) for x in (0, 200) for y in (0, 60, 120, 200)][:8]
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; bundled bsr-lite-x2, default tile and backend, 8 crops of Set14 baboon.",
         "",
-        f"Load at the start: `{uptime}` (three training jobs on the same 2 cores).",
+        f"Load at the start: `{uptime}`; training jobs running: {', '.join(trainings) or 'none'}.",
         "",
         f"| crop | batch size | seconds for 8 images (median of {args.repeats}) | speed-up vs batch 1 |",
         "|---|---|---|---|",
