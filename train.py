@@ -110,6 +110,12 @@ def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bsr_hub.extras import MissingExtraError, require_extra
+
+    try:  # everything the run will need, checked now rather than first at the end (matplotlib draws the curve)
+        require_extra("train", "accelerate", "datasets", "yaml", "matplotlib", what="train.py")
+    except MissingExtraError as err:
+        raise SystemExit(f"error: {err}") from None
     cfg, _ = load_config(argv)
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
@@ -220,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 rate = per_step * (run.step - last_step) / (now - last_log)
                 entry = {"step": run.step, **losses, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
                 run.record(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}",
-                                val_psnr=f"{val_psnr:.2f}")
+                shown = dict(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}")
+                if not math.isnan(val_psnr):  # nothing to show before the first validation
+                    shown["val_psnr"] = f"{val_psnr:.2f}"
+                bar.set_postfix(**shown)
                 last_log, last_step = now, run.step
             if validation is not None and (run.step % cfg.validation_steps == 0 or run.step == cfg.max_steps):
                 val_psnr, val_ssim = validate(run.shippable(), validation, cfg, accelerator)

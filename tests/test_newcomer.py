@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import sys
 
 import numpy as np
+import pytest
 from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
@@ -55,3 +57,16 @@ def test_eval_without_the_train_extra_is_one_line_naming_it(tmp_path, monkeypatc
         "error: evaluation needs datasets: pip install 'bsr-hub[train]' (from a clone: pip install -e '.[train]')"
     ]
     assert captured.out == ""
+
+
+def test_train_without_the_train_extra_stops_at_start_naming_it(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    monkeypatch.setitem(sys.modules, "accelerate", None)
+    with pytest.raises(SystemExit) as stop:
+        train_script.main(["--max_steps", "1"])
+    assert str(stop.value) == ("error: train.py needs accelerate: pip install 'bsr-hub[train]' "
+                               "(from a clone: pip install -e '.[train]')")
