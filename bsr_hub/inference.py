@@ -514,10 +514,10 @@ def super_resolve(
     tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
     backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
     if channels_last is None:
-        # channels_last feeds CUDA's tensor cores. On this CPU eager NCHW and channels_last measured within the
-        # machine's run-to-run swing of each other (NCHW 7 % faster whole in bench/results/inference.md, channels_last
-        # faster on tiles in bench/results/fast_path.md), so the CPU keeps the default layout.
-        channels_last = device.type == "cuda"
+        # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in both runs of bench/fast_path.py
+        # (eager: 3.9 against 5.1 s at 1024x1024, 16.7 against 20.5 s at 384x384), while whole images measured
+        # within noise (NCHW 7 % faster in bench/results/inference.md): so the CPU uses it for tiles only.
+        channels_last = device.type == "cuda" or not tiling.whole
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     runner = get_runner(model, backend, memory_format)
 
@@ -610,7 +610,7 @@ def upscale(
             n x n LR pixels (bounded memory for any size). Tiled output is within one 8-bit grey level of one pass.
         tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
         self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
-        channels_last: use the channels_last memory format (None: on CUDA only).
+        channels_last: use the channels_last memory format (None: on CUDA, and on the CPU for tiles).
         backend: "auto" (default: on the CPU the fastest measured, `CPU_BACKEND_PREFERENCE`; elsewhere eager),
             or one of BACKENDS. A backend other than eager is built once per model (and, for "compile", once per
             input shape) and reused while the weights do not change.
