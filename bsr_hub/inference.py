@@ -514,9 +514,10 @@ def super_resolve(
     tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
     backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
     if channels_last is None:
-        # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in both runs of bench/fast_path.py
-        # (eager: 3.9 against 5.1 s at 1024x1024, 16.7 against 20.5 s at 384x384), while whole images measured
-        # within noise (NCHW 7 % faster in bench/results/inference.md): so the CPU uses it for tiles only.
+        # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in every run of bench/fast_path.py
+        # (eager at 1024x1024: 3.9 against 5.1 s in bench/results/fast_path_1024_run1.md, 4.3 against 4.8 s in
+        # fast_path.md; 16.7 against 20.5 s at 384x384 in fast_path_384.md), while whole images measured within noise
+        # (NCHW 7 % faster in bench/results/inference.md): so the CPU uses it for tiles only.
         channels_last = device.type == "cuda" or not tiling.whole
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     runner = get_runner(model, backend, memory_format)
