@@ -382,11 +382,12 @@ the model exported to ONNX (opset 17, any height and width) and run by ONNX Runt
 
 CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
 """What `backend="auto"` runs on the CPU: the first of these that is available (onnxruntime only with the `export`
-extra). bench/fast_path.py times every backend side by side on bsr-lite-x2 (bench/results/fast_path.md): ONNX
-Runtime on the same tiles took about a third of the time of eager, jit or torch.compile, with the training jobs
-running; it also degrades far less than PyTorch's OpenMP threads when other processes load the cores. jit and
-eager measured within the machine's noise of each other; jit comes first as it fuses conv + ReLU. torch.compile
-is left out of the default: its first call on each new tile shape costs tens of seconds here."""
+extra). bench/fast_path.py times every backend side by side on bsr-lite-x2. With training jobs on the cores, ONNX
+Runtime took about a third of eager's and jit's time on the same tiles (bench/results/fast_path_384.md); on the
+quieter machine the backends were within 25 % of each other at 1024x1024 (bench/results/fast_path.md: compile 3.4,
+onnxruntime 4.0, eager channels_last 4.3, jit 4.7 s). jit and eager are within noise; jit comes first as it fuses
+conv + ReLU. torch.compile, the fastest once built there, is left out of the default: its first call on each new
+tile shape costs 12 s on the quiet machine and over 200 s under load, more than it saves on one image."""
 
 # Built runners, per model: rebuilding a frozen graph or an ONNX session costs seconds, compiling a minute.
 _RUNNERS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
