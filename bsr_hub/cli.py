@@ -175,6 +175,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         counts = gather_object([(done, skipped, failed)])  # every process's counts, on every process
         done, skipped, failed = (sum(c[k] for c in counts) for k in range(3))
         state.wait_for_everyone()
+        # Tear the process group down before exit: left to the interpreter's shutdown, gloo's threads sometimes
+        # abort the process ("terminate called without an active exception") after all the work is done.
+        state.destroy_process_group()
     if rank == 0:
         summary = f"{done} upscaled into {out_dir}" + (f" by {world} processes" if world > 1 else "")
         if skipped:

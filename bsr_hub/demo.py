@@ -268,17 +268,18 @@ def open_upload(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     return img
 
 
-def parse_tile(tile: Any) -> int | None:
-    """The tile setting: 0 or empty means the whole image at once."""
+def parse_tile(tile: Any) -> int | str:
+    """The tile setting: 0 or empty means upscale's automatic choice (the whole image, or cache-sized tiles where
+    those are faster), so the demo gives exactly what `model.upscale(img)` gives."""
     if tile is None or tile == "":
-        return None
+        return "auto"
     try:
         value = float(tile)
     except (TypeError, ValueError):
         raise DemoInputError(f"tile size must be a whole number of pixels, got {tile!r}") from None
     if value < 0 or value != int(value):
-        raise DemoInputError(f"tile size must be 0 (whole image) or a positive whole number, got {tile!r}")
-    return int(value) or None
+        raise DemoInputError(f"tile size must be 0 (automatic) or a positive whole number, got {tile!r}")
+    return int(value) or "auto"
 
 
 def display_copy(img: Image.Image) -> Image.Image:
@@ -326,10 +327,11 @@ def upscale_upload(
             ImageOps.exif_transpose(img)
         )  # upscale applies EXIF rotation; so must the preview
     bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
+    tiles = "" if tile_px == "auto" else f", tiles of {tile_px} px"
     info = (
         f"**{entry.name}** ({entry.source}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
         f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {model.device.type}"
-        f"{' with self-ensemble' if self_ensemble else ''}{f', tiles of {tile_px} px' if tile_px else ''} · "
+        f"{' with self-ensemble' if self_ensemble else ''}{tiles} · "
         f"benchmark: {entry.benchmark}"
     )
     return UpscaleResult(result, bicubic, info, seconds)
@@ -539,7 +541,8 @@ def build_demo(
                     maximum=1024,
                     step=32,
                     value=0,
-                    label="Tile size in input pixels (0 = whole image; smaller uses less memory, nearly identical result)",
+                    label="Tile size in input pixels (0 = automatic: the whole image, or cache-sized tiles where faster; "
+                    "smaller uses less memory, result within 1 grey level)",
                 )
                 button = gr.Button("Upscale", variant="primary", interactive=bool(entries), elem_id="bsr-run")
             with gr.Column():

@@ -12,9 +12,11 @@ TorchScript graph, torch.compile or ONNX Runtime.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -391,6 +393,7 @@ tile shape costs 12 s on the quiet machine and over 200 s under load, more than 
 
 # Built runners, per model: rebuilding a frozen graph or an ONNX session costs seconds, compiling a minute.
 _RUNNERS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_RUNNERS_LOCK = threading.Lock()
 
 
 def _weights_key(model: torch.nn.Module) -> tuple:
@@ -412,7 +415,9 @@ inputs of at least this many LR pixels, or once it is built anyway: a smaller im
 
 def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = None) -> str:
     """"auto" -> eager off the CPU, else the first available of CPU_BACKEND_PREFERENCE (eager for an input of
-    fewer than CPU_BUILD_MIN_PIXELS `pixels` unless already built); names are checked."""
+    fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. The choice depends on the input alone, never on
+    what earlier calls built: the backends agree only to within rounding, and the same image must give the same
+    result whatever was upscaled before."""
     from .modeling import BSRModel
 
     if backend not in (AUTO, *BACKENDS):
@@ -422,9 +427,8 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
             return "eager"  # on a GPU eager channels_last is what was measured; other modules (bicubic) stay as they are
         available = {"eager": True, "jit": True, "compile": True, "onnxruntime": _onnxruntime_available()}
         preferred = next(b for b in CPU_BACKEND_PREFERENCE if available[b])
-        built = any(key[0] == preferred for key in _RUNNERS.get(model, {}))
         small = pixels is not None and pixels < CPU_BUILD_MIN_PIXELS
-        return "eager" if small and not built else preferred
+        return "eager" if small else preferred
     if backend == "onnxruntime" and model.device.type != "cpu":
         raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
     if backend == "onnxruntime":
@@ -480,11 +484,14 @@ def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory
     if backend == "eager":
         return model
     key = (backend, memory_format, _weights_key(model))
-    runners = _RUNNERS.setdefault(model, {})
-    if key not in runners:
-        runners.clear()  # a stale graph holds a full copy of old weights
-        runners[key] = _build_runner(model, backend, memory_format)
-    return runners[key]
+    # One build at a time: concurrent first calls (a demo's simultaneous requests) would otherwise run
+    # torch.onnx.export in parallel, which it refuses ("GLOBALS.in_onnx_export must be False").
+    with _RUNNERS_LOCK:
+        runners = _RUNNERS.setdefault(model, {})
+        if key not in runners:
+            runners.clear()  # a stale graph holds a full copy of old weights
+            runners[key] = _build_runner(model, backend, memory_format)
+        return runners[key]
 
 
 def check_precision(model: BSRModel) -> None:
@@ -514,16 +521,20 @@ def super_resolve(
     device, dtype = model.device, model.dtype
     tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
     backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
-    if channels_last is None:
+    def layout(whole: bool) -> torch.memory_format:
         # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in every run of bench/fast_path.py
         # (eager at 1024x1024: 3.9 against 5.1 s in bench/results/fast_path_1024_run1.md, 4.3 against 4.8 s in
         # fast_path.md; 16.7 against 20.5 s at 384x384 in fast_path_384.md), while whole images measured within noise
         # (NCHW 7 % faster in bench/results/inference.md): so the CPU uses it for tiles only.
-        channels_last = device.type == "cuda" or not tiling.whole
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    runner = get_runner(model, backend, memory_format)
+        use = channels_last if channels_last is not None else device.type == "cuda" or not whole
+        return torch.channels_last if use else torch.contiguous_format
 
-    def forward(t: torch.Tensor) -> torch.Tensor:
+    runners: dict[torch.memory_format, Callable] = {}  # looked up once per call, not once per tile
+
+    def forward(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        if memory_format not in runners:
+            runners[memory_format] = get_runner(model, backend, memory_format)
+        runner = runners[memory_format]
         t = t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
         y = _ensemble(runner, t) if self_ensemble else runner(t)
         return y.float()
@@ -538,8 +549,10 @@ def super_resolve(
         try:
             with torch.no_grad():
                 if size is None:
-                    return forward(x).to(x.device).clamp_(0, 1)
-                return _run_tiled(forward, x, model.scale, size, tiling.overlap).clamp_(0, 1)
+                    return forward(x, layout(whole=True)).to(x.device).clamp_(0, 1)
+                # An out-of-memory retry tiles too, so it takes the tiles' layout: the same result as asking for it.
+                tiled = functools.partial(forward, memory_format=layout(whole=False))
+                return _run_tiled(tiled, x, model.scale, size, tiling.overlap).clamp_(0, 1)
         except torch.cuda.OutOfMemoryError:
             current = size or max(x.shape[-2:])
             smaller = current // 2

@@ -111,7 +111,7 @@ def _arrays_equal(a: Image.Image, b: Image.Image) -> bool:
         ("rocket.jpg", 3, False, 0),
         ("coffee.png", 2, False, 0),
         ("chelsea.png", 2, True, 0),  # self-ensemble
-        ("astronaut.png", 2, False, 96),  # tiled: equal to the library's tiled result, not the untiled one
+        ("astronaut.png", 2, False, 96),  # tiled: equal to the library's result for that tile; 0 is upscale's default
     ],
 )
 def test_api_output_is_the_models_output(served, checkpoints, example, scale, self_ensemble, tile):
@@ -123,7 +123,7 @@ def test_api_output_is_the_models_output(served, checkpoints, example, scale, se
     )
     model = BSRModel.from_pretrained(checkpoints[scale])
     with Image.open(path) as img:
-        expected = model.upscale(img, tile=tile or None, self_ensemble=self_ensemble)
+        expected = model.upscale(img, tile=tile or "auto", self_ensemble=self_ensemble)
         size_in = img.size
     with Image.open(png) as out:
         assert out.format == "PNG"
@@ -320,7 +320,7 @@ def test_bad_tile_is_refused(served):
     _, client = served
     with pytest.raises(Exception, match="tile size"):
         client.predict(handle_file(str(example_images()[0])), tile=-32, api_name="/upscale")
-    assert parse_tile(0) is None and parse_tile(64.0) == 64
+    assert parse_tile(0) == "auto" and parse_tile("") == "auto" and parse_tile(64.0) == 64
     with pytest.raises(DemoInputError):
         parse_tile(12.5)
 
