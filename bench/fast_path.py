@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import conv_flops
+
 RESULTS = Path(__file__).resolve().parent / "results" / "fast_path.md"
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "Set14" / "baboon.png"
 
@@ -60,24 +62,6 @@ def _photo(size: int):
     return Image.open(PHOTO).convert("RGB").resize((size, size), Image.LANCZOS)
 
 
-def _conv_flops(model, size: int) -> float:
-    import torch
-
-    flops = 0.0
-
-    def hook(module, inp, out):
-        nonlocal flops
-        k = module.kernel_size[0] * module.kernel_size[1]
-        flops += 2.0 * module.in_channels * module.out_channels * k * out.shape[-2] * out.shape[-1] / module.groups
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.rand(1, 3, 16, 16))
-    for h in handles:
-        h.remove()
-    return flops * (size / 16) ** 2
-
-
 def _run_row(row: Row, size: int, repeats: int, threads: int, reference: str, queue) -> None:
     import numpy as np
     import torch
@@ -107,7 +91,7 @@ def _run_row(row: Row, size: int, repeats: int, threads: int, reference: str, qu
                                     (1, 3, size, size))
     backend = inference.resolve_backend(model, row.options.get("backend", "auto"), pixels=size * size)
     queue.put(dict(first=first, median=statistics.median(times), low=min(times), high=max(times),
-                   flops=_conv_flops(model, size), peak_mib=_peak_rss_mib(), diff=diff,
+                   flops=conv_flops(model, size), peak_mib=_peak_rss_mib(), diff=diff,
                    plan=f"{'whole' if plan.whole else f'tiles of {plan.size}'}, {backend}"))
 
 

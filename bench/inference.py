@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import conv_flops
+
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.md"
 
 
@@ -35,25 +37,6 @@ class Case:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _conv_flops(model, size: int) -> float:
-    """FLOPs of every Conv2d for one size x size input, counted with forward hooks on a tiny pass scaled up."""
-    import torch
-
-    flops = 0.0
-
-    def hook(module, inp, out):
-        nonlocal flops
-        k = module.kernel_size[0] * module.kernel_size[1]
-        flops += 2.0 * module.in_channels * module.out_channels * k * out.shape[-2] * out.shape[-1] / module.groups
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.rand(1, 3, 16, 16))
-    for h in handles:
-        h.remove()
-    return flops * (size / 16) ** 2
 
 
 def _run_case(case: Case, repeats: int, queue) -> None:
@@ -72,7 +55,7 @@ def _run_case(case: Case, repeats: int, queue) -> None:
         from bsr_hub import BSRModel
 
         model = BSRModel.from_preset(case.preset, scale=case.scale).eval()
-        flops = _conv_flops(model, case.size)
+        flops = conv_flops(model, case.size)
         run = lambda img=image: model.upscale(img, tile=case.tile, channels_last=case.channels_last)
     base_rss = _peak_rss_mib()
     run(small)  # warm-up on a small crop: kernels and thread pools ready, without the cost of a full run

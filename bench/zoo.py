@@ -20,27 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from common import conv_flops
+
 RESULTS = Path(__file__).resolve().parent / "results" / "zoo.md"
 SIZES = (256, 512)  # input sides: a thumbnail / video frame, and a larger crop
-
-
-def conv_gflop_per_input_mp(model) -> float:
-    """Convolution GFLOPs per input megapixel (2 FLOPs per multiply-add), counted with hooks on a small pass."""
-    import torch
-
-    flops = 0.0
-
-    def hook(module, inp, out):
-        nonlocal flops
-        k = module.kernel_size[0] * module.kernel_size[1]
-        flops += 2.0 * module.in_channels * module.out_channels * k * out.shape[-2] * out.shape[-1] / module.groups
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.rand(1, 3, 32, 32))
-    for h in handles:
-        h.remove()
-    return flops / (32 * 32) * 1e6 / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         speedup = ref / statistics.median(times[(name, SIZES[0])])
         quality = " / ".join(psnr(name, b) for b in ("Set5", "Set14", "BSD100"))
         lines.append(
-            f"| {name} (x{model.scale}) | {model.num_parameters():,} | {conv_gflop_per_input_mp(model):.1f} | "
+            f"| {name} (x{model.scale}) | {model.num_parameters():,} | {conv_flops(model, 1000) / 1e9:.1f} | "
             + " | ".join(cells) + f" | {speedup:.2f}x | {quality} |"
         )
     text = "\n".join(lines) + "\n"
