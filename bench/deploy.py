@@ -2,7 +2,7 @@
 
     python bench/deploy.py          # writes bench/results/deploy.md
 
-1. The demo's own path (`bsr_hub.demo.upscale_upload`, whole image, as the Space runs it by default) on a
+1. The demo's own path (`bsr_hub.demo.upscale_upload` with its default settings, as the Space runs it) on a
    1-megapixel photo (1000x1000) at each scale: the figure the Space README quotes. Speed does not depend on the
    weights, so a scale without a bundled checkpoint runs the `bsr-lite` preset at that scale, freshly initialised.
 2. One network, three runtimes: PyTorch `model(x)`, ONNX Runtime and OpenCV dnn running the graph that
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Python {platform.python_version()}. fp32, batch 1.",
             f"Other load while it ran: {args.load or 'none stated'}.",
             "",
-            "## The Space: one 1-megapixel photo through the demo (whole image, the default)",
+            "## The Space: one 1-megapixel photo through the demo (the demo's default: upscale's automatic tiling and backend)",
             "",
             "| model | input | output | seconds |",
             "|---|---|---|---|",

@@ -175,7 +175,7 @@ def space_readme(models: list[ServedModel], gradio_version: str) -> str:
         timing = (
             "On the free CPU hardware (2 vCPUs), expect a 1-megapixel photo (1000x1000) to take up to "
             + ", ".join(f"{sec:.0f} s at x{scale}" for scale, sec in times)
-            + " with a `bsr-lite` model (the whole image at once, the default). Measured on a 2-core CPU by `python bench/deploy.py` in bsr_hub's repository "
+            + " with a `bsr-lite` model (the demo's default settings). Measured on a 2-core CPU by `python bench/deploy.py` in bsr_hub's repository "
             f"(`bench/results/deploy.md`); other load on that machine then: {load}. Inputs are limited to "
             "2 megapixels."
         )
