@@ -14,10 +14,11 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine_load, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "batching.md"
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "Set14" / "baboon.png"
@@ -38,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = BSRModel.from_pretrained("bsr-lite-x2")
     photo = Image.open(PHOTO).convert("RGB")
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
-    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
+    load = machine_load()
     rows = []
     for size in args.sizes:
         crops = [photo.crop((x, y, x + size, y + size)) for x in (0, 200) for y in (0, 60, 120, 200)][:8]
@@ -67,15 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}; bundled bsr-lite-x2, default tile and backend, 8 crops of Set14 baboon.",
         "",
-        f"Load at the start: `{uptime}`; training jobs running: {', '.join(trainings) or 'none'}.",
+        f"Load at the start: {load}.",
         "",
         f"| crop | batch size | seconds for 8 images (median of {args.repeats}) | speed-up vs batch 1 |",
         "|---|---|---|---|",
         *rows,
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, lines)
     return 0
 
 

@@ -21,3 +21,21 @@ def conv_flops(model, size: int) -> float:
     for h in handles:
         h.remove()
     return flops * (size / 16) ** 2
+
+
+def machine_load() -> str:
+    """What else the machine was doing, for a result file: `uptime`'s load averages and any train.py recipes running
+    (these 2 cores are shared, so a timing means little without it)."""
+    import subprocess
+
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
+    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
+    return f"`{uptime}`; training jobs running: {', '.join(trainings) or 'none'}"
+
+
+def write_result(path, lines: list[str]) -> None:
+    """Write a benchmark's Markdown result file (its folder made if needed) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")

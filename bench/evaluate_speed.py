@@ -15,21 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import machine_load
+
 RESULTS = Path(__file__).resolve().parent / "results" / "evaluate.md"
 SECTION = "## evaluate.py's default fast path, one pass and bicubic (x2, BI, trained bsr-lite-x2)"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
-
-
-def _load() -> str:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
-    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
-    return f"`{uptime}`; training jobs running: {', '.join(trainings) or 'none'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from bsr_hub.evaluation import BicubicModel, evaluate_benchmark, load_benchmark
 
     command = "python bench/evaluate_speed.py --benchmarks " + " ".join(args.benchmarks)
-    load_before = _load()
+    load_before = machine_load()
     model = BSRModel.from_pretrained("bsr-lite-x2")
     bicubic = BicubicModel(2)
     runs = [("bicubic", bicubic, {}), ("bsr-lite-x2, one pass (tile=0, eager)", model, dict(tile=0)),
@@ -60,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             walls[label] = time.perf_counter() - start
             print(name, label, f"{results[label].psnr:.4f} dB {walls[label]:.1f} s", flush=True)
         rows.append((name, results, walls))
-    load_after = _load()
+    load_after = machine_load()
 
     one, fast = runs[1][0], runs[2][0]
     lines = [

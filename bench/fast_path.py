@@ -21,14 +21,13 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import conv_flops
+from common import conv_flops, machine_load, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fast_path.md"
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "Set14" / "baboon.png"
@@ -127,13 +126,6 @@ def _in_child(target, *args):
     return result
 
 
-def _load() -> str:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
-    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
-    return f"`{uptime}`; training jobs running: {', '.join(trainings) or 'none'}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="input side in pixels (default 1024)")
@@ -148,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or torch.get_num_threads()
     command = (f"python bench/fast_path.py --size {args.size} --repeats {args.repeats} --rows {args.rows}"
                + (f" --threads {args.threads}" if args.threads else ""))
-    load_before = _load()
+    load_before = machine_load()
     ceiling = _in_child(_conv_ceiling, threads)
     rows = [r for r in ROWS if args.rows == "all" or r.group == args.rows]
     if rows[0] is not ROWS[0]:
@@ -160,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             r = _in_child(_run_row, row, args.size, args.repeats, threads, reference)
             results.append((row, r))
             print(row.name, r, flush=True)
-    load_after = _load()
+    load_after = machine_load()
 
     best = max(ceiling.values())
     base = results[0][1]
@@ -201,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "calls with the same shape reuse it. On a machine this loaded, timings swing by 30 % or more from run to run;",
         "only ratios within this one run are meaningful.",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, lines)
     return 0
 
 

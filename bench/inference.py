@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import conv_flops
+from common import conv_flops, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.md"
 
@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "during the timed runs. The 2000x2000 x4 row is the issue's bar: tiled upscaling of a large",
         "photo must stay under 3 GiB.",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, lines)
     return 0
 
 

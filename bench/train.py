@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "train"
 RESULTS = Path(__file__).resolve().parent / "results" / "train.md"
@@ -123,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {case.preset} | {case.sampler} | {fmt} | {steps} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} "
                      f"| {r['setup_s']:.1f} | {r['peak_mib']:.0f} |")
     lines += ["", "Sampler set-up is reading the images, making LR once and (indexed) building the PIC index."]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, lines)
     return 0
 
 
