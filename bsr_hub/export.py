@@ -104,6 +104,29 @@ def export_metadata(model: BSRModel, source: str) -> dict[str, Any]:
     }
 
 
+def trace_to_onnx(module: nn.Module, example: torch.Tensor, target: Any) -> None:
+    """`torch.onnx.export` with this project's settings (TorchScript exporter, OPSET, the input/output names, batch,
+    height and width dynamic) into a path or a file object. Shared by `export_onnx` and the ONNX Runtime backend of
+    `upscale`, so both run the same graph."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo=True; see the module docstring for why it is
+        # used all the same. Its warning would only confuse a command-line user.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            target,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+            },
+        )
+
+
 def export_onnx(
     model: BSRModel,
     path: str | os.PathLike,
@@ -141,23 +164,7 @@ def export_onnx(
 
     tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
     try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo=True; see the module docstring for why
-            # it is used all the same. Its warning would only confuse a command-line user.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={
-                    INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                    OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
-                },
-            )
+        trace_to_onnx(wrapped, example, str(tmp))
         graph = onnx.load(str(tmp))
         graph.doc_string = (
             f"BSR super-resolution x{model.scale} (bsr_hub). Input: float32 RGB in [0, 1], NCHW, any height "

@@ -453,25 +453,20 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
             import onnxruntime as ort
         except ImportError as err:
             raise ImportError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'bsr-hub[export]'") from err
+        from .export import INPUT_NAME, trace_to_onnx
+
         buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    model, example.contiguous(), buffer, dynamo=False, opset_version=17,
-                    input_names=["input"], output_names=["output"],
-                    dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                  "output": {0: "batch", 2: "out_height", 3: "out_width"}},
-                )
-            except Exception as err:  # torch reports a missing `onnx` as its own error type
-                raise ImportError(f"backend='onnxruntime' could not export the model ({err}); "
-                                  "pip install 'bsr-hub[export]'") from err
+        try:
+            trace_to_onnx(model, example.contiguous(), buffer)
+        except Exception as err:  # torch reports a missing `onnx` as its own error type
+            raise ImportError(f"backend='onnxruntime' could not export the model ({err}); "
+                              "pip install 'bsr-hub[export]'") from err
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
         session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            (y,) = session.run(None, {"input": x.detach().float().contiguous().numpy()})
+            (y,) = session.run(None, {INPUT_NAME: x.detach().float().contiguous().numpy()})
             return torch.from_numpy(y)
 
         return run
