@@ -5,12 +5,12 @@
         [--tile N] [--save-images DIR] [--output results.json] [--update-card MODEL_DIR]
 
 Works under `accelerate launch evaluate.py ...` too (images split across processes, then gathered).
-The logic lives in `bsr_hub.evaluation`; this file is only the command.
+The same command as `bsr-hub eval`: its flags live in `bsr_hub.cli`, the scoring in `bsr_hub.evaluation`.
 """
 
 import sys
 
-from bsr_hub.evaluation import main
+from bsr_hub.cli import eval_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(eval_main())

@@ -7,7 +7,8 @@
 The order is Accelerate's canonical one: accelerator, model, optimizer, data, scheduler, prepare, resume,
 loop (accumulate, clip, step, EMA), checkpoint, validate, save, evaluate, push. The run's life (resume point,
 resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training's
-TrainingRun; the other reusable parts live in bsr_hub too (sampling.py, evaluation.py, losses.py).
+TrainingRun; the other reusable parts live in bsr_hub too (sampling.py, evaluation.py, records.py, losses.py);
+its flags are bsr_hub.cli's (`load_train_config`).
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from bsr_hub import BSRConfig, BSRModel
+from bsr_hub.cli import load_train_config
 from bsr_hub.losses import HybridLoss
+from bsr_hub.records import format_duration
 from bsr_hub.training import (
     LossMeter,
     StopRequest,
     TrainConfig,
     TrainingRun,
     describe_training_data,
-    format_duration,
-    load_config,
     step_decay,
 )
 
@@ -43,7 +44,7 @@ def training_data(cfg: TrainConfig):
     """The training source and the validation benchmark (or None)."""
     import datasets
 
-    from bsr_hub.evaluation import Benchmark, ImageRecord, load_benchmark
+    from bsr_hub.benchmarks import Benchmark, ImageRecord, load_benchmark
     from bsr_hub.examples import example_images
 
     if cfg.uses_bundled_photos:
@@ -110,13 +111,13 @@ def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bsr_hub.extras import MissingExtraError, require_extra
+    from bsr_hub.extras import MissingExtraError, require
 
     try:  # everything the run will need, checked now rather than first at the end (matplotlib draws the curve)
-        require_extra("train", "accelerate", "datasets", "yaml", "matplotlib", what="train.py")
+        require("accelerate", "datasets", "yaml", "matplotlib", extra="train", what="train.py")
     except MissingExtraError as err:
         raise SystemExit(f"error: {err}") from None
-    cfg, _ = load_config(argv)
+    cfg, _ = load_train_config(argv)
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
 
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = final_evaluation(cfg, validation, accelerator)
     if accelerator.is_main_process:
-        from bsr_hub.evaluation import update_card
+        from bsr_hub.records import update_card
 
         name = cfg.hub_model_id or f"{cfg.preset}-x{cfg.scale}"
         update_card(model_dir, results, model_name=name, evaluation_command=command + " (evaluation at the end)")
@@ -285,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def final_evaluation(cfg: TrainConfig, validation, accelerator) -> list[dict]:
     """The saved model and bicubic on the evaluation benchmarks (or the validation set), for the card."""
-    from bsr_hub.evaluation import BicubicModel, evaluate_benchmark, load_benchmark
+    from bsr_hub.benchmarks import load_benchmark
+    from bsr_hub.bicubic import BicubicModel
+    from bsr_hub.evaluation import evaluate_benchmark
 
     benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.eval_dirs]
     if not benchmarks and validation is not None:

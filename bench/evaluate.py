@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bsr_hub import BSRModel
-    from bsr_hub.evaluation import evaluate_benchmark, load_benchmark
+    from bsr_hub.benchmarks import load_benchmark
+    from bsr_hub.evaluation import evaluate_benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)

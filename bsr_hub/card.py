@@ -90,7 +90,7 @@ def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], di
     `training` is a `training.json` as `TrainingRecord` reads it (a record written before lineage was kept is a
     single stage).
     """
-    from .training import TrainingRecord, format_duration
+    from .records import TrainingRecord, format_duration
 
     record = TrainingRecord.from_dict(training)
     stages = []

@@ -1,4 +1,10 @@
-"""The `bsr-hub` command: argument parsing and a call into the library, one function per subcommand."""
+"""Every command line of the package: argument parsing and a call into the library, one function per command.
+
+`bsr-hub` (upscale, list, info, demo, degrade, eval, pic-stats, export, space export), and the flags of the two
+scripts at the top of the checkout: `python evaluate.py` (`eval_main`, the flags of `bsr-hub eval`) and
+`accelerate launch train.py` (`load_train_config`, one flag per `training.TrainConfig` field). No other module
+parses arguments.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .files import plan_jobs, save_image_atomic
 
@@ -38,17 +45,11 @@ def _load_model(name: str, device: str, dtype: str):
 
 def _open_image(src: Path):
     """The decoded image, or the reason it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from .images import ImageReadError, open_image
 
     try:
-        with Image.open(src) as img:
-            img.load()  # decode now: a truncated file fails here, not halfway through the network
-            return img, None
-    except FileNotFoundError:
-        return None, "no such file"
-    except UnidentifiedImageError:
-        return None, "not an image file"
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        return open_image(src), None
+    except ImageReadError as err:
         return None, str(err)
 
 
@@ -89,11 +90,11 @@ def _distributed_state():
     Imported only then: plain `bsr-hub upscale` needs no accelerate."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from .extras import require_extra
-
-    require_extra("train", "accelerate", what="upscaling over several processes")
     import torch
-    from accelerate import PartialState
+
+    from .extras import require
+
+    PartialState = require("accelerate", extra="train", what="upscaling over several processes").PartialState
 
     # Without cpu=True, PartialState on a machine without CUDA sets up no process group at all, and every process
     # would upscale every file alone (racing for the same outputs): ENVIRONMENT.md, "Accelerate on a CPU".
@@ -228,12 +229,12 @@ def zoo_rows() -> list[dict]:
     """One row per bundled checkpoint: what `bsr-hub list` prints, from each folder's config and measured results."""
     from .hub import bundled_checkpoints
     from .modeling import BSRModel
+    from .records import EvalResults
 
     rows = []
     for name, folder in bundled_checkpoints().items():
         model = BSRModel.from_pretrained(folder)
-        store = folder / "eval_results.json"
-        results = json.loads(store.read_text())["results"] if store.is_file() else []
+        results = EvalResults.load(folder).results
         psnr = {r["benchmark"]: round(r["psnr"], 2) for r in results
                 if r["scale"] == model.scale and r["degradation"] == "BI" and not r["self_ensemble"]}
         rows.append({"name": name, "preset": model.config.preset, "scale": model.scale,
@@ -280,25 +281,187 @@ def cmd_degrade(args: argparse.Namespace) -> int:
     return 1 if any(p.startswith("failed") for p in problems) or nothing_to_do else 0  # skipped-only is success
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import run
+# ---------------------------------------------------------------------------------------------- eval
 
-    return run(args, prog="bsr-hub eval")
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The evaluation flags, shared by `evaluate.py` and `bsr-hub eval`."""
+    from .benchmarks import DEFAULT_BENCHMARKS
+    from .degradations import DEGRADATIONS
+
+    parser.add_argument("--model", required=True, help="bundled name, local folder, Hub repo id, or 'bicubic'")
+    parser.add_argument(
+        "--benchmarks", nargs="+", default=None,
+        help=f"folders under --data-dir (default: {' '.join(DEFAULT_BENCHMARKS)}); with --dataset, its label",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder of benchmark folders of HR images")
+    parser.add_argument("--dataset", default=None, help="a Hub dataset id with an image column, instead of --data-dir")
+    parser.add_argument("--split", default="test", help="split of --dataset (default test)")
+    parser.add_argument("--image-column", default="image", help="image column of --dataset (default image)")
+    parser.add_argument("--scale", type=int, default=None, help="scale (default: the model's; required for bicubic)")
+    parser.add_argument("--degradation", default="BI", choices=list(DEGRADATIONS), help="how LR is made (default BI)")
+    parser.add_argument("--self-ensemble", action="store_true", help="mean over the 8 flips/rotations ('+')")
+    parser.add_argument("--tile", type=parse_tile_arg, default="auto",
+                        help="auto (default), 0 (one pass) or a tile size in LR pixels (bounded memory)")
+    parser.add_argument("--save-images", default=None, metavar="DIR", help="write SR images to DIR/<benchmark>/x<s>/")
+    parser.add_argument("--output", default=None, metavar="JSON", help="write results (with per-image values) here")
+    parser.add_argument("--update-card", default=None, metavar="MODEL_DIR", help="write results into that checkpoint's card")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (under accelerate launch: its device)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def eval_command_line(args: argparse.Namespace, scale: int, prog: str = "python evaluate.py") -> str:
+    """The command that reproduces these numbers (what decides them, not where outputs went), for the card."""
+    import shlex
+
+    from .benchmarks import DEFAULT_BENCHMARKS
+
+    parts = ["--model", args.model]
+    if args.dataset:
+        parts += ["--dataset", args.dataset, "--split", args.split, "--image-column", args.image_column]
+    else:
+        parts += ["--benchmarks", *(args.benchmarks or DEFAULT_BENCHMARKS), "--data-dir", str(args.data_dir)]
+    parts += ["--scale", str(scale), "--degradation", args.degradation]
+    if args.self_ensemble:
+        parts.append("--self-ensemble")
+    if args.tile != "auto":
+        parts += ["--tile", str(args.tile or 0)]
+    # prog is a command ("python evaluate.py"), not one word
+    return " ".join([prog, *(shlex.quote(p) if p else "''" for p in parts)])
+
+
+def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
+    """Run the evaluation the flags describe; print the table; write JSON / card. Returns the exit status.
+
+    `prog` starts the command line recorded in the card next to the numbers.
+    """
+    from .benchmarks import DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
+    from .extras import MissingExtraError, require
+
+    try:  # every benchmark is read through datasets: say so now, in one line, not as a traceback later
+        datasets = require("datasets", extra="train", what="evaluation")
+    except MissingExtraError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .evaluation import BICUBIC, evaluate_benchmarks, launch_accelerator, load_model, markdown_table
+    from .records import check_card_target, update_card
+
+    accelerator, device = launch_accelerator(args.device)
+    is_main = accelerator is None or accelerator.is_main_process
+    if args.quiet:
+        datasets.disable_progress_bars()
+    try:
+        model = load_model(args.model, args.scale, device)
+        if args.update_card:
+            check_card_target(args.update_card, args.model, model)  # before hours of evaluation, not after
+        scale = args.scale or model.scale
+        if args.dataset:
+            if args.benchmarks and len(args.benchmarks) > 1:
+                raise EvaluationError("with --dataset give at most one --benchmarks name (the label of that dataset)")
+            names = args.benchmarks or [args.dataset.rstrip("/").split("/")[-1]]
+        else:
+            names = args.benchmarks or list(DEFAULT_BENCHMARKS)
+        benchmarks = [
+            load_benchmark(n, args.data_dir, dataset=args.dataset, split=args.split, image_column=args.image_column)
+            for n in names
+        ]
+        results = evaluate_benchmarks(
+            model, benchmarks, scale, args.degradation, with_bicubic=args.update_card is not None and args.model != BICUBIC,
+            self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images, accelerator=accelerator,
+            progress=not args.quiet,
+        )
+    except (OSError, ValueError) as err:  # EvaluationError and RecordError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if not is_main:
+        return 0
+    print(markdown_table(args.model, results))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"model": args.model, "results": results}, indent=2) + "\n")
+    status = 0
+    for r in results:
+        for f in r.get("failed", []):
+            print(f"error: {r['benchmark']}: {f['error']}", file=sys.stderr)
+            status = 1
+    if args.update_card:
+        try:
+            path = update_card(args.update_card, results, evaluation_command=eval_command_line(args, scale, prog))
+            print(f"updated {path}", file=sys.stderr)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return status
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """`python evaluate.py ...` (and `accelerate launch evaluate.py ...`): the flags of `bsr-hub eval`."""
+    parser = add_eval_arguments(
+        argparse.ArgumentParser(prog="evaluate.py", description="Score a model on SR benchmarks (PSNR/SSIM on Y).")
+    )
+    return cmd_eval(parser.parse_args(argv), prog="python evaluate.py")
+
+
+# ---------------------------------------------------------------------------------------------- pic-stats
+
+
+def add_pic_stats_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="folder of training images, 🤗 dataset id, ...")
+    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--patch", type=int, default=48, help="LR patch size P (default 48)")
+    p.add_argument("--mode", default="indexed", choices=["literal", "indexed", "uniform"])
+    p.add_argument("--batches", type=int, default=100, help="batches to draw (default 100)")
+    p.add_argument("--batch-size", type=int, default=16, help="N (default 16)")
+    p.add_argument("--tau", type=float, default=0.0, help="quota temper: 0 balanced (default), 1 natural")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="write the PNG plot here")
+    p.add_argument("--json", default=None, help="write the numbers here")
 
 
 def cmd_pic_stats(args: argparse.Namespace) -> int:
-    from .pic_stats import run as run_pic_stats
+    """Compute, print a table, write --json and --plot."""
+    from .extras import MissingExtraError, require
+    from .pic_stats import compute_pic_stats, plot_pic_stats
 
-    return run_pic_stats(args)
+    try:
+        if args.plot:  # checked before the sampling, not after it
+            require("matplotlib", extra="train", what="the PIC plot (--plot)")
+        stats = compute_pic_stats(
+            args.data, scale=args.scale, patch_size=args.patch, mode=args.mode, batches=args.batches,
+            batch_size=args.batch_size, seed=args.seed, tau=args.tau,
+        )
+    except (ValueError, FileNotFoundError, TypeError, MissingExtraError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(stats["skipped"].items()))
+    print(f"{stats['images']} images ({sum(stats['skipped'].values())} skipped{': ' + skipped if skipped else ''}), "
+          f"mode {stats['mode']}, "
+          f"{stats['batches']} batches of {stats['batch_size']}")
+    print(f"{'interval from':>14} {'natural':>8} {'sampled':>8} {'quota':>6}")
+    for e, n, s, q in zip(stats["edges"], stats["natural"], stats["sampled"], stats["quotas"]):
+        print(f"{e:14.1f} {n:8.3f} {s:8.3f} {q:6d}")
+    print(f"attempts/batch {stats['attempts_per_batch']:.1f}  redraws/batch {stats['redraws_per_batch']:.2f}  "
+          f"spills/batch {stats['spills_per_batch']:.3f}  ({stats['seconds_per_batch'] * 1000:.1f} ms/batch)")
+    for w in stats["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    if args.plot:
+        plot_pic_stats(stats, args.plot)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .modeling import BSRModel
 
     try:
-        from .export import export_onnx, require_export_dependencies
+        from .export import export_onnx
+        from .extras import require
 
-        require_export_dependencies()  # before loading anything: the missing extra is the first thing said
+        require("onnx", "onnxruntime", extra="export", what="ONNX export")  # before loading anything: said first
         model = BSRModel.from_pretrained(args.model)
         done = export_onnx(model, args.output, source=args.model, verify=not args.no_verify, overwrite=args.overwrite)
     except (ValueError, OSError, ImportError, RuntimeError) as err:
@@ -327,6 +490,70 @@ def cmd_space_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train.py
+
+
+def _none_or(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """`train.py`'s flags: one per TrainConfig field; only flags actually given override the recipe (default
+    SUPPRESS)."""
+    import dataclasses
+    import typing
+
+    from .training import TrainConfig, field_type
+
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a BSR model (single process, or several with `accelerate launch`).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="a YAML recipe (configs/*.yaml); flags given here override it")
+    for f in dataclasses.fields(TrainConfig):
+        kind, optional = field_type(f.name)
+        flag = "--" + f.name
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction)
+        elif origin is list:
+            (item,) = typing.get_args(kind)
+            parser.add_argument(flag, nargs="*", type=item)
+        elif origin is dict or dataclasses.is_dataclass(kind):
+            parser.add_argument(flag, type=_none_or(json.loads) if optional else json.loads,
+                                help="JSON object, e.g. '{\"use_attention\": false}'")
+        else:
+            parser.add_argument(flag, type=_none_or(kind) if optional else kind)
+    return parser
+
+
+def load_train_config(argv: Sequence[str] | None = None) -> tuple[Any, str | None]:
+    """`train.py`'s command line -> (TrainConfig, recipe path): defaults, then the YAML recipe, then flags."""
+    from .training import resolve_config
+
+    args = vars(train_parser().parse_args(argv))
+    recipe = args.pop("config", None)
+    return resolve_config(recipe, args), recipe
+
+
+def parse_tile_arg(text: str) -> int | str | None:
+    """argparse type for --tile: "auto", 0 (one pass) or a positive number of LR pixels."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 0 (one pass) or a tile size in LR pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a tile size cannot be negative, got {value}")
+    return value or None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -338,7 +565,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .inference import BACKENDS, parse_tile_arg
+    from .inference import BACKENDS
 
     parser = argparse.ArgumentParser(prog="bsr-hub", description="BSR super-resolution models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -392,13 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_degrade)
 
-    from .evaluation import add_eval_arguments  # light: datasets/accelerate are imported only when it runs
-
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmarks under the published protocol (needs bsr-hub[train])")
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
-
-    from .pic_stats import add_pic_stats_arguments  # light: torch/datasets are imported only when it runs
 
     p = sub.add_parser("pic-stats", help="PIC balance report: natural vs RFS-sampled patches (needs bsr-hub[train])")
     add_pic_stats_arguments(p)

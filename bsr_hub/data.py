@@ -18,7 +18,6 @@ unreadable files, LR/HR pairs whose sizes do not match the scale.
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -27,24 +26,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .degradations import DEGRADATIONS, degrade, modcrop
+from .extras import require
+from .images import MODES, ImageReadError, mode_of, open_image, straight_mode, to_uint8
 
 Transparent = Literal["skip", "drop_alpha"]
 LR_CACHE_COLUMN = "_bsr_lr"  # where `add_lr_column` stores the LR made from HR
 SKIP_CACHE_COLUMN = "_bsr_skip"  # "" or why the row cannot give an LR
-
-
-def require_datasets() -> Any:
-    """Import 🤗 `datasets`, or fail with the extra to install."""
-    try:
-        import datasets
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "bsr_hub training data needs the 🤗 `datasets` package: pip install 'bsr-hub[train]'"
-        ) from err
-    return datasets
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,22 +56,9 @@ def decode_image(value: Any) -> Image.Image | np.ndarray:
     if isinstance(value, (Image.Image, np.ndarray)):
         return value
     try:
-        if isinstance(value, dict):
-            if value.get("bytes") is not None:
-                img = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path"):
-                img = Image.open(value["path"])
-            else:
-                raise ValueError("image dict without bytes or path")
-        elif isinstance(value, (str, os.PathLike)):
-            img = Image.open(value)
-        else:
-            # ValueError, not TypeError: one unreadable row is skipped and counted, never fatal to a run.
-            raise ValueError(f"cannot read an image from a {type(value).__name__}")
-        img.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"unreadable image: {err}") from err
-    return img
+        return open_image(value)
+    except ImageReadError as err:  # a ValueError: one unreadable row is skipped and counted, never fatal to a run
+        raise ImageReadError(f"unreadable image: {err}", reason=err.reason) from err
 
 
 def to_rgb_array(image: Image.Image | np.ndarray, transparent: Transparent = "skip") -> tuple[np.ndarray | None, str]:
@@ -106,20 +83,15 @@ def to_rgb_array(image: Image.Image | np.ndarray, transparent: Transparent = "sk
                 a = a[:, :, :3]
             return np.array(a, dtype=np.uint8, order="C"), ""
         return None, f"array shape {a.shape}"
-    mode = image.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        return None, f"mode {mode} (not 8-bit)"
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        alpha = np.asarray(image.getchannel("A"))
-        if transparent == "skip" and alpha.min() < 255:
-            return None, "partly transparent"
-        image = image.convert("RGB")
-    elif mode != "RGB":
-        image = image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-    return np.array(image, dtype=np.uint8), ""  # a writable copy
+    try:
+        if not mode_of(image).eight_bit:
+            return None, f"mode {image.mode} (not 8-bit)"
+        image = straight_mode(image)  # L, LA, RGB or RGBA
+    except ImageReadError as err:
+        return None, str(err)
+    if MODES[image.mode].alpha and transparent == "skip" and np.asarray(image.getchannel("A")).min() < 255:
+        return None, "partly transparent"
+    return to_uint8(image, colour="rgb"), ""  # alpha dropped, grey replicated; a writable copy
 
 
 def crop_pair(
@@ -157,7 +129,7 @@ def load_image_source(source: Any, split: str = "train", streaming: bool = False
         split: the split of a folder, Hub dataset or DatasetDict.
         streaming: stream instead of downloading/preparing (folders and Hub ids).
     """
-    datasets = require_datasets()
+    datasets = require("datasets", extra="train", what="bsr_hub training data")
     if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
         return source
     if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -186,7 +158,7 @@ def load_image_source(source: Any, split: str = "train", streaming: bool = False
 
 def find_image_column(ds: Any, image_column: str | None = None) -> str:
     """The HR image column: `image_column` if given, else the only `Image` feature, else a column named "image"."""
-    datasets = require_datasets()
+    datasets = require("datasets", extra="train", what="bsr_hub training data")
     features = getattr(ds, "features", None) or {}
     names = list(features) or list(getattr(ds, "column_names", None) or [])
     if image_column is not None:
@@ -207,7 +179,7 @@ def find_image_column(ds: Any, image_column: str | None = None) -> str:
 def _undecoded(ds: Any, column: str) -> Any:
     """Read an `Image` column as bytes/path dicts, so that a corrupt file is skipped by us instead of raising
     inside the dataset's iterator."""
-    datasets = require_datasets()
+    datasets = require("datasets", extra="train", what="bsr_hub training data")
     features = getattr(ds, "features", None) or {}
     if isinstance(features.get(column), datasets.Image):
         return ds.cast_column(column, datasets.Image(decode=False))
@@ -237,7 +209,7 @@ def add_lr_column(
     same arguments loads it instead of recomputing; for an in-memory dataset it is computed in memory; for an
     `IterableDataset` the map is lazy (once per image per pass over the stream).
     """
-    datasets = require_datasets()
+    datasets = require("datasets", extra="train", what="bsr_hub training data")
     ds = _undecoded(ds, image_column)
     features = getattr(ds, "features", None)
     kwargs: dict[str, Any] = {
@@ -337,7 +309,7 @@ class ImagePairs:
             config: data options; keyword overrides are applied on top (e.g. ``scale=4``).
             min_lr_size: images whose LR height or width is below this (the LR patch size) are skipped.
         """
-        datasets = require_datasets()
+        datasets = require("datasets", extra="train", what="bsr_hub training data")
         config = _with_overrides(config, config_overrides)
         ds = load_image_source(source, split=config.split, streaming=config.streaming)
         if isinstance(ds, datasets.IterableDataset):
@@ -413,7 +385,7 @@ def iter_pools(
     Args:
         shuffle_seed: shuffle the stream (shard order and a buffer of examples) with this seed; None keeps its order.
     """
-    datasets = require_datasets()
+    datasets = require("datasets", extra="train", what="bsr_hub training data")
     ds = load_image_source(source, split=config.split, streaming=True)
     column = find_image_column(ds, config.image_column)
     if shuffle_seed is not None and isinstance(ds, datasets.IterableDataset):

@@ -284,6 +284,7 @@ def degrade_files(
     from PIL import Image
 
     from .files import plan_jobs, save_image_atomic
+    from .images import ImageReadError, open_image, to_uint8
 
     done, problems = 0, []
     for job in plan_jobs(inputs, output, ".png", overwrite):
@@ -292,15 +293,15 @@ def degrade_files(
             problems.append(f"failed {src}: {job.failure}" if job.failure else f"skipped {src}: {job.skip}")
             continue
         try:
-            with Image.open(src) as img:
-                img.load()
-                if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-                    # Pillow's convert() clips these to 0..255 instead of scaling: a silently wrong LR.
-                    raise ValueError(f"mode {img.mode} is not an 8-bit image; the LR protocol is defined on uint8")
-                img = img.convert("L") if img.mode in ("1", "L", "LA") else img.convert("RGB")
-                hr = np.array(img)
+            with open_image(src) as img:
+                # Deeper modes are refused: Pillow's convert() would clip them to 0..255, a silently wrong LR.
+                hr = to_uint8(img, colour="keep_grey")
             lr = degrade(hr, scale, kind)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except ImageReadError as err:
+            detail = "; the LR protocol is defined on uint8" if err.reason == "mode" else ""
+            problems.append(f"failed {src}: {err}{detail}")
+            continue
+        except ValueError as err:  # too small to degrade at this scale
             problems.append(f"failed {src}: {err}")
             continue
         save_image_atomic(Image.fromarray(lr), target)

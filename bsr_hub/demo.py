@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -45,7 +45,6 @@ NO_MODEL_MESSAGE = (
     "(it will not show the output of untrained weights). Start it with a checkpoint: "
     "`bsr-hub demo --model PATH_OR_REPO_ID`, or set BSR_DEMO_MODELS=PATH_OR_REPO_ID for spaces_demo/app.py."
 )
-INSTALL_HINT = "the demo needs gradio: pip install 'bsr-hub[demo]'"
 REMOTE_FILE_MESSAGE = (
     "This demo takes only uploaded files and fetches nothing from other machines; upload the image instead "
     "of passing a URL (gradio_client: handle_file('photo.png') with a local path)."
@@ -137,13 +136,10 @@ class ModelEntry:
 def card_psnr(folder: Path) -> str:
     """The benchmark PSNR recorded in `folder/README.md`'s model-index, as "Set5 (x2, BI): 37.10 dB", or
     "not evaluated". Set5 without self-ensemble is preferred, being the figure every paper reports first."""
-    from huggingface_hub import ModelCard
+    from .records import card_eval_results
 
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return "not evaluated"
     try:
-        results = ModelCard.load(readme).data.eval_results or []
+        results = card_eval_results(folder)
     except Exception:
         return "not evaluated (unreadable model card)"
     psnr = [r for r in results if str(r.metric_type).lower() == "psnr" and r.metric_value is not None]
@@ -244,28 +240,25 @@ def open_upload(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     The size is checked from the header, before any pixel is decoded. Pillow's decompression-bomb guard
     (Image.MAX_IMAGE_PIXELS) is left as it is: it also stops files that lie about their size to the header check.
     """
+    from .images import ImageReadError, open_image
+
     try:
-        img = Image.open(path)
-    except UnidentifiedImageError:
-        raise DemoInputError(
-            "That file is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...)."
-        ) from None
-    except Image.DecompressionBombError as err:
-        raise DemoInputError(f"Refused: the image is too large to decode safely ({err}).") from None
-    except OSError as err:
-        raise DemoInputError(f"The file could not be read as an image: {err}") from None
-    width, height = img.size
-    if width * height > max_pixels:
-        img.close()
-        raise DemoInputError(
-            f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; this demo accepts up to "
-            f"{max_pixels / 1e6:g} megapixels. Crop or shrink it, or use `bsr-hub upscale` on your own machine."
-        )
-    try:
-        img.load()  # a truncated or corrupt file fails here, with a message, not inside the network
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DemoInputError(f"The image could not be decoded (truncated or corrupt?): {err}") from None
-    return img
+        return open_image(path, max_pixels=max_pixels)
+    except ImageReadError as err:
+        if err.reason == "too_large":
+            width, height = err.size
+            message = (f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; this demo accepts up "
+                       f"to {max_pixels / 1e6:g} megapixels. Crop or shrink it, or use `bsr-hub upscale` on your own "
+                       "machine.")
+        elif err.reason == "not_an_image":
+            message = "That file is not an image Pillow can read (PNG, JPEG, WebP, TIFF, BMP, ...)."
+        elif err.reason == "bomb":
+            message = f"Refused: the image is too large to decode safely ({err})."
+        elif err.reason == "corrupt":  # the header was fine, the pixels were not
+            message = f"The image could not be decoded (truncated or corrupt?): {err}"
+        else:
+            message = f"The file could not be read as an image: {err}"
+        raise DemoInputError(message) from None
 
 
 def parse_tile(tile: Any) -> int | str:
@@ -435,12 +428,10 @@ def _local_files_only(component: gr.Component) -> gr.Component:
 
 def require_gradio() -> Any:
     """Import gradio with analytics off (it would otherwise call home), or say which extra installs it."""
+    from .extras import require
+
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    try:
-        import gradio
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
-    return gradio
+    return require("gradio", extra="demo", what="the demo")
 
 
 def _upload_path(payload: Any) -> str:

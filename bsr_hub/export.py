@@ -28,26 +28,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import replace_atomically
+from .extras import require
+from .files import write_atomically, write_text_atomically
 from .modeling import BSRModel
 
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-INSTALL_HINT = "ONNX export needs onnx and onnxruntime: pip install 'bsr-hub[export]'"
 VERIFY_TOLERANCE = 1e-3
 """Largest |ONNX Runtime - PyTorch| accepted on the export-time check, in [0, 1] units (float32 reordering
 differs by about 1e-6; a wrong graph differs by far more than 1/255)."""
 
 
-def require_export_dependencies() -> tuple[Any, Any]:
-    """Import onnx and onnxruntime, or raise an ImportError naming the extra that installs them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT} ({err})") from err
-    return onnx, onnxruntime
 
 
 class ClampedBSR(nn.Module):
@@ -145,7 +137,8 @@ def export_onnx(
             PyTorch by more than `VERIFY_TOLERANCE`.
         overwrite: replace existing files (otherwise they are an error).
     """
-    onnx, ort = require_export_dependencies()
+    onnx = require("onnx", "onnxruntime", extra="export", what="ONNX export")
+    import onnxruntime as ort
     onnx_path = Path(path)
     if onnx_path.suffix != ".onnx":
         raise ValueError(f"the output file should end in .onnx, got {onnx_path}")
@@ -162,8 +155,10 @@ def export_onnx(
     example = torch.rand(1, 3, 24, 20)  # any size: height and width are declared dynamic
     metadata = export_metadata(model, source)
 
-    tmp = onnx_path.with_name(f".{onnx_path.name}.tmp")
-    try:
+    max_diff = None
+
+    def write_graph(tmp: str) -> None:
+        nonlocal max_diff
         trace_to_onnx(wrapped, example, str(tmp))
         graph = onnx.load(str(tmp))
         graph.doc_string = (
@@ -176,7 +171,6 @@ def export_onnx(
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp))
 
-        max_diff = None
         if verify:
             x = torch.rand(1, 3, 19, 23)  # a size the graph was not traced at: dynamic shapes are exercised
             session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -189,11 +183,7 @@ def export_onnx(
                     f"the exported graph does not reproduce the model: output {got.shape} vs {want.shape}, "
                     f"max |difference| {max_diff:.3g} > {VERIFY_TOLERANCE} (please report this)"
                 )
-        replace_atomically(tmp, onnx_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    metadata_tmp = metadata_path.with_name(f".{metadata_path.name}.tmp")
-    metadata_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-    replace_atomically(metadata_tmp, metadata_path)
+
+    write_atomically(onnx_path, write_graph)  # verified before it gets its real name
+    write_text_atomically(metadata_path, json.dumps(metadata, indent=2) + "\n")
     return OnnxExport(onnx_path, metadata_path, metadata, max_diff)

@@ -1,13 +1,15 @@
-"""Batch file work for the command line (`upscale`, `degrade`): which files, where each output goes, what must
-not be written, and how it is written. One place, so both commands refuse the same dangerous cases."""
+"""Writing files: batch file work for the command line (`upscale`, `degrade`: which files, where each output goes,
+what must not be written) and `write_atomically`, the one atomic write every module uses (images, weights, ONNX
+graphs, a checkpoint's records). One place, so every command refuses the same dangerous cases."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -62,30 +64,38 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def replace_atomically(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Move a fully written temporary file onto `target` in one step, with the permissions a plain open() would
-    have given it (mkstemp makes files readable by their owner only)."""
-    os.chmod(tmp, _default_mode())
-    os.replace(tmp, target)
-
-
-def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
-    """Write a PIL image to a temporary file beside the target, then rename: an interrupted run leaves no half
-    image under the real name."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(target: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """The one atomic write of the package: `write(tmp)` fills a temporary file beside `target`, which is then
+    renamed onto it in one step, with the permissions a plain open() would have given it (mkstemp makes files
+    readable by their owner only). A reader never sees half a file; on failure the temporary file is removed and
+    `target` is left as it was. A unique temporary name: two writers of one file never write into each other's."""
+    target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
-            # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
-            import numpy as np
-            from PIL import Image
-
-            image = Image.fromarray(np.rint(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8))
-        if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
-        image.save(tmp, format=fmt)
-        replace_atomically(tmp, target)
+        write(tmp)
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return target
+
+
+def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
+    return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
+    """Write a PIL image under `target` atomically: an interrupted run leaves no half image under the real name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
+        # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
+        import numpy as np
+        from PIL import Image
+
+        image = Image.fromarray(np.rint(np.asarray(image).astype(np.float64) / 257.0).astype(np.uint8))
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    write_atomically(target, lambda tmp: image.save(tmp, format=fmt))
+

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .images import MODES, straight_mode
+
 if TYPE_CHECKING:
     from .modeling import BSRModel
 
@@ -38,8 +40,6 @@ cross-faded, which keeps tiled output within 8-bit rounding of untiled output (t
 MIN_TILE = 32
 """Smallest tile the out-of-memory fallback will try before giving up."""
 
-_MODES_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
-_MODES_16BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
 # ---------------------------------------------------------------------------------------------- conversion in/out
@@ -59,27 +59,17 @@ class _Restore:
 
 def _from_pil(img: Image.Image) -> tuple[np.ndarray, _Restore]:
     img = ImageOps.exif_transpose(img)  # a phone photo must come out the way it is displayed
+    img = straight_mode(img)  # L, LA, RGB, RGBA, or a deeper grey mode (images.MODES)
     mode = img.mode
-    if mode == "1":
-        img, mode = img.convert("L"), "L"
-    elif mode in ("P", "PA"):
-        has_alpha = mode == "PA" or img.info.get("transparency") is not None
-        mode = "RGBA" if has_alpha else "RGB"
-        img = img.convert(mode)
-    elif mode in _MODES_TO_RGB:
-        img, mode = img.convert("RGB"), "RGB"
-    elif mode in ("La", "RGBa"):  # premultiplied alpha
-        mode = mode[:-1] + "A"
-        img = img.convert(mode)
-
-    if mode in _MODES_16BIT or mode == "I":
+    info = MODES[mode]
+    if info.floating:
+        raise ValueError(f"unsupported PIL image mode {img.mode!r}; convert it to RGB, L or I;16 first")
+    if not info.eight_bit:  # I;16* and I: integers, read as 16-bit
         arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError(f"mode {img.mode} image has values outside 0..65535; only 16-bit integer images are supported")
         out_mode = "I" if mode == "I" else "I;16"
         return arr.astype(np.float32) / 65535.0, _Restore("pil", True, False, out_mode, "PIL")
-    if mode not in ("L", "LA", "RGB", "RGBA"):
-        raise ValueError(f"unsupported PIL image mode {img.mode!r}; convert it to RGB, L or I;16 first")
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
     return arr, _Restore("pil", mode in ("L", "LA"), mode in ("LA", "RGBA"), mode, "PIL")
 
@@ -245,8 +235,8 @@ inputs at 94 % of a plain conv in the same layout). It also keeps every BSD100 i
 
 def _tile_target(model: torch.nn.Module, batch: int) -> int:
     """The side of a tile whose feature maps are CPU_TILE_FEATURE_BYTES for this model's width and batch."""
-    width = getattr(model.config, "num_features", 64)
-    return max(MIN_TILE, int(math.sqrt(CPU_TILE_FEATURE_BYTES / (4 * width * batch))))
+    per_pixel = model.memory_per_input_pixel().feature_map
+    return max(MIN_TILE, int(math.sqrt(CPU_TILE_FEATURE_BYTES / (per_pixel * batch))))
 
 
 def _even_tile(length: int, target: int, overlap: int) -> int:
@@ -292,21 +282,6 @@ def resolve_tiling(tile: int | str | None, overlap: int, model: torch.nn.Module,
     return Tiling(tile, overlap)
 
 
-def parse_tile_arg(text: str) -> int | str | None:
-    """argparse type for --tile: "auto", 0 (one pass) or a positive number of LR pixels."""
-    import argparse
-
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto', 0 (one pass) or a tile size in LR pixels, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a tile size cannot be negative, got {value}")
-    return value or None
-
-
 def _run_tiled(
     forward: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -338,12 +313,8 @@ def _run_tiled(
 
 
 def _estimate_bytes(model: BSRModel, b: int, h: int, w: int) -> int:
-    """Rough peak activation memory of one forward pass (inference, fp32): the G group outputs kept for
-    fusion, a few working maps, and the upsampler's maps at output resolution."""
-    cfg = model.config
-    c, g, s = cfg.num_features, cfg.num_groups, cfg.scale
-    per_lr_pixel = (g + 6) * c + 3 * c * s * s
-    return 4 * b * h * w * per_lr_pixel
+    """Rough peak activation memory of one forward pass (inference, fp32), from the model's own estimate."""
+    return b * h * w * model.memory_per_input_pixel().peak
 
 
 def _memory_budget(device: torch.device) -> int:
@@ -432,9 +403,9 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
     if backend == "onnxruntime" and model.device.type != "cpu":
         raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
     if backend == "onnxruntime":
-        from .extras import require_extra
+        from .extras import require
 
-        require_extra("export", "onnx", "onnxruntime", what="backend='onnxruntime'")
+        require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
     return backend
 
 

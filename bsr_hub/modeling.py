@@ -12,8 +12,6 @@ The Hub side (strict loading, bundled checkpoints, model cards) lives in `hub.py
 into tensors and tiling lives in `inference.py`.
 """
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,8 @@ from torch import nn
 
 from .card import CARD_METADATA
 from .configuration import BSRConfig
-from .files import replace_atomically
+from .files import write_atomically
+from .upscaler import PixelMemory
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -153,6 +152,12 @@ class BSRModel(
     def num_conv_layers(self) -> int:
         return sum(isinstance(m, nn.Conv2d) for m in self.modules())
 
+    def memory_per_input_pixel(self) -> PixelMemory:
+        """Activation bytes per LR pixel (float32), for tiling and the out-of-memory check (`upscaler.Upscaler`):
+        the G group outputs kept for fusion, a few working maps, and the upsampler's maps at output resolution."""
+        c, g, s = self.config.num_features, self.config.num_groups, self.config.scale
+        return PixelMemory(feature_map=4 * c, peak=4 * ((g + 6) * c + 3 * c * s * s))
+
     def upscale(self, image: Any, **kwargs: Any) -> Any:
         """Super-resolve a PIL image, numpy array or torch tensor; returns the same kind, `scale` times larger.
 
@@ -206,15 +211,8 @@ class BSRModel(
         # channels_last parameters are not contiguous, and safetensors stores contiguous tensors only.
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         target = Path(save_directory) / "model.safetensors"
-        # Write next to the target and rename, so an interrupted save never leaves a truncated checkpoint.
-        fd, tmp = tempfile.mkstemp(dir=save_directory, prefix=".model.", suffix=".safetensors.tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt"})
-            replace_atomically(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # Written beside the target and renamed, so an interrupted save never leaves a truncated checkpoint.
+        write_atomically(target, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         from .card import render_model_card

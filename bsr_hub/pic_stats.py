@@ -1,4 +1,5 @@
-"""The balance report (`bsr-hub pic-stats`): PIC histograms of random patches and of what the sampler emits.
+"""The balance report (`bsr-hub pic-stats`; its flags live in `cli.py`): PIC histograms of random patches and of
+what the sampler emits.
 
 (a) the natural distribution: PIC of random patches (random image, random position), as in the paper's Figure 1;
 (b) the sampled distribution: PIC of the patches an `RFSSampler` actually emits (recomputed from the emitted LR
@@ -10,8 +11,6 @@ Everything heavy is imported inside the functions, so that `bsr-hub --help` stay
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -96,14 +95,12 @@ def compute_pic_stats(
 
 def plot_pic_stats(stats: dict[str, Any], path: str | Path) -> None:
     """A PNG with two panels: the 16 raw pre-scan intervals (Figure 1 style) and natural vs sampled shares."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the PIC plot needs matplotlib: pip install 'bsr-hub[train]'") from err
     import numpy as np
+
+    from .extras import require
+
+    require("matplotlib", extra="train", what="the PIC plot").use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, (ax_raw, ax) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
     raw_edges, raw_shares = stats["prescan"]["raw_edges"], stats["prescan"]["raw_shares"]
@@ -136,56 +133,9 @@ def plot_pic_stats(stats: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def add_pic_stats_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="folder of training images, 🤗 dataset id, ...")
-    p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--patch", type=int, default=48, help="LR patch size P (default 48)")
-    p.add_argument("--mode", default="indexed", choices=["literal", "indexed", "uniform"])
-    p.add_argument("--batches", type=int, default=100, help="batches to draw (default 100)")
-    p.add_argument("--batch-size", type=int, default=16, help="N (default 16)")
-    p.add_argument("--tau", type=float, default=0.0, help="quota temper: 0 balanced (default), 1 natural")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", default=None, help="write the PNG plot here")
-    p.add_argument("--json", default=None, help="write the numbers here")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Compute, print a table, write --json and --plot."""
+if __name__ == "__main__":  # `python -m bsr_hub.pic_stats ...`, the same as `bsr-hub pic-stats ...`
     import sys
 
-    try:
-        stats = compute_pic_stats(
-            args.data, scale=args.scale, patch_size=args.patch, mode=args.mode, batches=args.batches,
-            batch_size=args.batch_size, seed=args.seed, tau=args.tau,
-        )
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(stats["skipped"].items()))
-    print(f"{stats['images']} images ({sum(stats['skipped'].values())} skipped{': ' + skipped if skipped else ''}), "
-          f"mode {stats['mode']}, "
-          f"{stats['batches']} batches of {stats['batch_size']}")
-    print(f"{'interval from':>14} {'natural':>8} {'sampled':>8} {'quota':>6}")
-    for e, n, s, q in zip(stats["edges"], stats["natural"], stats["sampled"], stats["quotas"]):
-        print(f"{e:14.1f} {n:8.3f} {s:8.3f} {q:6d}")
-    print(f"attempts/batch {stats['attempts_per_batch']:.1f}  redraws/batch {stats['redraws_per_batch']:.2f}  "
-          f"spills/batch {stats['spills_per_batch']:.3f}  ({stats['seconds_per_batch'] * 1000:.1f} ms/batch)")
-    for w in stats["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
-    if args.plot:
-        plot_pic_stats(stats, args.plot)
-    return 0
+    from .cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bsr_hub.pic_stats ...`, the same as `bsr-hub pic-stats ...`."""
-    parser = argparse.ArgumentParser(prog="bsr-hub pic-stats", description=__doc__.splitlines()[0])
-    add_pic_stats_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["pic-stats", *sys.argv[1:]]))

@@ -1,5 +1,6 @@
 """What `train.py` reuses: the typed training config, the run's life (`TrainingRun`: resume, history,
-checkpoints, EMA, the final record), the record of `training.json` (`TrainingRecord`), the schedule.
+checkpoints, EMA, the final record), the schedule. The record it writes (`TrainingRecord`, `training.json`) is
+`records.py`'s; its command line is `cli.py`'s (`load_train_config`).
 
 train.py stays a flat script in Accelerate's canonical order; everything here is testable on its own.
 Config precedence: dataclass defaults, then a YAML recipe (`--config`), then command-line flags.
@@ -7,7 +8,6 @@ Config precedence: dataclass defaults, then a YAML recipe (`--config`), then com
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
 
 SAMPLERS = ("rfs-indexed", "rfs-literal", "uniform")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -154,9 +156,9 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------- config parsing
 
 
-def _field_type(f: dataclasses.Field) -> tuple[Any, bool]:
-    """(base type, optional) of a TrainConfig field, from its annotation string."""
-    hint = typing.get_type_hints(TrainConfig)[f.name]
+def field_type(name: str) -> tuple[Any, bool]:
+    """(base type, optional) of a TrainConfig field, from its annotation: what a command-line flag parses."""
+    hint = typing.get_type_hints(TrainConfig)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -164,46 +166,17 @@ def _field_type(f: dataclasses.Field) -> tuple[Any, bool]:
     return hint, optional
 
 
-def _none_or(kind: type):
-    def parse(text: str):
-        return None if text.lower() in ("none", "null") else kind(text)
+def resolve_config(recipe: str | os.PathLike | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Config precedence: dataclass defaults, then the YAML recipe (if any), then `overrides` (the flags given).
 
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field; only flags actually given override the recipe (default SUPPRESS)."""
-    parser = argparse.ArgumentParser(
-        prog="train.py",
-        description="Train a BSR model (single process, or several with `accelerate launch`).",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", help="a YAML recipe (configs/*.yaml); flags given here override it")
-    for f in dataclasses.fields(TrainConfig):
-        kind, optional = _field_type(f)
-        flag = "--" + f.name
-        origin = typing.get_origin(kind)
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction)
-        elif origin is list:
-            (item,) = typing.get_args(kind)
-            parser.add_argument(flag, nargs="*", type=item)
-        elif origin is dict:
-            parser.add_argument(flag, type=json.loads, help="JSON object, e.g. '{\"use_attention\": false}'")
-        else:
-            parser.add_argument(flag, type=_none_or(kind) if optional else kind)
-    return parser
-
-
-def load_config(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
-    """Defaults, then the YAML recipe, then flags. Returns the config and the recipe path."""
-    args = vars(build_parser().parse_args(argv))
-    recipe = args.pop("config", None)
+    Raises:
+        ValueError: the recipe cannot be read, or names a setting TrainConfig does not have.
+    """
     values: dict[str, Any] = {}
     if recipe is not None:
-        import yaml
+        from .extras import require
 
+        yaml = require("yaml", extra="train", what="a YAML recipe (--config)")
         try:
             loaded = yaml.safe_load(Path(recipe).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -213,8 +186,8 @@ def load_config(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]
         if unknown:
             raise ValueError(f"{recipe}: unknown setting(s) {', '.join(unknown)}; see `python train.py --help`")
         values.update(loaded)
-    values.update(args)
-    return TrainConfig(**values), recipe
+    values.update(overrides)
+    return TrainConfig(**values)
 
 
 def config_to_yaml(config: TrainConfig) -> str:
@@ -349,12 +322,6 @@ def hardware_description(accelerator: Any) -> str:
     return f"{n} CPU process(es) on {platform.machine()}, {torch.get_num_threads()} threads each, {os.cpu_count()} cores"
 
 
-def format_duration(seconds: float) -> str:
-    h, rem = divmod(int(round(seconds)), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
-
-
 def plot_curves(history: list[dict[str, Any]], target: Path) -> None:
     """Training loss and validation PSNR against the step, one PNG."""
     import matplotlib
@@ -405,19 +372,8 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def parse_duration(text: str) -> float | None:
-    """Seconds from format_duration's text ("1 h 23 min", "4 min 05 s"); None if it is not that format.
-    Only old records need it (they kept the text alone), and "1 h 23 min" is exact to the minute only."""
-    m = re.fullmatch(r"\s*(?:(\d+) h )?(\d+) min(?: (\d+) s)?\s*", text or "")
-    if not m:
-        return None
-    h, mins, secs = (int(g) if g else 0 for g in m.groups())
-    return float(3600 * h + 60 * mins + secs)
+# ---------------------------------------------------------------------------------------------- the training data
 
-
-# ---------------------------------------------------------------------------------------------- training.json
-
-RECORD_FORMAT = 2
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Folder names of ../shared/data/train and what the literature calls them (../shared/data/README.md).
 KNOWN_DATASETS = {
@@ -425,17 +381,6 @@ KNOWN_DATASETS = {
     "BSD200": "BSD200 = BSDS500 train",
     "BSDS500_test200": "BSDS500 test",
 }
-
-
-@dataclass
-class DatasetInfo:
-    """One named part of the training data and how many images it has (None: not counted, e.g. a stream)."""
-
-    name: str
-    images: int | None = None
-
-    def describe(self) -> str:
-        return self.name if self.images is None else f"{self.name} ({self.images} images)"
 
 
 def _count_images(folder: Path) -> int:
@@ -469,178 +414,14 @@ def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[Dataset
     return found
 
 
-@dataclass
-class Stage:
-    """One training run in a model's history: what it started from and what it cost.
-
-    A model's lineage is the list of its stages, oldest first: bsr-lite-x3 fine-tuned on a GPU from weights
-    that were themselves trained on a CPU has two (or three, counting the x2 run it started from).
-    """
-
-    model: str
-    """What this stage produced, e.g. bsr-lite-x2."""
-    init_from: str | None
-    """The weights it started from (bundled name, folder, Hub id); None = random initialisation."""
-    steps: int
-    """Optimizer steps of this stage alone."""
-    batch: int | None
-    """Samples per optimizer step (batch_size x gradient_accumulation_steps x processes)."""
-    wall_time_s: float | None
-    hardware: str
-    command: str
-    data: str | None = None
-    finished: str | None = None
-    """UTC date and time the stage ended (ISO 8601)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Stage:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _total_wall_time(lineage: list[Stage]) -> float | None:
-    times = [s.wall_time_s for s in lineage]
-    return None if any(t is None for t in times) else float(sum(times))
-
-
-@dataclass
-class TrainingRecord:
-    """What `training.json` beside a trained model holds: the data, recipe and cost of how it was made.
-
-    `steps`, `wall_time_s`, `hardware` and `command` describe this run (the last stage); `lineage` holds every
-    stage up to and including it, so the total cost is `total_wall_time_s`. Files written before the lineage
-    existed (format 1, e.g. the first bundled bsr-lite-x2) load as a record with one stage built from their
-    fields; unknown keys are kept in `extra` and written back.
-    """
-
-    data: str
-    """The training data in words, e.g. "T91 (91 images), BSD200 = BSDS500 train (200 images), ..."."""
-    steps: int
-    wall_time_s: float | None
-    hardware: str
-    command: str
-    datasets: list[DatasetInfo] = field(default_factory=list)
-    degradation: str | None = None
-    sampler: str | None = None
-    recipe: str | None = None
-    """The resolved TrainConfig as YAML."""
-    sampler_state: dict[str, Any] | None = None
-    """PIC intervals and quotas in use: rerunning with them reproduces the batches."""
-    curve: str | None = None
-    processes: list[dict[str, Any]] = field(default_factory=list)
-    weights_checksum: list[float] | None = None
-    resume_changes: list[dict[str, Any]] = field(default_factory=list)
-    """Settings changed at a resume with --resume_allow_changes: {step, field, old, new} each."""
-    lineage: list[Stage] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_wall_time_s(self) -> float | None:
-        """Seconds of training over the whole lineage; None when a stage did not record its time."""
-        return _total_wall_time(self.lineage)
-
-    @property
-    def total_steps(self) -> int:
-        return sum(s.steps for s in self.lineage)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": RECORD_FORMAT}
-        for f in dataclasses.fields(self):
-            if f.name != "extra":
-                out[f.name] = getattr(self, f.name)
-        out["datasets"] = [dataclasses.asdict(d) for d in self.datasets]
-        out["lineage"] = [dataclasses.asdict(s) for s in self.lineage]
-        # Derived, for readers that render rather than compute (the model card).
-        out["wall_time"] = format_duration(self.wall_time_s) if self.wall_time_s is not None else None
-        total = self.total_wall_time_s
-        out["total_wall_time_s"] = total
-        out["total_wall_time"] = format_duration(total) if total is not None else None
-        out["total_steps"] = self.total_steps
-        return {**self.extra, **out}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainingRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
-        derived = {"format", "wall_time", "total_wall_time_s", "total_wall_time", "total_steps"}
-        values = {k: v for k, v in d.items() if k in known and k not in ("extra", "datasets", "lineage")}
-        values.setdefault("data", "not recorded")
-        values.setdefault("steps", 0)
-        values.setdefault("hardware", "not recorded")
-        values.setdefault("command", "not recorded")
-        if "wall_time_s" not in values:  # format 1 kept only the text
-            values["wall_time_s"] = parse_duration(d.get("wall_time", ""))
-        record = cls(
-            **values,
-            datasets=[DatasetInfo(**x) for x in d.get("datasets", [])],
-            lineage=[Stage.from_dict(s) for s in d.get("lineage", [])],
-            extra={k: v for k, v in d.items() if k not in known and k not in derived},
-        )
-        if "lineage" not in d:  # format 1: the file describes one stage
-            recipe = _yaml_or_empty(record.recipe)
-            batch = recipe.get("batch_size")
-            if batch is not None:
-                batch *= recipe.get("gradient_accumulation_steps", 1) * max(1, len(record.processes) or 1)
-            name = f"{recipe['preset']}-x{recipe['scale']}" if "preset" in recipe and "scale" in recipe else "unknown"
-            record.lineage = [Stage(model=name, init_from=recipe.get("init_from"), steps=record.steps, batch=batch,
-                                    wall_time_s=record.wall_time_s, hardware=record.hardware,
-                                    command=record.command, data=record.data)]
-        return record
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainingRecord:
-        """Read a training.json (any format this project has written)."""
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
-            raise ValueError(f"cannot read the training record {path}: {err}") from err
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (a reader never sees half a file)."""
-        import tempfile
-
-        from .files import replace_atomically
-
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
-        replace_atomically(tmp, target)
-
-
-def _yaml_or_empty(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def lineage_of(init_from: str | None) -> list[Stage]:
-    """The stages behind the weights a run starts from: those of their training.json, or none when the
-    checkpoint has no record (a Hub model, a `save_pretrained` folder) or starts from scratch."""
-    if not init_from:
-        return []
-    from .hub import CheckpointError, resolve_checkpoint
-
-    try:
-        folder = resolve_checkpoint(init_from, local_files_only=True)
-    except CheckpointError:
-        return []
-    record = folder / "training.json"
-    return TrainingRecord.load(record).lineage if record.is_file() else []
-
-
 # ---------------------------------------------------------------------------------------------- resume guard
 
 RESUME_GUARDED = (
     # the model
     "preset", "scale", "model_overrides", "init_from",
     # the batch stream
-    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation", "sampler",
+    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation",
+    "sampler",
     "patch_size", "batch_size", "rfs_tau", "rfs_num_intervals", "rfs_candidates", "seed",
     # the objective and the schedule
     "l1_weight", "lp_weight", "lp_p", "lp_eps", "learning_rate", "adam_beta2", "lr_decay_at", "lr_decay_factor",

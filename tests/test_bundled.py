@@ -72,7 +72,9 @@ def test_card_numbers_meet_the_required_published_rows(name):
 @pytest.mark.parametrize("name", BUNDLED)
 def test_the_cards_set5_number_is_reproduced_and_beats_bicubic(name):
     pytest.importorskip("datasets")
-    from bsr_hub.evaluation import BicubicModel, evaluate_benchmark, load_benchmark
+    from bsr_hub.benchmarks import load_benchmark
+    from bsr_hub.bicubic import BicubicModel
+    from bsr_hub.evaluation import evaluate_benchmark
 
     folder = bundled_checkpoints()[name]
     model = BSRModel.from_pretrained(name)

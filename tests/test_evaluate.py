@@ -17,15 +17,11 @@ from PIL import Image
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
 
 from bsr_hub import BSRConfig, BSRModel
-from bsr_hub.evaluation import (
-    BicubicModel,
-    EvaluationError,
-    evaluate_benchmark,
-    load_benchmark,
-    main,
-    merge_results,
-    update_card,
-)
+from bsr_hub.benchmarks import EvaluationError, load_benchmark
+from bsr_hub.bicubic import BicubicModel
+from bsr_hub.cli import eval_main as main
+from bsr_hub.evaluation import evaluate_benchmark
+from bsr_hub.records import RecordError, merge_results, update_card
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCHMARKS = SHARED_DATA / "benchmarks"
@@ -229,9 +225,9 @@ def test_update_card_rerun_replaces_values_and_keeps_the_rest(bench_dir: Path, t
 def test_update_card_refuses_failed_or_mismatched_results(tiny_ckpt: Path) -> None:
     entry = {"benchmark": "Syn", "scale": 2, "degradation": "BI", "self_ensemble": False, "num_images": 1,
              "psnr": 30.0, "ssim": 0.9, "per_image": []}
-    with pytest.raises(EvaluationError, match="unreadable"):
+    with pytest.raises(RecordError, match="unreadable"):
         update_card(tiny_ckpt, [{**entry, "failed": [{"name": "x", "error": "bad"}]}])
-    with pytest.raises(EvaluationError, match="x3"):
+    with pytest.raises(RecordError, match="x3"):
         update_card(tiny_ckpt, [{**entry, "scale": 3}])
 
 

@@ -2,13 +2,15 @@
 
 import pytest
 
-from bsr_hub.extras import MissingExtraError, require_extra
+from bsr_hub.extras import MissingExtraError, require
 
 
 def test_missing_module_names_the_extra():
     with pytest.raises(MissingExtraError, match=r"train.py needs no_such_module_bsr: pip install 'bsr-hub\[train\]'"):
-        require_extra("train", "json", "no_such_module_bsr", what="train.py")
+        require("json", "no_such_module_bsr", extra="train", what="train.py")
 
 
-def test_present_modules_pass():
-    require_extra("train", "json", "os")
+def test_present_modules_pass_and_the_first_is_returned():
+    import json
+
+    assert require("json", "os", extra="train") is json

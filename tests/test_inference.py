@@ -238,7 +238,9 @@ def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
         def __init__(self, model, limit):
             super().__init__()
             self.model, self.limit = model, limit
-            self.config = model.config
+
+        def memory_per_input_pixel(self):
+            return self.model.memory_per_input_pixel()
 
         def forward(self, x):
             if max(x.shape[-2:]) > self.limit:
@@ -359,12 +361,14 @@ def test_tiling_value_object_validates():
 def test_tile_argument_parser():
     import argparse
 
-    assert inference.parse_tile_arg("auto") == "auto"
-    assert inference.parse_tile_arg("0") is None
-    assert inference.parse_tile_arg("96") == 96
+    from bsr_hub.cli import parse_tile_arg
+
+    assert parse_tile_arg("auto") == "auto"
+    assert parse_tile_arg("0") is None
+    assert parse_tile_arg("96") == 96
     for bad in ("-3", "big"):
         with pytest.raises(argparse.ArgumentTypeError):
-            inference.parse_tile_arg(bad)
+            parse_tile_arg(bad)
 
 
 # ---------------------------------------------------------------------------------------------- backends

@@ -52,7 +52,7 @@ def test_a_short_run_writes_model_card_curve_and_rotates_checkpoints(tmp_path):
         assert (model_dir / name).is_file(), name
     card = (model_dir / "README.md").read_text()
     assert "astronaut held out" in card and "accelerate launch train.py --config" in card
-    from bsr_hub.training import TrainingRecord
+    from bsr_hub.records import TrainingRecord
 
     record = TrainingRecord.load(model_dir / "training.json")
     from bsr_hub.examples import example_images
@@ -231,7 +231,7 @@ def test_resume_allow_changes_trains_with_the_new_values_and_records_them(tmp_pa
     assert run(out, "--max_steps", "3", "--checkpointing_steps", "3") == 0
     assert run(out, "--max_steps", "5", "--checkpointing_steps", "3", "--resume", "latest",
                "--learning_rate", "0.002", "--resume_allow_changes") == 0
-    from bsr_hub.training import TrainingRecord
+    from bsr_hub.records import TrainingRecord
 
     record = TrainingRecord.load(out / "model" / "training.json")
     assert record.resume_changes == [
@@ -285,7 +285,7 @@ def test_record_describes_the_shared_training_images():
 
 
 def test_old_training_records_load_as_one_stage(tmp_path):
-    from bsr_hub.training import TrainingRecord
+    from bsr_hub.records import TrainingRecord
 
     old = {"data": "../shared/data/train", "steps": 7000, "wall_time": "1 h 23 min", "hardware": "2 cores",
            "command": "accelerate launch train.py --config configs/lite_x2.yaml",
@@ -306,7 +306,7 @@ def test_old_training_records_load_as_one_stage(tmp_path):
 
 def test_the_bundled_record_loads():
     from bsr_hub.hub import bundled_checkpoints
-    from bsr_hub.training import TrainingRecord
+    from bsr_hub.records import TrainingRecord
 
     for name, folder in bundled_checkpoints().items():
         if (folder / "training.json").is_file():
@@ -315,7 +315,7 @@ def test_the_bundled_record_loads():
 
 
 def test_lineage_continues_from_the_weights_a_run_starts_from(tmp_path):
-    from bsr_hub.training import TrainingRecord
+    from bsr_hub.records import TrainingRecord
 
     assert run(tmp_path / "a", "--max_steps", "2") == 0
     assert run(tmp_path / "b", "--max_steps", "3", "--scale", "3", "--init_from", str(tmp_path / "a" / "model")) == 0
