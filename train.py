@@ -85,7 +85,8 @@ def build_sampler(cfg: TrainConfig, source, accelerator, start_batch: int):
         streaming=cfg.streaming,
     )
     return RFSSampler(
-        source, rfs, data, rank=accelerator.process_index, world_size=accelerator.num_processes, start_batch=start_batch
+        source, rfs, data, rank=accelerator.process_index, world_size=accelerator.num_processes, start_batch=start_batch,
+        degradation_mix=cfg.degradation_mix,
     )
 
 

@@ -127,10 +127,12 @@ class ModelEntry:
     test checkpoint for a shipped one."""
     benchmark: str
     """The measured PSNR from the checkpoint's card, as a short phrase, or "not evaluated"."""
+    trained_for: str = "benchmark"
+    """`records.trained_for`: "real" for a checkpoint trained on a degradation mix, shown in its label."""
 
     @property
     def label(self) -> str:
-        return f"x{self.scale} · {self.name}"
+        return f"x{self.scale} · {self.name}" + (" · for real photos" if self.trained_for == "real" else "")
 
 
 def card_psnr(folder: Path) -> str:
@@ -162,6 +164,7 @@ def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
     """
     from .configuration import BSRConfig
     from .hub import bundled_checkpoints, resolve_checkpoint
+    from .records import trained_for
 
     bundled = bundled_checkpoints()
 
@@ -187,6 +190,7 @@ def discover_models(names: Sequence[str] = ()) -> list[ModelEntry]:
                 preset=config.preset or "custom",
                 source=source,
                 benchmark=card_psnr(folder),
+                trained_for=trained_for(folder),
             )
         )
     labels = [e.label for e in entries]
@@ -504,6 +508,12 @@ def build_demo(
             "Upscale a photo with a [BSR](https://doi.org/10.23919/ituk50268.2020.9303225) model from "
             f"[bsr_hub](https://pypi.org/project/bsr-hub/). Inputs up to {settings.max_megapixels:g} megapixels; "
             "the result is a lossless PNG."
+            + (
+                " Models marked *for real photos* were trained on images shrunk by many resizers, with JPEG and "
+                "noise: use them for photos of unknown origin; the others are trained and measured on "
+                "benchmark-style inputs (MATLAB bicubic) and can do worse than plain upscaling on other inputs."
+                if any(e.trained_for == "real" for e in entries) else ""
+            )
         )
         if not entries:
             gr.Markdown(f"**{NO_MODEL_MESSAGE}**", elem_id="bsr-no-model")

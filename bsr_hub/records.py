@@ -5,6 +5,7 @@ and the model card (`README.md`) rendered from both. Every read and write of the
       config.json, model.safetensors    the model (`modeling.py`)
       eval_results.json                 `EvalResults`: every result measured for it, merged run after run
       training.json                     `TrainingRecord`: data, recipe, cost and lineage, written by training
+      robustness_results.json           the robustness suite (`robustness.py`): inputs not made by MATLAB
       README.md                         the card, re-rendered (`card.py`) whenever a record changes
 
 Writes are atomic (`files.write_atomically`): a reader never sees half a record.
@@ -30,6 +31,8 @@ EVAL_RESULTS_NAME = "eval_results.json"
 """Beside a checkpoint: every result measured for it, merged run after run; the card is rendered from it."""
 TRAINING_INFO_NAME = "training.json"
 """Beside a checkpoint, written by training: the `training` dict of the card, kept when the card is re-rendered."""
+ROBUSTNESS_RESULTS_NAME = "robustness_results.json"
+"""Beside a checkpoint: the last robustness-suite run (`bsr_hub.robustness`), shown under the card's Limitations."""
 CARD_NAME = "README.md"
 
 
@@ -279,6 +282,30 @@ def read_training(folder: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+TRAINED_FOR = {
+    "benchmark": "benchmark-style LR (MATLAB bicubic, as the papers make it)",
+    "real": "real images of unknown origin (other resizers, JPEG, noise)",
+}
+"""What kind of input a checkpoint suits, by what its training made the LR from: the CLI, the API and the demo
+say it next to its name."""
+
+
+def trained_for(folder: str | os.PathLike) -> str:
+    """"real" when the folder's training used a degradation mix (`resizers.DegradationMix`), else "benchmark"."""
+    try:
+        training = read_training(folder) or {}
+    except (OSError, ValueError):
+        return "benchmark"
+    mix = (training.get("sampler_state") or {}).get("degradation_mix")
+    return "real" if mix else "benchmark"
+
+
+def read_robustness(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The folder's `robustness_results.json` (`robustness.results_document`), or None."""
+    path = Path(folder) / ROBUSTNESS_RESULTS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The card
 # ---------------------------------------------------------------------------------------------------------
@@ -299,8 +326,12 @@ def update_card(
     *,
     model_name: str | None = None,
     evaluation_command: str | None = None,
+    robustness: dict[str, Any] | None = None,
 ) -> Path:
     """Merge `results` into the checkpoint's `eval_results.json` and re-render its `README.md` model card.
+
+    `robustness` (a `robustness.results_document`) replaces the folder's `robustness_results.json`; the card
+    shows the folder's robustness table, when it has one, under Limitations.
 
     Results measured before (other benchmarks, scales, degradations) are kept; an entry with the same
     benchmark, scale, degradation and self-ensemble is replaced. The training section comes from
@@ -315,6 +346,7 @@ def update_card(
     """
     from .card import model_index_mismatches, render_model_card
     from .modeling import BSRModel
+    from .robustness import markdown_table as robustness_table
 
     folder = Path(model_dir)
     model = BSRModel.from_pretrained(folder)
@@ -334,12 +366,18 @@ def update_card(
         new.append(entry)
     merged = merge_results(previous.results, new)
     EvalResults(model=name, results=merged).save(folder)
+    if robustness is not None:
+        if int(robustness["scale"]) != model.scale:
+            raise RecordError(f"the robustness suite ran at x{robustness['scale']}, but {folder} is a x{model.scale} model")
+        write_text_atomically(folder / ROBUSTNESS_RESULTS_NAME, json.dumps(robustness, indent=2) + "\n")
+    robustness = read_robustness(folder)
 
     commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
         model, model_name=name, results=card_results, training=read_training(folder), evaluation_commands=commands,
-        load_as=_load_name(folder, name),
+        load_as=_load_name(folder, name), robustness=robustness,
+        robustness_table=robustness_table(robustness) if robustness else "",
     )
     target = write_text_atomically(folder / CARD_NAME, str(card))
     # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured.

@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .data import DataConfig, ImagePairs, crop_pair, dihedral, iter_pools, stack_patches
+from .resizers import DegradationMix
 from .pic import dense_pic, pic
 
 Mode = Literal["literal", "indexed", "uniform"]
@@ -351,6 +352,9 @@ class RFSSampler(IterableDataset):
         rank, world_size: this process's place; None = from torch.distributed, else RANK / WORLD_SIZE, else 0 / 1.
         start_batch: first batch number (resume a run at this step).
         num_batches: stop after this many batches (per process); None = infinite.
+        degradation_mix: make each patch's LR from its HR with this random mix of resizers, noise and JPEG
+            (`bsr_hub.resizers.DegradationMix`) instead of taking it from the pair's LR; positions are still
+            chosen by the PIC of the pair's (clean) LR, and ``"pic"`` is that of the LR actually returned.
     """
 
     def __init__(
@@ -362,6 +366,7 @@ class RFSSampler(IterableDataset):
         world_size: int | None = None,
         start_batch: int = 0,
         num_batches: int | None = None,
+        degradation_mix: DegradationMix | None = None,
     ):
         super().__init__()
         self.config = config or RFSConfig()
@@ -375,6 +380,7 @@ class RFSSampler(IterableDataset):
         if start_batch < 0 or (num_batches is not None and num_batches < 0):
             raise ValueError(f"start_batch and num_batches must be >= 0, got {start_batch}, {num_batches}")
         self.start_batch, self.num_batches = int(start_batch), num_batches
+        self.degradation_mix = degradation_mix
         self._warned = False
 
         self.source = source
@@ -441,6 +447,7 @@ class RFSSampler(IterableDataset):
             "rfs": self.resolved_config().to_dict(),
             "data": dataclasses.asdict(self.data_config),
             "start_batch": self.start_batch,
+            "degradation_mix": None if self.degradation_mix is None else self.degradation_mix.to_dict(),
             "prescan_shares": list(self.prescan_shares),
             "raw_edges": list(self.raw_edges),
             "raw_shares": list(self.raw_shares),
@@ -515,6 +522,8 @@ class RFSSampler(IterableDataset):
         s, p = cfg.scale, cfg.patch_size
         for j, y, x in picks:
             lr, hr = crop_pair(pairs.hr[j], pairs.lr[j], y, x, p, s)
+            if self.degradation_mix is not None:
+                lr = self.degradation_mix.lr_patch(pairs.hr[j], y, x, p, s, rng)  # (P, P, 3), drawn per patch
             if cfg.augment:
                 k = int(rng.integers(8))
                 lr, hr = dihedral(lr, k), dihedral(hr, k)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
+from .resizers import DegradationMix
 
 SAMPLERS = ("rfs-indexed", "rfs-literal", "uniform")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -57,6 +58,11 @@ class TrainConfig:
     """A paired LR column (real-world pairs); None makes LR from HR with `degradation`."""
     streaming: bool = False
     degradation: str = "BI"
+    """How the clean LR (RFS positions, validation, final evaluation) is made: BI (MATLAB bicubic) or BD."""
+    degradation_mix: DegradationMix | None = None
+    """Train on inputs of unknown origin: each patch's LR made by a random resizer, noise and JPEG
+    (`bsr_hub.resizers.DegradationMix`; a nested mapping in a recipe, a JSON object as a flag, {} for the
+    defaults). None = the LR of `degradation`, as the published protocol."""
     sampler: str = "rfs-indexed"
     """rfs-indexed (fast RFS), rfs-literal (the paper's rejection algorithm) or uniform (the "without RFS" baseline)."""
     patch_size: int = 48
@@ -126,6 +132,7 @@ class TrainConfig:
     hub_private: bool = False
 
     def __post_init__(self) -> None:
+        self.degradation_mix = DegradationMix.from_value(self.degradation_mix)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -420,7 +427,7 @@ RESUME_GUARDED = (
     # the model
     "preset", "scale", "model_overrides", "init_from",
     # the batch stream
-    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation",
+    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation", "degradation_mix",
     "sampler",
     "patch_size", "batch_size", "rfs_tau", "rfs_num_intervals", "rfs_candidates", "seed",
     # the objective and the schedule
