@@ -20,6 +20,20 @@ class ConfigError(ValueError):
     """A BSRConfig value (or a config.json) that cannot describe a BSR network."""
 
 
+def from_mapping(cls: Any, data: Any, where: str, error: type[ValueError] = ValueError) -> Any:
+    """`cls(**data)` for a config dataclass, refusing keys it has no field for: the one unknown-field check of the
+    package (BSRConfig, a training recipe, RFSConfig, DegradationMix), so that a typo is never silently ignored.
+
+    Raises:
+        error: naming the unknown keys and the known ones.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
 # Bounds far above any sensible BSR network (bsr-base is 64 x 16 x 5), so that a config.json cannot make
 # `from_pretrained` allocate gigabytes before anything is checked.
 SIZE_LIMITS = {"num_features": 1024, "num_groups": 256, "num_blocks": 256, "num_channels": 4}
@@ -94,13 +108,7 @@ class BSRConfig:
         """Build a config from a dict, refusing unknown fields (a typo must not be silently ignored)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a BSR config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown field(s) in BSR config: {', '.join(unknown)}. Known fields: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        return from_mapping(cls, data, "BSR config", ConfigError)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> BSRConfig:

@@ -172,11 +172,9 @@ class DegradationMix:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"degradation_mix must be a mapping of its settings (or null), got {value!r}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"degradation_mix: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**value)
+        from .configuration import from_mapping
+
+        return from_mapping(cls, value, "degradation_mix")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -166,11 +166,9 @@ class RFSConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RFSConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RFSConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        from .configuration import from_mapping
+
+        return from_mapping(cls, data, "RFSConfig")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .configuration import from_mapping
 from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
 from .resizers import DegradationMix
 
@@ -188,13 +189,9 @@ def resolve_config(recipe: str | os.PathLike | None, overrides: dict[str, Any]) 
             loaded = yaml.safe_load(Path(recipe).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read the recipe {recipe}: {err}") from err
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"{recipe}: unknown setting(s) {', '.join(unknown)}; see `python train.py --help`")
         values.update(loaded)
     values.update(overrides)
-    return TrainConfig(**values)
+    return from_mapping(TrainConfig, values, f"{recipe or 'train.py'} (see `python train.py --help`)")
 
 
 def config_to_yaml(config: TrainConfig) -> str:

@@ -8,7 +8,8 @@ import torch
 from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
-from bsr_hub import BSRModel, inference
+from bsr_hub import BSRModel, bundled_checkpoints, inference
+from bsr_hub.examples import example_images
 
 
 def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -54,11 +55,15 @@ def test_alpha_is_upscaled_separately(tiny_model, mode):
     assert np.abs(alpha.astype(int) - np.rint(expected[0, 0].numpy() * 255).astype(int)).max() <= 1
 
 
-def test_palette_images_are_converted(tiny_model):
+def test_palette_images_are_upscaled_as_their_colours(tiny_model):
     img = Image.fromarray(textured(8, 8)).convert("P")
-    assert tiny_model.upscale(img).mode == "RGB"
+    out = tiny_model.upscale(img)
+    assert out.mode == "RGB"
+    assert np.array_equal(np.asarray(out), np.asarray(tiny_model.upscale(img.convert("RGB"))))  # not the indices
     img.info["transparency"] = 0
-    assert tiny_model.upscale(img).mode == "RGBA"
+    out = tiny_model.upscale(img)
+    assert out.mode == "RGBA"
+    assert np.array_equal(np.asarray(out), np.asarray(tiny_model.upscale(img.convert("RGBA"))))
 
 
 def test_sixteen_bit_precision_is_kept(tiny_model):
@@ -78,8 +83,11 @@ def test_sixteen_bit_precision_is_kept(tiny_model):
 def test_cmyk_jpeg_is_converted_to_rgb(tiny_model):
     buf = io.BytesIO()
     Image.fromarray(textured(16, 16)).convert("CMYK").save(buf, format="JPEG")
-    out = tiny_model.upscale(Image.open(buf))
+    cmyk = Image.open(buf)
+    out = tiny_model.upscale(cmyk)
     assert out.mode == "RGB" and out.size == (32, 32)
+    # The colours, not the four ink channels read as RGB(A): the same as upscaling the photo as shown.
+    assert np.array_equal(np.asarray(out), np.asarray(tiny_model.upscale(cmyk.convert("RGB"))))
 
 
 def test_exif_orientation_is_applied(tiny_model):
@@ -97,6 +105,12 @@ def test_tiny_and_thin_images(tiny_model, size):
     h, w = size
     out = tiny_model.upscale(textured(h, w))
     assert out.shape == (2 * h, 2 * w, 3)
+    # Colours survive the padding of a one-pixel side: a flat image stays that colour through a linear upscaler.
+    from bsr_hub.bicubic import BicubicModel
+
+    flat = np.full((h, w, 3), (250, 200, 20), np.uint8)
+    out = BicubicModel(2, uint8=False).upscale(flat)
+    assert out.shape == (2 * h, 2 * w, 3) and np.abs(out.astype(int) - (250, 200, 20)).max() <= 1
 
 
 def test_unsupported_pil_mode_is_a_clear_error(tiny_model):
@@ -214,6 +228,16 @@ def test_tiled_matches_untiled_on_a_real_photo():
     whole = np.asarray(model.upscale(img))
     tiled = np.asarray(model.upscale(img, tile=64))
     assert psnr8(whole, tiled) >= 50
+
+
+@pytest.mark.parametrize("name", sorted(bundled_checkpoints()))
+def test_tiled_is_within_one_level_of_untiled_for_every_bundled_model(name):
+    """DEFAULT_TILE_OVERLAP's claim, on the trained weights that ship: small tiles (many seams) against one pass."""
+    model = BSRModel.from_pretrained(name)
+    img = Image.open(example_images()[0]).convert("RGB").crop((0, 0, 90, 70))
+    whole = np.asarray(model.upscale(img, tile=None, backend="eager")).astype(int)
+    tiled = np.asarray(model.upscale(img, tile=32, backend="eager")).astype(int)
+    assert np.abs(tiled - whole).max() <= 1
 
 
 def test_without_overlap_there_are_seams():
@@ -348,6 +372,22 @@ def test_plan_follows_model_width_and_splits_evenly():
     assert inference.plan_tiling(base, 1, 1024, 1024).size < plan.size  # 64 channels: smaller tiles
     assert inference.plan_tiling(lite, 4, 1024, 1024).size < plan.size  # a batch of 4 shares the cache
     assert inference.plan_tiling(lite, 1, 200, 300).whole  # BSD100-sized inputs run whole
+
+
+def test_models_meet_the_upscaler_contract(tiny_model):
+    """What tiling, the out-of-memory fallback and evaluation read from a model, and nothing else."""
+    from bsr_hub.bicubic import BicubicModel
+    from bsr_hub.upscaler import Upscaler
+
+    for model in (tiny_model, BicubicModel(3)):
+        assert isinstance(model, Upscaler)
+        memory = model.memory_per_input_pixel()
+        assert 1 <= memory.feature_map <= memory.peak
+    c, g, s = tiny_model.config.num_features, tiny_model.config.num_groups, tiny_model.scale
+    assert tiny_model.memory_per_input_pixel().feature_map == 4 * c  # one float32 map per LR pixel
+    assert inference._estimate_bytes(tiny_model, 2, 10, 10) == 2 * 10 * 10 * 4 * ((g + 6) * c + 3 * c * s * s)
+    assert not hasattr(BicubicModel(3), "config")  # no fake config: the contract is all inference needs
+    assert BicubicModel(3).upscale(textured(8, 8), tile=4, tile_overlap=2).shape == (24, 24, 3)
 
 
 def test_tiling_value_object_validates():

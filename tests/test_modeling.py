@@ -66,14 +66,27 @@ def test_group_forwarding_reaches_every_group():
     model.fusion.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape) and None)
     model(torch.rand(1, 3, 6, 6))
     assert seen[0][1] == 3 * model.config.num_features
-    # Perturbing the first group's output changes the result even with the later groups frozen in place.
-    x = torch.rand(1, 3, 6, 6)
-    f1 = model.groups[0](model.head(x - model.rgb_mean.view(1, -1, 1, 1))).detach().requires_grad_(True)
-    features = [f1]
+    # Through forward itself, with the path through the later groups cut: the first group still reaches the output
+    # with SC, and only through the later groups without it.
+    assert first_group_gradient(use_group_forwarding=True).abs().sum() > 0
+    assert first_group_gradient(use_group_forwarding=False) is None
+
+
+def first_group_gradient(use_group_forwarding: bool) -> torch.Tensor | None:
+    """d(output)/d(first group's output) when the later groups see a detached copy of their input."""
+    torch.manual_seed(0)
+    model = BSRModel(tiny_config(num_groups=3, use_group_forwarding=use_group_forwarding))
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["f1"] = output.detach().requires_grad_(True)
+        return kept["f1"]
+
+    model.groups[0].register_forward_hook(keep)
     for group in model.groups[1:]:
-        features.append(group(features[-1]).detach())  # cut the path through the later groups
-    model.fusion(torch.cat(features, dim=1)).sum().backward()
-    assert f1.grad.abs().sum() > 0
+        group.register_forward_pre_hook(lambda module, args: (args[0].detach(),))
+    model(torch.rand(1, 3, 6, 6)).sum().backward()
+    return kept["f1"].grad
 
 
 def test_model_rejects_a_non_config():
