@@ -283,11 +283,16 @@ def test_api_refuses_urls_and_fetches_nothing(served, monkeypatch):
     assert Path(png).is_file()
 
 
-def test_queue_is_bounded(served):
+def test_queue_is_bounded(served, checkpoints):
     demo, _ = served
     (fn,) = [f for f in demo.fns.values() if f.api_name == "upscale"]
     assert fn.concurrency_limit == DemoSettings().concurrency
     assert demo._queue.max_size == DemoSettings().queue_size
+    # Values Gradio would not pick by itself (its default concurrency is 1, as ours): the settings are applied.
+    settings = DemoSettings(models=(str(checkpoints[2]),), concurrency=3, queue_size=7)
+    other = build_demo(settings)
+    (fn,) = [f for f in other.fns.values() if f.api_name == "upscale"]
+    assert (fn.concurrency_limit, other._queue.max_size) == (3, 7)
 
 
 # ---------------------------------------------------------------------------------------------- hostile input
@@ -385,9 +390,11 @@ def test_without_a_bundled_model_the_demo_says_so_and_upscales_nothing(tmp_path,
             Client(demo.local_url, verbose=False).predict(
                 handle_file(str(example_images()[0])), api_name="/upscale"
             )
+        shown = [c["props"].get("value") for c in demo.config["components"]
+                 if c["props"].get("elem_id") == "bsr-no-model"]
+        assert shown and NO_MODEL_MESSAGE in shown[0]  # the page says it, not only the API
     finally:
         demo.close()
-    assert "No trained model is bundled" in NO_MODEL_MESSAGE
 
 
 def test_importing_app_lists_bundled_checkpoints_and_starts_no_server(tmp_path, monkeypatch):
