@@ -229,7 +229,7 @@ def zoo_rows() -> list[dict]:
     """One row per bundled checkpoint: what `bsr-hub list` prints, from each folder's config and measured results."""
     from .hub import bundled_checkpoints
     from .modeling import BSRModel
-    from .records import EvalResults
+    from .records import EvalResults, trained_for
 
     rows = []
     for name, folder in bundled_checkpoints().items():
@@ -238,7 +238,7 @@ def zoo_rows() -> list[dict]:
         psnr = {r["benchmark"]: round(r["psnr"], 2) for r in results
                 if r["scale"] == model.scale and r["degradation"] == "BI" and not r["self_ensemble"]}
         rows.append({"name": name, "preset": model.config.preset, "scale": model.scale,
-                     "parameters": model.num_parameters(), "psnr": psnr})
+                     "parameters": model.num_parameters(), "psnr": psnr, "trained_for": trained_for(folder)})
     return rows
 
 
@@ -247,11 +247,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from .records import TRAINED_FOR
+
     benchmarks = ("Set5", "Set14", "BSD100")
-    print(f"{'name':16} {'scale':>5} {'parameters':>11}  Y-PSNR " + " / ".join(benchmarks))
+    print(f"{'name':20} {'scale':>5} {'parameters':>11}  {'Y-PSNR ' + ' / '.join(benchmarks):30}  for")
     for r in rows:
         scores = " / ".join(f"{r['psnr'][b]:.2f}" if b in r["psnr"] else "-" for b in benchmarks)
-        print(f"{r['name']:16} {'x' + str(r['scale']):>5} {r['parameters']:>11,}  {scores}")
+        print(f"{r['name']:20} {'x' + str(r['scale']):>5} {r['parameters']:>11,}  {scores:30}  {r['trained_for']}")
+    print("\nfor: " + "; ".join(f"{k} = {v}" for k, v in TRAINED_FOR.items()))
     return 0
 
 
@@ -290,6 +293,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     from .degradations import DEGRADATIONS
 
     parser.add_argument("--model", required=True, help="bundled name, local folder, Hub repo id, or 'bicubic'")
+    parser.add_argument(
+        "--suite", default="published", choices=["published", "robustness"],
+        help="published (default): the papers' protocol, LR by MATLAB bicubic. robustness: LR by other resizers "
+             "(PIL, OpenCV, F.interpolate) alone and with JPEG 90/75, each next to bicubic upscaling of the same LR "
+             "(default benchmarks Set5 Set14; --update-card writes the table under the card's Limitations)",
+    )
     parser.add_argument(
         "--benchmarks", nargs="+", default=None,
         help=f"folders under --data-dir (default: {' '.join(DEFAULT_BENCHMARKS)}); with --dataset, its label",
@@ -344,6 +353,12 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
     except MissingExtraError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.suite == "robustness":
+        from .robustness import run_suite
+
+        if args.quiet:
+            datasets.disable_progress_bars()
+        return run_suite(args, prog)
     from .evaluation import BICUBIC, evaluate_benchmarks, launch_accelerator, load_model, markdown_table
     from .records import check_card_target, update_card
 
@@ -574,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output folder (folder structure is kept)")
     p.add_argument("--model", default=None,
-                   help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: bsr-lite-x<scale>)")
+                   help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: bsr-lite-x<scale>, "
+                        "made for benchmark-style inputs; for photos of unknown origin use bsr-lite-x2-robust)")
     p.add_argument("--scale", type=int, default=None, choices=[2, 3, 4],
                    help="upscaling factor; without --model it picks the bundled bsr-lite of that scale (default 2)")
     p.add_argument("--tile", type=parse_tile_arg, default="auto",
