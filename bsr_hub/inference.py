@@ -196,6 +196,29 @@ def _ramp(length: int, margin: int, lead: bool, trail: bool) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- how to run: tiles
 
 
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class TileSetting:
+    """The caller's tile options, checked here and nowhere else: `tile` "auto" (planned per image, `plan_tiling`),
+    None or 0 (one pass; 0 is stored as None) or n > 0 LR pixels, and the `overlap` neighbouring tiles share."""
+
+    tile: int | str | None = AUTO
+    overlap: int = DEFAULT_TILE_OVERLAP
+
+    def __post_init__(self) -> None:
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
+            raise ValueError(f"tile_overlap must be a non-negative integer, got {self.overlap!r}")
+        tile = self.tile
+        if tile == AUTO or tile is None:
+            return
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+            raise ValueError(f"tile must be 'auto', None or 0 (one pass), or a positive number of LR pixels; got {tile!r}")
+        if tile == 0:
+            object.__setattr__(self, "tile", None)
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How one image goes through the network: whole (`size=None`) or in square tiles of `size` LR pixels
@@ -206,17 +229,14 @@ class Tiling:
     reason: str = "asked for"
 
     def __post_init__(self) -> None:
+        # A plan, not a request: "auto" and 0 were resolved before (TileSetting checks what callers pass).
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise ValueError(f"tile size must be a positive integer number of LR pixels or None, got {self.size!r}")
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 0:
-            raise ValueError(f"tile_overlap must be a non-negative integer, got {self.overlap!r}")
+        TileSetting(None, self.overlap)  # the overlap's one check
 
     @property
     def whole(self) -> bool:
         return self.size is None
-
-
-AUTO = "auto"
 
 CPU_TILE_FEATURE_BYTES = 2 << 20
 """On the CPU, tiles are sized so that one feature map of one tile is about 2 MiB (128x128 LR pixels at bsr-lite's
@@ -270,16 +290,13 @@ def plan_tiling(model: torch.nn.Module, batch: int, height: int, width: int, ove
 
 def resolve_tiling(tile: int | str | None, overlap: int, model: torch.nn.Module, shape: Sequence[int]) -> Tiling:
     """The caller's `tile` argument -> a Tiling: "auto" plans, None or 0 forces one pass, n > 0 is tiles of n."""
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise ValueError(f"tile_overlap must be a non-negative integer, got {overlap!r}")
-    if tile == AUTO:
+    setting = TileSetting(tile, overlap)
+    if setting.tile == AUTO:
         b, _, h, w = shape
-        return plan_tiling(model, b, h, w, overlap)
-    if tile is None or (isinstance(tile, int) and not isinstance(tile, bool) and tile == 0):
-        return Tiling(None, overlap, "one pass, asked for")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
-        raise ValueError(f"tile must be 'auto', None or 0 (one pass), or a positive number of LR pixels; got {tile!r}")
-    return Tiling(tile, overlap)
+        return plan_tiling(model, b, h, w, setting.overlap)
+    if setting.tile is None:
+        return Tiling(None, setting.overlap, "one pass, asked for")
+    return Tiling(setting.tile, setting.overlap)
 
 
 def _run_tiled(
@@ -562,9 +579,7 @@ def _finish(y: torch.Tensor, x: torch.Tensor, spec: _Restore, scale: int) -> Any
 
 
 def _check_options(tile: Any, tile_overlap: Any, backend: Any) -> None:
-    Tiling(None, tile_overlap)  # validates the overlap
-    if tile != AUTO and tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
-        raise ValueError(f"tile must be 'auto', None or 0 (one pass), or a positive number of LR pixels; got {tile!r}")
+    TileSetting(tile, tile_overlap)
     if backend != AUTO and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .degradations import imresize
+from .images import open_image, to_uint8
 
 
 def _pil(filter_: int) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -114,7 +115,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """`image` after a JPEG round trip through Pillow at `quality` (libjpeg defaults: 4:2:0 chroma)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
-    return np.array(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))  # writable
+    return to_uint8(open_image(buffer.getvalue()), colour="rgb")  # writable
 
 
 def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
