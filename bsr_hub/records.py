@@ -376,7 +376,7 @@ def update_card(
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
         model, model_name=name, results=card_results, training=read_training(folder), evaluation_commands=commands,
-        load_as=_load_name(folder, name), robustness=robustness,
+        load_as=_load_name(folder, name), robustness=robustness, trained_for=trained_for(folder),
         robustness_table=robustness_table(robustness) if robustness else "",
     )
     target = write_text_atomically(folder / CARD_NAME, str(card))
