@@ -44,9 +44,17 @@ def _load_model(name: str, device: str, dtype: str):
 
 
 def _open_image(src: Path):
-    """The decoded image, or the reason it cannot be read."""
+    """The decoded image, or the reason it cannot be read. A PNG with 16 bits per colour sample comes as a uint16
+    array (Pillow would narrow it to 8 bits), upscaled and written at full depth."""
     from .images import ImageReadError, open_image
+    from .inference import read_png_16bit
 
+    try:
+        deep = read_png_16bit(src)
+    except Exception:  # a file Pillow cannot read: open_image below says why, in its own words
+        deep = None
+    if deep is not None:
+        return deep, None
     try:
         return open_image(src), None
     except ImageReadError as err:
@@ -82,6 +90,8 @@ def _upscale_files(model, jobs: list, args: argparse.Namespace) -> list[str | No
             save_image_atomic(result, jobs[i].target, OUTPUT_FORMATS[args.format])
         except OSError as err:
             reasons[i] = f"cannot write {jobs[i].target}: {err}"
+        except ValueError as err:  # a 16-bit colour image asked for in a format that cannot hold it
+            reasons[i] = str(err)
     return reasons
 
 

@@ -22,8 +22,18 @@ class FileJob:
     """Why it is left alone without failing (its output exists and overwriting was not asked for)."""
 
 
-def _walk(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
-    """(file, its path relative to the output folder) for every file given, or found under a given folder."""
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _walk(inputs: Sequence[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(file, its path relative to the output folder) for every file given, or found under a given folder.
+
+    A walked folder's files under `out_dir` are left out: `upscale d -o d/out`, run twice, must not take its own
+    earlier outputs for inputs (nor then refuse the originals, whose outputs those files are). A file named
+    explicitly is always kept.
+    """
+    outputs = out_dir.resolve()
     found = []
     for raw in inputs:
         path = Path(raw)
@@ -32,6 +42,7 @@ def _walk(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
                 (f, f.relative_to(path))
                 for f in sorted(path.rglob("*"))
                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+                and not _inside(f.resolve(), outputs)
             ]
         else:
             found.append((path, Path(path.name)))
@@ -40,7 +51,7 @@ def _walk(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
 
 def plan_jobs(inputs: Sequence[str], out_dir: str | os.PathLike, suffix: str, overwrite: bool) -> list[FileJob]:
     """One job per input file: its output keeps the folder structure and takes `suffix` (e.g. ".png")."""
-    walked = _walk(inputs)
+    walked = _walk(inputs, Path(out_dir))
     inputs_resolved = {src.resolve() for src, _ in walked if src.exists()}
     writers: dict[Path, Path] = {}  # output -> the input that writes it (photo.jpg and photo.png collide)
     jobs = []
@@ -86,9 +97,37 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def encode_png_16bit(pixels) -> bytes:
+    """A PNG with 16 bits per sample from a uint16 array (H, W, C): C = 2 grey + alpha, 3 RGB, 4 RGBA. Pillow
+    cannot write these (it has no 16-bit colour modes). Rows use the Up filter, which suits photographs."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    height, width, channels = pixels.shape
+    colour_type = {2: 4, 3: 2, 4: 6}[channels]
+    rows = pixels.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)  # big-endian samples
+    up = np.diff(rows, axis=0, prepend=np.zeros((1, rows.shape[1]), np.uint8))  # byte minus the byte above, mod 256
+    filtered = np.concatenate([np.full((height, 1), 2, np.uint8), up], axis=1)  # filter type 2 (Up) per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
+
 def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
-    """Write a PIL image under `target` atomically: an interrupted run leaves no half image under the real name."""
+    """Write a PIL image, or a uint16 colour array from `inference.read_png_16bit`'s files, under `target`
+    atomically: an interrupted run leaves no half image under the real name."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if not hasattr(image, "mode"):  # (H, W, C) uint16: 16 bits per sample with colour or alpha
+        image = _deep_colour_for(image, fmt, target)
+        if isinstance(image, bytes):
+            write_atomically(target, lambda tmp: Path(tmp).write_bytes(image))
+            return
     if fmt in ("JPEG", "WEBP") and image.mode in ("I;16", "I"):
         # 8-bit formats: scale 0..65535 down. Pillow's convert() would clip it (a 16-bit photo saved white).
         import numpy as np
@@ -99,3 +138,17 @@ def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
         image = image.convert("RGB")
     write_atomically(target, lambda tmp: image.save(tmp, format=fmt))
 
+
+def _deep_colour_for(pixels, fmt: str, target: Path):
+    """A uint16 colour array as `fmt` wants it: PNG bytes at full depth, or 8 bits for JPEG and WebP (8-bit
+    formats, chosen by the caller). Other formats are refused rather than narrowed without a word."""
+    import numpy as np
+    from PIL import Image
+
+    if fmt == "PNG":
+        return encode_png_16bit(pixels)
+    if fmt in ("JPEG", "WEBP"):
+        narrow = np.rint(pixels.astype(np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(narrow)  # (H, W, 2) -> LA, 3 -> RGB, 4 -> RGBA
+    raise ValueError(f"cannot write {target} as {fmt}: the image has 16 bits per colour sample, which is written "
+                     "as PNG (or narrowed to 8 bits as JPEG or WebP); choose one of those formats")
