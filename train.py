@@ -33,7 +33,9 @@ from bsr_hub.training import (
     StopRequest,
     TrainConfig,
     TrainingRun,
+    check_train_dir,
     describe_training_data,
+    launched_by_a_launcher,
     step_decay,
 )
 
@@ -119,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as err:
         raise SystemExit(f"error: {err}") from None
     cfg, _ = load_train_config(argv)
+    if cfg.train_dir is not None:
+        try:  # an empty or mistyped folder is said here, naming it, not as a traceback from `datasets`
+            check_train_dir(cfg.train_dir)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
 
     from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
+    from accelerate.utils import set_seed
 
     if cfg.mixed_precision != "no" and not torch.cuda.is_available():
         raise SystemExit(f"error: --mixed_precision {cfg.mixed_precision} needs a GPU; on a CPU use --mixed_precision no")
@@ -146,8 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
     set_seed(cfg.seed)
-    # The output folder, and the resume point decided on the main process (the sampler starts at its step).
+    # The output folder (locked, another run's files refused), and the resume point decided on the main process
+    # (the sampler starts at its step).
     run = TrainingRun(cfg, accelerator, command)
+    try:
+        return train(cfg, accelerator, run, command)
+    finally:
+        run.close()  # the folder's lock goes however the run ends: finished, stopped, or failed
+
+
+def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
+    """The run itself: model, optimizer, data, schedule, prepare, resume, the loop, and its end."""
+    from accelerate.utils import gather_object
 
     # -- model
     model = BSRModel(BSRConfig.from_preset(cfg.preset, scale=cfg.scale, **cfg.model_overrides))
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped = False
     saved = None
     model.train()
-    with StopRequest() as stop:
+    with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
         batches = iter(loader)
         while run.step < cfg.max_steps:
             try:
@@ -254,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     fingerprints = gather_object([fingerprint.hexdigest()])
 
     if stopped:
+        if stop.parent_gone:
+            accelerator.print("the process that launched this one has ended (a signal to `accelerate launch`?)")
         accelerator.print(
             f"stopped at step {run.step}; checkpoint written to {saved}.\n"
             f"resume with: {command}" + ("" if cfg.resume else " --resume latest")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, load_training_state, save_run_state
 from .configuration import from_mapping
 from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
 from .resizers import DegradationMix
@@ -118,6 +119,10 @@ class TrainConfig:
 
     # -- outputs
     output_dir: str = "outputs/bsr-demo"
+    overwrite_output_dir: bool = False
+    """Start over in an output folder that holds another run: its checkpoints, history and model are deleted first.
+    Without it such a folder is refused (unless resumed), so that two runs never mix their records. Has no effect
+    with --resume, which continues the folder's run."""
     checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 3
     resume: str | None = None
@@ -297,15 +302,46 @@ def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-def rotate_checkpoints(output_dir: str | Path, limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond `limit`; returns what was deleted."""
+def checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The id of the run that wrote a checkpoint (None: written before runs had ids, or unreadable)."""
+    try:
+        return json.loads((checkpoint / "trainer.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, run_id: str | None, step: int) -> list[Path]:
+    """Delete this run's oldest checkpoints beyond `limit`; returns what was deleted.
+
+    Only checkpoints of run `run_id` up to `step` (the one just written) count: a checkpoint another run left, or
+    one ahead of a resume from an earlier step, is never the reason the newest one of this run is deleted.
+    """
     if limit is None:
         return []
-    found = list_checkpoints(output_dir)
-    doomed = [p for _, p in found[: max(0, len(found) - limit)]]
+    found = [p for s, p in list_checkpoints(output_dir) if s <= step and checkpoint_run_id(p) == run_id]
+    doomed = found[: max(0, len(found) - limit)]
     for p in doomed:
         shutil.rmtree(p)
     return doomed
+
+
+def previous_run(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in an output folder (its checkpoints, history, model), in words; [] if nothing."""
+    output = Path(output_dir)
+    root = checkpoints_dir(output)
+    left = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = [f"checkpoints/ ({', '.join(left)})"] if left else []
+    found += [name for name in ("history.jsonl", "model/") if (output / name.rstrip("/")).exists()]
+    return found
+
+
+def clear_previous_run(output_dir: str | Path) -> None:
+    """Delete what `previous_run` finds: an explicit --overwrite_output_dir starts the folder over."""
+    output = Path(output_dir)
+    for folder in (checkpoints_dir(output), output / "model"):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    (output / "history.jsonl").unlink(missing_ok=True)
 
 
 def finalize_checkpoint(tmp: Path, final: Path) -> None:
@@ -351,12 +387,33 @@ def plot_curves(history: list[dict[str, Any]], target: Path) -> None:
     plt.close(fig)
 
 
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits cleanly."""
+def launched_by_a_launcher() -> bool:
+    """Whether `accelerate launch` or torchrun started this process (they set these variables for their children)."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
 
-    def __init__(self) -> None:
-        self.requested = False
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, writes a checkpoint and exits cleanly.
+
+    With `watch_parent`, the end of the process that started this one counts as a stop request too. A job
+    scheduler sends SIGTERM to the process it started, here `accelerate launch`: its single-process launcher does
+    not pass the signal on, but dies of it, leaving the trainer running with nobody to stop it (and a restart would
+    then train beside it). Its children are re-parented when it dies, which a step notices for the price of
+    one system call.
+    """
+
+    def __init__(self, watch_parent: bool = False) -> None:
+        self._signalled = False
+        self._parent = os.getppid() if watch_parent else None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self._signalled or self.parent_gone
+
+    @property
+    def parent_gone(self) -> bool:
+        return self._parent is not None and os.getppid() != self._parent
 
     def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -367,9 +424,9 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C means now
+        if self._signalled:  # a second Ctrl-C means now
             raise KeyboardInterrupt
-        self.requested = True
+        self._signalled = True
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -389,6 +446,16 @@ KNOWN_DATASETS = {
 
 def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def check_train_dir(folder: str | os.PathLike) -> None:
+    """Raise ValueError, naming the folder, when a --train_dir has no image to train on (in it or below)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--train_dir {folder}: no such folder")
+    if not _count_images(root):
+        raise ValueError(f"--train_dir {folder}: no images in it or its subfolders (looked for "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))} files)")
 
 
 def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[DatasetInfo]:
@@ -518,29 +585,41 @@ class TrainingRun:
         self.model: Any = None
         self.scheduler: Any = None
         self.sampler: Any = None
+        self.run_id: str | None = None
+        """Written into each checkpoint: rotation deletes this run's checkpoints only. Kept across resumes."""
         self._start = time.perf_counter()
-        if accelerator.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
-            for stale in remove_partial_checkpoints(self.output):
-                accelerator.print(f"removed an interrupted checkpoint write: {stale}")
-        self._decide_resume()
+        self._lock = OutputLock(self.output) if accelerator.is_main_process else None
+        try:
+            self._decide_resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the output folder (its lock); train.py calls it however the run ends."""
+        if self._lock is not None:
+            self._lock.release()
 
     # -- start
 
     def _decide_resume(self) -> None:
-        """The main process resolves --resume (node-local disks may disagree) and checks the guard; every process
-        gets its answer, or its error, by broadcast."""
+        """The main process claims the output folder, resolves --resume (node-local disks may disagree) and checks
+        the guard; every process gets its answer, or its error, by broadcast."""
+        import uuid
+
         from accelerate.utils import broadcast_object_list
 
         payload: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             try:
-                payload = self._read_resume_point()
-            except (ValueError, OSError, KeyError) as err:
+                self._claim_output()
+                payload = self._read_resume_point() or {"run_id": uuid.uuid4().hex}
+            except (ValueError, OSError, KeyError, OutputBusyError) as err:
                 payload = {"error": str(err)}
         payload = broadcast_object_list([payload])[0]
         if "error" in payload:
             raise SystemExit(f"error: {payload['error']}")
+        self.run_id = payload["run_id"]
         if "checkpoint" not in payload:
             if self.cfg.resume == "latest":
                 self.accelerator.print(f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} yet, "
@@ -554,6 +633,39 @@ class TrainingRun:
             self.accelerator.print(f"resume at step {self.step} with a changed setting (allowed): "
                                    f"{c['field']} {c['old']!r} -> {c['new']!r}")
 
+    def _claim_output(self) -> None:
+        """Main process: take the folder's lock, clear interrupted checkpoint writes, and refuse (or, with
+        --overwrite_output_dir, delete) what another run left there, so that rotation, history and records only
+        ever see one run."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        note = self._lock.acquire()
+        if note:
+            self.accelerator.print(note)
+        for stale in remove_partial_checkpoints(self.output):
+            self.accelerator.print(f"removed an interrupted checkpoint write: {stale}")
+        if self._continues_this_folder():
+            if self.cfg.overwrite_output_dir:
+                self.accelerator.print("--overwrite_output_dir has no effect with --resume: the folder's run goes on")
+            return
+        left = previous_run(self.output)
+        if not left:
+            return
+        if not self.cfg.overwrite_output_dir:
+            raise ValueError(
+                f"{self.output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
+                "folder (--overwrite_output_dir deletes those files first), or choose another --output_dir."
+            )
+        clear_previous_run(self.output)
+        self.accelerator.print(f"--overwrite_output_dir: deleted the previous run's {'; '.join(left)} in {self.output}")
+
+    def _continues_this_folder(self) -> bool:
+        """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
+        if self.cfg.resume is None:
+            return False
+        if self.cfg.resume == "latest":
+            return True
+        return checkpoints_dir(self.output).resolve() in Path(self.cfg.resume).resolve().parents
+
     def _read_resume_point(self) -> dict[str, Any]:
         checkpoint = resolve_resume(self.cfg.resume, self.output)
         if checkpoint is None:
@@ -565,6 +677,7 @@ class TrainingRun:
         parent = trainer.get("parent_lineage")
         return {
             "checkpoint": str(checkpoint), "step": step, "wall_time_s": trainer["wall_time_s"],
+            "run_id": trainer.get("run_id"),
             "changes": trainer.get("resume_changes", []) + new, "new_changes": new,
             "hardware": trainer.get("hardware", []),
             "parent_lineage": None if parent is None else [Stage.from_dict(s) for s in parent],
@@ -574,34 +687,58 @@ class TrainingRun:
         """Load --init_from into a fresh model (not on a resume: the checkpoint's weights replace them)."""
         if self.resumed_from is not None or not self.cfg.init_from:
             return
-        fresh = load_matching_weights(model, self.cfg.init_from)
+        from .hub import CheckpointError
+
+        try:
+            fresh = load_matching_weights(model, self.cfg.init_from)
+        except CheckpointError as err:  # a folder without safetensors weights, a damaged file, an unknown name
+            raise SystemExit(f"error: --init_from {self.cfg.init_from}: {err}") from None
         self.accelerator.print(f"initialised from {self.cfg.init_from}; not loaded (shape differs, kept fresh): "
                                f"{fresh or 'none'}")
 
     def attach(self, model: Any, scheduler: Any, sampler: Any) -> None:
-        """After `prepare`: build the EMA from the placed model (same device, dtype and memory format) and register
-        what the checkpoints hold besides the model and optimizer. The order of registration is the order of the
-        saved custom states, so it stays EMA, then scheduler."""
+        """After `prepare`: build the EMA from the placed model (same device, dtype and memory format). The EMA and
+        the scheduler are checkpointed by `save_checkpoint` itself (safetensors and JSON), not registered with
+        Accelerate, whose load_state would unpickle them in full."""
         self.model, self.scheduler, self.sampler = model, scheduler, sampler
         if self.cfg.ema_decay:
             self.ema = EMA(self.accelerator.unwrap_model(model), self.cfg.ema_decay)
-            self.accelerator.register_for_checkpointing(self.ema)
-        self.accelerator.register_for_checkpointing(scheduler)
 
     def resume(self, optimizer: Any) -> None:
         """Load the checkpoint's state (every process its own RNG) and drop history written after it."""
         if self.resumed_from is not None:
-            self.accelerator.load_state(str(self.resumed_from / "state"))
+            try:
+                load_training_state(self.resumed_from / "state", self.accelerator, self.model, optimizer,
+                                    self.scheduler, self.ema)
+            except CheckpointStateError as err:
+                raise SystemExit(f"error: cannot resume from {self.resumed_from}: {err}") from None
             if any(c["field"] in ("learning_rate", "adam_beta2") for c in self.changes if c["step"] == self.step):
                 self._apply_changed_optimizer_settings(optimizer)
             self.accelerator.print(f"resumed from {self.resumed_from} at step {self.step}")
         history_file = self.output / "history.jsonl"
         if self.accelerator.is_main_process and history_file.is_file():
-            lines = history_file.read_text().splitlines()
-            self.history = [h for h in map(json.loads, lines) if h["step"] <= self.step]
+            self.history = self._read_history(history_file)
             history_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         if self.parent_lineage is None and self.accelerator.is_main_process:
             self.parent_lineage = lineage_of(self.cfg.init_from)
+
+    def _read_history(self, history_file: Path) -> list[dict[str, Any]]:
+        """The history up to the resume step. A line that is not a whole entry (the last one, cut short when the
+        process was killed while appending it) is dropped with a warning; the file is then rewritten without it."""
+        kept = []
+        for number, line in enumerate(history_file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                step = entry["step"]
+            except (ValueError, TypeError, KeyError):
+                self.accelerator.print(f"warning: {history_file}, line {number}: dropped {line[:60]!r}, not a whole "
+                                       "entry (cut short by a kill while it was written?)")
+                continue
+            if step <= self.step:
+                kept.append(entry)
+        return kept
 
     def _apply_changed_optimizer_settings(self, optimizer: Any) -> None:
         # load_state restored the checkpoint's base learning rate and betas; an allowed change must take effect.
@@ -654,13 +791,14 @@ class TrainingRun:
         if accelerator.is_main_process:
             self.shippable().save_pretrained(tmp / "model")
             trainer = {
-                "step": self.step, "wall_time_s": self.wall_time(), "config": self.cfg.to_dict(),
+                "step": self.step, "run_id": self.run_id, "wall_time_s": self.wall_time(), "config": self.cfg.to_dict(),
                 "sampler": self.sampler.to_dict(), "resume_changes": self.changes, "hardware": self._hardware_now(),
                 "parent_lineage": [dataclasses.asdict(s) for s in self.parent_lineage or []],
             }
+            save_run_state(tmp / "state", self.ema, self.scheduler)
             (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
             finalize_checkpoint(tmp, final)  # "latest" is never half-written
-            rotate_checkpoints(self.output, self.cfg.checkpoints_total_limit)
+            rotate_checkpoints(self.output, self.cfg.checkpoints_total_limit, self.run_id, self.step)
         accelerator.wait_for_everyone()
         return final
 

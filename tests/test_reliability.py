@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bsr_hub import BSRModel, CheckpointError, ConfigError
+from bsr_hub import BSRModel, CheckpointError, ConfigError, bundled_checkpoints
 from bsr_hub import modeling
 from bsr_hub.cli import main as cli_main
 
@@ -78,3 +78,298 @@ def test_unusable_devices_are_clear_cli_errors(tmp_path, tiny_checkpoint, capsys
                        "--device", device])
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err
+
+
+def test_upscaling_a_folder_into_an_output_folder_inside_it_twice_leaves_its_outputs_alone(tmp_path, tiny_checkpoint,
+                                                                                            capsys):
+    from PIL import Image
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    Image.new("RGB", (6, 6), (10, 20, 30)).save(folder / "a.png")
+    command = ["upscale", str(folder), "-o", str(folder / "out"), "--model", str(tiny_checkpoint), "-q"]
+    assert cli_main(command) == 0
+    assert cli_main(command) == 0  # the original is skipped (its output exists), not failed
+    assert cli_main([*command, "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "failed" not in err and "skipped" in err
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == ["a.png", "out/a.png"]
+
+
+def _png_bit_depth_and_colour_type(path) -> tuple[int, int]:
+    header = path.read_bytes()[:26]  # signature (8), IHDR length and name (8), width, height (8), depth, type
+    return header[24], header[25]
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_16bit_colour_pngs_round_trip_at_full_depth(tmp_path, channels):
+    import numpy as np
+
+    from bsr_hub.files import save_image_atomic
+    from bsr_hub.inference import read_png_16bit
+
+    pixels = np.random.default_rng(channels).integers(0, 65536, (7, 9, channels)).astype(np.uint16)
+    save_image_atomic(pixels, tmp_path / "deep.png")
+    assert _png_bit_depth_and_colour_type(tmp_path / "deep.png") == (16, {2: 4, 3: 2, 4: 6}[channels])
+    assert np.array_equal(read_png_16bit(tmp_path / "deep.png"), pixels)
+
+
+def test_a_48bit_png_is_upscaled_and_written_at_16_bits_never_narrowed(tmp_path, tiny_checkpoint, tiny_model):
+    import numpy as np
+    from PIL import Image
+
+    from bsr_hub.files import save_image_atomic
+    from bsr_hub.inference import read_png_16bit, upscale
+
+    # A ramp whose 8-bit view is nearly flat (1000..1255 has high bytes 3 and 4 only).
+    ramp = np.broadcast_to(np.linspace(1000, 1255, 12).astype(np.uint16)[None, :, None], (10, 12, 3)).copy()
+    (tmp_path / "in").mkdir()
+    save_image_atomic(ramp, tmp_path / "in" / "deep.png")
+    with Image.open(tmp_path / "in" / "deep.png") as img, pytest.raises(ValueError, match="16 bits per sample"):
+        upscale(tiny_model, img)  # Pillow would hand the network the high bytes alone
+    assert cli_main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+                     "-q"]) == 0
+    written = tmp_path / "out" / "deep.png"
+    assert _png_bit_depth_and_colour_type(written) == (16, 2)
+    assert np.array_equal(read_png_16bit(written), upscale(tiny_model, ramp))  # the network saw all 16 bits
+    assert cli_main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "tiff"), "--model", str(tiny_checkpoint),
+                     "--format", "tiff", "-q"]) == 1  # refused, not written as 8 bits
+    assert not (tmp_path / "tiff" / "deep.tiff").exists()
+
+
+@pytest.mark.parametrize("name", list(bundled_checkpoints()))
+@pytest.mark.parametrize("tile", ["auto", 24])
+def test_a_flat_colour_comes_out_flat_to_its_corners(name, tile):
+    # The network's zero padding showed only with trained weights, at the border of flat or dark images.
+    import numpy as np
+    from PIL import Image
+
+    model = BSRModel.from_pretrained(name)
+    colour = (198, 34, 18)
+    out = np.asarray(model.upscale(Image.new("RGB", (40, 36), colour), tile=tile)).astype(int)
+    assert np.abs(out - colour).max() <= 2  # was up to 72 levels, at the corners
+    dark = np.full((36, 40), 1050, np.uint16)  # 16-bit grey, 1.6 % of full scale
+    out16 = np.asarray(model.upscale(Image.fromarray(dark), tile=tile)).astype(int)
+    assert np.abs(out16 - 1050).max() <= 2 * 257  # was 4000-5000 off, at the corners
+
+
+def test_an_empty_tensor_batch_is_a_clear_error(tiny_model):
+    from bsr_hub.inference import upscale
+
+    with pytest.raises(ValueError, match=r"the batch is empty: a tensor of shape \(0, 3, 8, 8\)"):
+        upscale(tiny_model, torch.zeros(0, 3, 8, 8))
+
+
+def test_tiling_allocates_no_buffer_beside_the_output_that_grows_with_the_image(tiny_model, monkeypatch):
+    from bsr_hub.inference import upscale
+
+    allocated = []
+    real_zeros = torch.zeros
+
+    def counting_zeros(*size, **kwargs):
+        t = real_zeros(*size, **kwargs)
+        allocated.append(t.numel() * t.element_size())
+        return t
+
+    monkeypatch.setattr(torch, "zeros", counting_zeros)
+    upscale(tiny_model, torch.rand(1, 3, 120, 100), tile=32)
+    output = 3 * 240 * 200 * 4  # the float32 output buffer
+    assert sum(allocated) < 1.05 * output  # was 4/3 of it: a weight image as large as the output, one channel
+
+
+# ---------------------------------------------------------------------------------------------- training folders
+
+def _train(out, *flags: str) -> int:
+    """train.py in this process: the debug recipe (a tiny model, the bundled photos) into `out`."""
+    pytest.importorskip("accelerate")  # the `train` extra
+    pytest.importorskip("datasets")
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT))
+    import train
+
+    return train.main(["--config", str(REPO_ROOT / "configs" / "debug_cpu.yaml"), "--output_dir", str(out), *flags])
+
+
+def _steps(out) -> list[int]:
+    return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+
+def _history(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_an_output_folder_holding_another_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out, "--max_steps", "2", "--checkpointing_steps", "2") == 0
+    first_id = json.loads((out / "checkpoints" / "step_2" / "trainer.json").read_text())["run_id"]
+    with pytest.raises(SystemExit, match=r"holds another run: checkpoints/ \(step_2\); history\.jsonl; model/\. "
+                                         r"Resume it \(--resume latest\).*--overwrite_output_dir"):
+        _train(out, "--max_steps", "2", "--seed", "1")
+    assert _steps(out) == [2] and _history(out) == [1, 2]  # nothing of the first run touched
+    assert _train(out, "--max_steps", "1", "--checkpointing_steps", "1", "--seed", "1", "--overwrite_output_dir") == 0
+    assert _steps(out) == [1] and _history(out) == [1]  # the old run's files went first; only the new run is left
+    trainer = json.loads((out / "checkpoints" / "step_1" / "trainer.json").read_text())
+    assert trainer["config"]["seed"] == 1 and trainer["run_id"] != first_id
+
+
+def test_rotation_never_deletes_this_runs_checkpoints_for_another_runs(tmp_path):
+    from bsr_hub.training import rotate_checkpoints
+
+    def checkpoint(step: int, run_id: str) -> None:
+        (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step_{step}" / "trainer.json").write_text(json.dumps({"run_id": run_id}))
+
+    for step in (6, 8):
+        checkpoint(step, "other")
+    for step in (1, 2):
+        checkpoint(step, "this")
+    deleted = rotate_checkpoints(tmp_path, 1, "this", 2)  # rotation used to keep the highest steps: the other run's
+    assert [p.name for p in deleted] == ["step_1"]
+    assert _steps(tmp_path) == [2, 6, 8]
+
+
+def test_a_second_trainer_on_a_locked_folder_fails_at_start_and_a_dead_trainers_lock_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom bsr_hub.checkpointing import OutputLock\n"
+         "OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=rf"another trainer \(pid {holder.pid} on .*\) is using {out}"):
+            _train(out, "--max_steps", "1")
+        assert not (out / "checkpoints").exists() and not (out / "history.jsonl").exists()
+    finally:
+        holder.kill()  # as kill -9 would: its lock file stays behind, naming a process that is gone
+        holder.wait()
+    assert json.loads((out / ".train.lock").read_text())["pid"] == holder.pid
+    assert _train(out, "--max_steps", "1", "--checkpointing_steps", "1") == 0
+    assert _steps(out) == [1] and not (out / ".train.lock").exists()  # released at exit
+
+
+def test_a_truncated_last_history_line_is_dropped_with_a_warning_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--max_steps", "4", "--checkpointing_steps", "2") == 0
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step_4")
+    shutil.rmtree(out / "model")
+    history = out / "history.jsonl"
+    lines = history.read_text().splitlines()
+    history.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:15])  # killed while appending its last line
+    assert _train(out, "--max_steps", "4", "--checkpointing_steps", "2", "--resume", "latest") == 0
+    assert "dropped" in capsys.readouterr().out and _history(out) == [1, 2, 3, 4]
+
+
+def test_an_empty_train_dir_is_a_clear_error_naming_it(tmp_path):
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(SystemExit, match=rf"--train_dir {empty}: no images in it or its subfolders"):
+        _train(tmp_path / "run", "--train_dir", str(empty))
+
+
+class _Plant:
+    """Unpickled in full, this creates `marker`: what a crafted checkpoint file could do with os.system."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _plant(path, marker) -> None:
+    torch.save({"state": _Plant(str(marker))}, path)
+
+
+@pytest.mark.parametrize("target", ["optimizer.bin", "random_states_0.pkl", "model.safetensors",
+                                    "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"])
+def test_resume_never_unpickles_a_crafted_state_file(tmp_path, target):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    assert _train(out, "--max_steps", "2", "--checkpointing_steps", "2") == 0
+    shutil.rmtree(out / "model")
+    state = out / "checkpoints" / "step_2" / "state"
+    if target.startswith("custom_checkpoint"):
+        # The EMA (0) and the scheduler (1) as checkpoints written by Accelerate's save_state held them, in pickles.
+        ema = {"decay": 0.999, "updates": 2, "weights": load_file(state / "ema.safetensors")}
+        torch.save(ema, state / "custom_checkpoint_0.pkl")
+        (state / "run_state.json").unlink()
+        (state / "ema.safetensors").unlink()
+    marker = tmp_path / "ran"
+    _plant(state / target, marker)
+    _plant(tmp_path / "proof.pkl", tmp_path / "proof")
+    torch.load(tmp_path / "proof.pkl", weights_only=False)
+    assert (tmp_path / "proof").exists()  # the crafted file does run code when unpickled in full
+    with pytest.raises(SystemExit, match=rf"cannot resume from .*step_2: .*{target.replace('.', '[.]')}"):
+        _train(out, "--max_steps", "2", "--checkpointing_steps", "2", "--resume", "latest")
+    assert not marker.exists()
+
+
+def test_model_folders_never_unpickle_a_crafted_weights_file(tmp_path, tiny_checkpoint):
+    marker = tmp_path / "ran"
+    (tiny_checkpoint / "model.safetensors").unlink()
+    _plant(tiny_checkpoint / "pytorch_model.bin", marker)  # the mixin's pickle format, which it would fall back to
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        BSRModel.from_pretrained(tiny_checkpoint)
+    with pytest.raises(SystemExit, match=r"--init_from .*: .*missing model\.safetensors"):
+        _train(tmp_path / "run", "--max_steps", "1", "--init_from", str(tiny_checkpoint))
+    assert not marker.exists()
+
+
+def test_sigterm_to_the_accelerate_launcher_stops_train_py_with_a_checkpoint(tmp_path):
+    """A job scheduler signals the process it started: `accelerate launch`, which dies of SIGTERM without passing
+    it on. train.py notices that its launcher is gone, writes a stop checkpoint and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import REPO_ROOT
+
+    pytest.importorskip("accelerate")
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
+         "train.py", "--config", "configs/debug_cpu.yaml", "--output_dir", str(out), "--max_steps", "2000",
+         "--checkpointing_steps", "5000", "--validation_steps", "5000"],
+        cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    trainer = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and launcher.poll() is None:
+            if trainer is None and children.read_text().split():
+                trainer = int(children.read_text().split()[0])  # python train.py, the launcher's child
+            history = out / "history.jsonl"
+            if trainer is not None and history.is_file() and len(history.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert trainer is not None, "train.py did not start"
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=240)  # the pipe closes once train.py, which holds it too, exits
+    finally:
+        if trainer is not None and Path(f"/proc/{trainer}").exists():
+            os.kill(trainer, signal.SIGKILL)  # only on failure: a trainer that kept on running
+        launcher.kill()
+    assert "stopped at step" in output and "has ended" in output, output[-2000:]
+    (stopped_at,) = _steps(out)
+    assert 3 <= stopped_at < 2000
+    assert not (out / "model").exists() and not (out / ".train.lock").exists()

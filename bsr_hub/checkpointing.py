@@ -1,0 +1,246 @@
+"""What guards a training run's output folder and its checkpoints against other runs and other people's files.
+
+- `OutputLock`: one trainer per output folder. OUTPUT/.train.lock is held with `flock` (the kernel releases it
+  when its holder dies, however it dies) and names the holder's pid and host for the message a second trainer
+  gets. A lock file left by a trainer that is gone is taken over, saying whose it was.
+- `save_run_state` / `load_training_state`: a checkpoint's `state/` is read with no full unpickler. Checkpoints
+  travel (shared folders, the Hub), and unpickling a file runs whatever code it names. The EMA and the scheduler
+  are written here as safetensors and JSON; the files Accelerate's `save_state` writes with pickle (optimizer, RNG
+  states, gradient scaler) are read with `torch.load(weights_only=True)`, which builds tensors and plain
+  containers only. Accelerate's own `load_state` is not used: it unpickles registered objects with
+  `weights_only=False` and skips RNG states it cannot read with only a log line (a resume then silently differs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LOCK_NAME = ".train.lock"
+
+EMA_WEIGHTS = "ema.safetensors"
+RUN_STATE = "run_state.json"
+"""Beside Accelerate's files in a checkpoint's state/: the EMA's weights, and the EMA's counters and the scheduler."""
+
+
+# ---------------------------------------------------------------------------------------------- one trainer per folder
+
+
+class OutputBusyError(RuntimeError):
+    """Another trainer holds the output folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        holder = json.loads(os.read(fd, 4096).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+class OutputLock:
+    """The lock of one output folder, held by the main process from the start of a run to its end."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock, or raise OutputBusyError naming the trainer that holds it. Returns a note when the lock
+        file of a trainer that is gone was taken over, else None."""
+        import fcntl
+
+        host = socket.gethostname()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise OutputBusyError(self._busy_message(holder)) from None
+            try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_holder(fd)
+        pid = previous.get("pid")
+        if (previous.get("host") == host and isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid)):
+            # flock said free, yet the trainer named in the file runs on this host: a filesystem where flock does
+            # not reach every client (some network filesystems). Trust the pid rather than share the folder.
+            os.close(fd)
+            raise OutputBusyError(self._busy_message(previous))
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": host,
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        if pid is None or pid == os.getpid():
+            return None
+        return (f"took over {self.path} from trainer pid {pid} on {previous.get('host', 'an unknown host')} "
+                f"(started {previous.get('started', '?')}), which is no longer running")
+
+    def _busy_message(self, holder: dict[str, Any]) -> str:
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', 'an unknown host')}, started "
+               f"{holder.get('started', '?')}")
+        return (f"another trainer ({who}) is using {self.path.parent}: two trainers in one folder would overwrite "
+                f"each other's checkpoints and history. Wait for it to finish, stop it (it writes a checkpoint on "
+                f"SIGTERM), or use another --output_dir. If that process is gone, delete {self.path}.")
+
+    def release(self) -> None:
+        """Remove the lock file and let go; safe to call twice."""
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint state
+
+
+class CheckpointStateError(ValueError):
+    """A checkpoint's state that cannot be loaded, safely and whole."""
+
+
+def save_run_state(state_dir: Path, ema: Any, scheduler: Any) -> None:
+    """The EMA (weights as safetensors, counters as JSON) and the scheduler (JSON) into a checkpoint's state/,
+    beside what `accelerator.save_state` wrote there. Main process only: every process holds the same ones."""
+    from safetensors.torch import save_file
+
+    state: dict[str, Any] = {"scheduler": scheduler.state_dict(), "ema": None}
+    if ema is not None:
+        weights = {k: v.detach().contiguous().cpu() for k, v in ema.model.state_dict().items()}
+        save_file(weights, state_dir / EMA_WEIGHTS)
+        state["ema"] = {"decay": ema.decay, "updates": ema.updates}
+    (state_dir / RUN_STATE).write_text(json.dumps(state, indent=1))
+
+
+def _numpy_globals() -> list[Any]:
+    """What `torch.load(weights_only=True)` needs to rebuild the numpy RNG state Accelerate pickles: an array of
+    uint32 (the reconstruct function, ndarray, dtype). Nothing that can call other code."""
+    import numpy as np
+
+    from numpy._core.multiarray import _reconstruct
+
+    # numpy 1 pickled the function under its old module name; both names map to the one function.
+    return [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
+def _load_weights_only(path: Path, extra_globals: list[Any] | None = None) -> Any:
+    if not path.is_file():
+        raise CheckpointStateError(f"{path} is missing; the checkpoint is incomplete")
+    try:
+        with torch.serialization.safe_globals(extra_globals or []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for anything beyond tensors and plain containers, or a damaged file
+        raise CheckpointStateError(
+            f"cannot load {path}: it holds more than tensors and plain values, or is damaged ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}). Checkpoint files are never unpickled in full, since "
+            "that could run code placed in them; resume from a checkpoint you trust, or start a new run."
+        ) from None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointStateError(f"cannot read {path}: {err}") from None
+    if not isinstance(loaded, dict):
+        raise CheckpointStateError(f"{path} is not a JSON object")
+    return loaded
+
+
+def _restore_rng(states: dict[str, Any], path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    try:
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])
+        torch.set_rng_state(states["torch_manual_seed"])
+        if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
+            torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointStateError(f"{path} does not hold the random states a resume needs ({err})") from None
+
+
+def load_training_state(state_dir: str | os.PathLike, accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
+                        ema: Any) -> None:
+    """Load a checkpoint's state/ (model, optimizer, this process's RNG states, gradient scaler, EMA, scheduler)
+    into the prepared objects, with no full unpickler. Checkpoints from before `save_run_state` (the EMA and the
+    scheduler in Accelerate's custom_checkpoint_N.pkl) load too, with `weights_only=True`.
+
+    Raises:
+        CheckpointStateError: naming the file that is missing, damaged, or holds more than data.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, load_model
+
+    state_dir = Path(state_dir)
+    weights = state_dir / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointStateError(f"{weights} is missing (a checkpoint's model state is read from safetensors only)")
+    try:
+        load_model(model, weights, strict=True)  # read on the CPU, copied into the placed parameters
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise CheckpointStateError(f"cannot load {weights} into this model: {err}") from None
+    optimizer_state = _load_weights_only(state_dir / "optimizer.bin")
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointStateError(f"{state_dir / 'optimizer.bin'} does not fit this optimizer: {err}") from None
+    rng_file = state_dir / f"random_states_{accelerator.process_index}.pkl"
+    states = _load_weights_only(rng_file, _numpy_globals())
+    _restore_rng(states, rng_file)
+    if "step" in states:
+        accelerator.step = states["step"]  # gradient accumulation counts from here, as Accelerate's load_state does
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(_load_weights_only(state_dir / "scaler.pt"))
+
+    if (state_dir / RUN_STATE).is_file():
+        run_state = _load_json(state_dir / RUN_STATE)
+        ema_state = None
+        if ema is not None:
+            counters = run_state.get("ema") or {}
+            try:
+                ema_state = {"decay": counters["decay"], "updates": counters["updates"],
+                             "weights": load_file(state_dir / EMA_WEIGHTS)}
+            except (KeyError, OSError, SafetensorError) as err:
+                raise CheckpointStateError(f"{state_dir} has no usable EMA state ({err})") from None
+        scheduler_state = run_state.get("scheduler")
+    else:  # written before run_state.json: Accelerate's custom states, numbered in the order they were registered
+        ema_state = _load_weights_only(state_dir / "custom_checkpoint_0.pkl") if ema is not None else None
+        scheduler_state = _load_weights_only(state_dir / f"custom_checkpoint_{int(ema is not None)}.pkl")
+    try:
+        if ema is not None:
+            ema.load_state_dict(ema_state)
+        scheduler.load_state_dict(scheduler_state)
+    except (KeyError, TypeError, RuntimeError, AttributeError) as err:
+        raise CheckpointStateError(f"{state_dir}: the EMA or scheduler state does not fit this run ({err})") from None
