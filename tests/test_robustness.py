@@ -105,3 +105,24 @@ def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_ckpt, capsys):
     rc = eval_main(["--suite", "robustness", "--model", str(tiny_ckpt), "--benchmarks", "Syn",
                     "--data-dir", str(bench_dir), "-q", "--degradation", "BD"])
     assert rc == 2 and "makes its own LR" in capsys.readouterr().err
+
+
+def test_the_demo_offers_both_x2_checkpoints_and_says_which_suits_photos():
+    pytest.importorskip("gradio")
+    from bsr_hub.demo import discover_models
+    from bsr_hub.hub import list_checkpoints
+
+    if "bsr-lite-x2-robust" not in list_checkpoints():
+        pytest.fail("bsr-lite-x2-robust is not bundled")
+    labels = {e.name: e.label for e in discover_models() if e.scale == 2}
+    assert labels["bsr-lite-x2"] == "x2 · bsr-lite-x2"
+    assert labels["bsr-lite-x2-robust"] == "x2 · bsr-lite-x2-robust · for real photos"
+
+
+def test_bsr_hub_list_says_what_each_checkpoint_is_for(capsys):
+    from bsr_hub.cli import main
+
+    assert main(["list"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("bsr-")}
+    assert lines["bsr-lite-x2-robust"].rstrip().endswith("real")
+    assert lines["bsr-lite-x2"].rstrip().endswith("benchmark")
