@@ -321,7 +321,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--degradation", default="BI", choices=list(DEGRADATIONS), help="how LR is made (default BI)")
     parser.add_argument("--self-ensemble", action="store_true", help="mean over the 8 flips/rotations ('+')")
     parser.add_argument("--tile", type=parse_tile_arg, default="auto",
-                        help="auto (default), 0 (one pass) or a tile size in LR pixels (bounded memory)")
+                        help="auto (default), 0 (one pass) or a tile size in LR pixels (bounds the network's memory)")
     parser.add_argument("--save-images", default=None, metavar="DIR", help="write SR images to DIR/<benchmark>/x<s>/")
     parser.add_argument("--output", default=None, metavar="JSON", help="write results (with per-image values) here")
     parser.add_argument("--update-card", default=None, metavar="MODEL_DIR", help="write results into that checkpoint's card")
@@ -605,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upscaling factor; without --model it picks the bundled bsr-lite of that scale (default 2)")
     p.add_argument("--tile", type=parse_tile_arg, default="auto",
                    help="auto (default: whole image or cache-sized tiles, chosen per image and device), "
-                        "0 (one pass over the whole image), or a tile size in input pixels (bounded memory)")
+                        "0 (one pass over the whole image), or a tile size in input pixels "
+                        "(bounds the network's memory)")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                    help="how the network runs (default auto: the fastest measured on a CPU, eager elsewhere)")
     p.add_argument("--batch-size", type=_positive_int, default=1,

@@ -47,7 +47,7 @@ with that padding; on flat or dark images its border is far off (a flat (198, 34
 levels wrong). With 8 mirrored pixels every bundled model is within 1.2 levels of a flat colour (within 2.4 with 4),
 and on Set5 x2 the outermost ring of output pixels is 0.5 dB better than with none. The mirror is half-sample
 symmetric (d c b a | a b c d), how MATLAB's imresize extends the image when the LR is made; the whole-sample mirror
-(c b | a b c) was 1 dB worse there. Costs (1 + 16/h)(1 + 16/w) times the pixels of one pass (13 % at 256x256);
+(c b | a b c) was 1.6 dB worse there. Costs (1 + 16/h)(1 + 16/w) times the pixels of one pass (13 % at 256x256);
 on tiles, only the sides at the image's border grow."""
 
 
@@ -683,7 +683,9 @@ def upscale(
         tile: "auto" (default): chosen from the image size, the model's width and the device (`plan_tiling`):
             on the CPU, cache-sized tiles for large images, the whole image for small ones; on a GPU, the whole
             image unless it would not fit. None or 0: one pass over the whole image, always. n > 0: tiles of
-            n x n LR pixels (bounded memory for any size). Tiled output is within one 8-bit grey level of one pass.
+            n x n LR pixels: the tile bounds the network's memory; the image buffers still grow with the image
+            (about 25 bytes per output pixel for 8-bit RGB, bench/results/tiling_memory.md). Tiled output is
+            within one 8-bit grey level of one pass.
         tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
         self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
         channels_last: use the channels_last memory format (None: on CUDA, and on the CPU for tiles).
