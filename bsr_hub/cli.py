@@ -47,7 +47,7 @@ def _open_image(src: Path):
     """The decoded image, or the reason it cannot be read. A PNG with 16 bits per colour sample comes as a uint16
     array (Pillow would narrow it to 8 bits), upscaled and written at full depth."""
     from .images import ImageReadError, open_image
-    from .inference import read_png_16bit
+    from .images import read_png_16bit
 
     try:
         deep = read_png_16bit(src)

@@ -120,7 +120,7 @@ def encode_png_16bit(pixels) -> bytes:
 
 
 def save_image_atomic(image, target: Path, fmt: str = "PNG") -> None:
-    """Write a PIL image, or a uint16 colour array from `inference.read_png_16bit`'s files, under `target`
+    """Write a PIL image, or a uint16 colour array from `images.read_png_16bit`'s files, under `target`
     atomically: an interrupted run leaves no half image under the real name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if not hasattr(image, "mode"):  # (H, W, C) uint16: 16 bits per sample with colour or alpha

@@ -8,6 +8,7 @@
   then everything is decoded at once (a truncated file fails here, not halfway through a network), and every
   failure is an `ImageReadError` that says which kind it is.
 - `straight_mode`: palette, 1-bit, premultiplied-alpha and non-RGB colour modes to L / LA / RGB / RGBA.
+- `read_png_16bit`: PNGs with 16 bits per colour sample, which Pillow would narrow to 8 bits, as uint16 arrays.
 - `to_uint8`: 8-bit pixels for the protocols defined on uint8 (evaluation's HR, `bsr-hub degrade`, training
   data); deeper images are refused rather than clipped (Pillow's `convert` clips 16-bit to 0..255).
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 @dataclass(frozen=True)
@@ -168,3 +169,44 @@ def to_uint8(img: Image.Image, *, colour: Literal["keep_grey", "rgb"] = "keep_gr
     img = straight_mode(img)  # La and 1 convert to L only from straight modes
     img = img.convert("L" if mode_of(img).grey and colour == "keep_grey" else "RGB")
     return np.array(img)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 16 bits per sample in colour: Pillow has no such mode
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+_PNG_16BIT_REREAD = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+"""Pillow's rawmodes for the PNGs with 16 bits per sample that it narrows to 8-bit RGB / RGBA (colour, or grey
+with alpha), and the rawmode that reads back what it drops: the low bytes of RGB and RGBA (the `;16L`
+unpacker keeps the second byte of each big-endian sample), all four bytes of grey + alpha."""
+
+
+def narrowed_png_rawmode(img: Image.Image) -> str | None:
+    """The rawmode of a PNG that Pillow has opened, not yet decoded, and will narrow to 8 bits; else None."""
+    if img.format != "PNG":
+        return None
+    return next((t.args for t in img.tile if t.args in _PNG_16BIT_REREAD), None)
+
+
+def read_png_16bit(path: str | os.PathLike) -> np.ndarray | None:
+    """A PNG with 16 bits per sample and colour or alpha (48-bit RGB, 64-bit RGBA, 32-bit grey + alpha) as a
+    uint16 array (H, W, C), EXIF orientation applied; None for any other file (Pillow reads those as they are).
+
+    Pillow has no 16-bit colour modes and opens these files as 8-bit RGB / RGBA, silently dropping the low byte.
+    Its PNG decoder still unfilters rows at full depth, so the file is decoded a second time with an unpacker
+    that keeps the bytes the first one dropped, and the two are joined. Grey + alpha comes back as (H, W, 2).
+    """
+    with Image.open(path) as img:
+        rawmode = narrowed_png_rawmode(img)
+        if rawmode is None:
+            return None
+        img.tile = [t._replace(args=_PNG_16BIT_REREAD[rawmode]) for t in img.tile]  # same mode, same bits per pixel
+        img.load()
+        low = np.asarray(ImageOps.exif_transpose(img)).astype(np.uint16)
+    if rawmode == "LA;16B":  # (grey high, grey low, alpha high, alpha low) per pixel
+        return np.stack([low[..., 0] << 8 | low[..., 1], low[..., 2] << 8 | low[..., 3]], axis=-1)
+    with Image.open(path) as img:  # the same file again, as Pillow unpacks it: the high bytes
+        img.load()
+        high = np.asarray(ImageOps.exif_transpose(img)).astype(np.uint16)
+    return high << 8 | low  # (H, W, 3 or 4)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .images import MODES, straight_mode
+from .images import MODES, narrowed_png_rawmode, read_png_16bit, straight_mode  # noqa: F401 (read_png_16bit: re-exported)
 
 if TYPE_CHECKING:
     from .modeling import BSRModel
@@ -67,46 +67,10 @@ class _Restore:
     device: torch.device | None = None
 
 
-_PNG_16BIT_REREAD = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
-"""Pillow's rawmodes for the PNGs with 16 bits per sample that it narrows to 8-bit RGB / RGBA (colour, or grey
-with alpha), and the rawmode that reads back what it drops: the low bytes of RGB and RGBA (the `;16L`
-unpacker keeps the second byte of each big-endian sample), all four bytes of grey + alpha."""
-
-
-def _narrowed_png_rawmode(img: Image.Image) -> str | None:
-    """The rawmode of a PNG that Pillow has opened, not yet decoded, and will narrow to 8 bits; else None."""
-    if img.format != "PNG":
-        return None
-    return next((t.args for t in img.tile if t.args in _PNG_16BIT_REREAD), None)
-
-
-def read_png_16bit(path: str | os.PathLike) -> np.ndarray | None:
-    """A PNG with 16 bits per sample and colour or alpha (48-bit RGB, 64-bit RGBA, 32-bit grey + alpha) as a
-    uint16 array (H, W, C), EXIF orientation applied; None for any other file (Pillow reads those as they are).
-
-    Pillow has no 16-bit colour modes and opens these files as 8-bit RGB / RGBA, silently dropping the low byte.
-    Its PNG decoder still unfilters rows at full depth, so the file is decoded a second time with an unpacker
-    that keeps the bytes the first one dropped, and the two are joined. Grey + alpha comes back as (H, W, 2).
-    """
-    with Image.open(path) as img:
-        rawmode = _narrowed_png_rawmode(img)
-        if rawmode is None:
-            return None
-        img.tile = [t._replace(args=_PNG_16BIT_REREAD[rawmode]) for t in img.tile]  # same mode, same bits per pixel
-        img.load()
-        low = np.asarray(ImageOps.exif_transpose(img)).astype(np.uint16)
-    if rawmode == "LA;16B":  # (grey high, grey low, alpha high, alpha low) per pixel
-        return np.stack([low[..., 0] << 8 | low[..., 1], low[..., 2] << 8 | low[..., 3]], axis=-1)
-    with Image.open(path) as img:  # the same file again, as Pillow unpacks it: the high bytes
-        img.load()
-        high = np.asarray(ImageOps.exif_transpose(img)).astype(np.uint16)
-    return high << 8 | low  # (H, W, 3 or 4)
-
-
 def _from_pil(img: Image.Image) -> tuple[np.ndarray, _Restore]:
-    if _narrowed_png_rawmode(img) is not None:  # checked before anything decodes it
+    if narrowed_png_rawmode(img) is not None:  # checked before anything decodes it
         raise ValueError("this PNG has 16 bits per sample in colour (or grey with alpha), which Pillow decodes to "
-                         "8 bits; read it with bsr_hub.inference.read_png_16bit(path), a uint16 array that upscale "
+                         "8 bits; read it with bsr_hub.images.read_png_16bit(path), a uint16 array that upscale "
                          "returns at full depth")
     img = ImageOps.exif_transpose(img)  # a phone photo must come out the way it is displayed
     img = straight_mode(img)  # L, LA, RGB, RGBA, or a deeper grey mode (images.MODES)
