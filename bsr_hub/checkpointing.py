@@ -144,7 +144,6 @@ def _numpy_globals() -> list[Any]:
     """What `torch.load(weights_only=True)` needs to rebuild the numpy RNG state Accelerate pickles: an array of
     uint32 (the reconstruct function, ndarray, dtype). Nothing that can call other code."""
     import numpy as np
-
     from numpy._core.multiarray import _reconstruct
 
     # numpy 1 pickled the function under its old module name; both names map to the one function.
