@@ -1,7 +1,8 @@
 """ONNX export: `bsr-hub export MODEL -o model.onnx`, for ONNX Runtime, OpenCV's dnn module and the tools built
 on them, where PyTorch is not installed.
 
-The graph takes what `BSRModel.forward` takes and returns the image, clamped:
+The graph takes what `BSRModel.forward` takes and returns the image, clamped, with the mirrored border `upscale`
+gives the network (inference.BORDER_CONTEXT: without it the corners of flat or dark images are far off):
 
     input   "input"   float32 (batch, 3, height, width)                 RGB in [0, 1], NCHW; height, width dynamic
     output  "output"  float32 (batch, 3, height * scale, width * scale) RGB in [0, 1]
@@ -43,14 +44,19 @@ differs by about 1e-6; a wrong graph differs by far more than 1/255)."""
 
 
 class ClampedBSR(nn.Module):
-    """`BSRModel.forward` clamped to [0, 1]: what an exported model's user wants as an image."""
+    """`BSRModel.forward` on the image with its mirrored border, cropped back and clamped to [0, 1]: what an
+    exported model's user wants as an image, the same as `upscale` in one pass."""
 
     def __init__(self, model: BSRModel):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).clamp(0.0, 1.0)  # (B, 3, H*s, W*s)
+        from .inference import BORDER_CONTEXT, mirrored_border
+
+        crop = BORDER_CONTEXT * self.model.scale
+        y = self.model(mirrored_border(x))  # (B, 3, (H + 2c)*s, (W + 2c)*s)
+        return y[:, :, crop:-crop, crop:-crop].clamp(0.0, 1.0)  # (B, 3, H*s, W*s)
 
 
 @dataclass(frozen=True)

@@ -320,6 +320,14 @@ def _mirror_index(length: int, before: int, after: int) -> torch.Tensor:
     return torch.where(i >= length, 2 * length - 1 - i, i)
 
 
+def mirrored_border(x: torch.Tensor, context: int = BORDER_CONTEXT) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H + 2c, W + 2c): the image with `context` mirrored pixels beyond each border, what
+    the network needs around a whole image (BORDER_CONTEXT). Traceable with dynamic sizes (the ONNX export)."""
+    rows = _mirror_index(x.shape[-2], context, context).to(x.device)
+    cols = _mirror_index(x.shape[-1], context, context).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
 def _window(x: torch.Tensor, y0: int, x0: int, th: int, tw: int, context: int) -> tuple[torch.Tensor, int, int]:
     """The (th, tw) window of x at (y0, x0), with `context` mirrored pixels added on each side that is a border of
     the image (a copy of the window alone). Returns it and the rows and columns added above and to the left."""
