@@ -252,7 +252,9 @@ def test_tiles_bound_what_the_network_sees(tiny_model):
     sizes = []
     tiny_model.head.register_forward_hook(lambda m, inp, out: sizes.append(tuple(inp[0].shape[-2:])) and None)
     tiny_model.upscale(textured(100, 70), tile=24, tile_overlap=8, backend="eager")
-    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24
+    # A tile at the image's border also sees the mirrored pixels beyond it (inference.BORDER_CONTEXT per side).
+    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24 + 2 * inference.BORDER_CONTEXT
+    assert min(max(s) for s in sizes) <= 24  # a tile away from the borders sees the tile alone
 
 
 def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
