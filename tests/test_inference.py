@@ -286,7 +286,7 @@ def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
             return self.model.dtype
 
     img = torch.rand(1, 3, 70, 90)
-    flaky = RunsOutOfMemory(tiny_model, limit=50)
+    flaky = RunsOutOfMemory(tiny_model, limit=50 + 2 * inference.BORDER_CONTEXT)  # tiles at borders see more
     with pytest.warns(UserWarning, match="out of memory"):
         out = inference.super_resolve(flaky, img)
     expected = inference.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
@@ -315,19 +315,21 @@ def test_forcing_one_pass_that_will_not_fit_warns(tiny_model, monkeypatch):
 
 def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny_model):
     x = torch.rand(1, 3, 7, 9)
+    padded = inference.mirrored_border(x)  # what one pass gives the network: the image and its mirrored border
     with torch.no_grad():
         outs = []
         for transpose in (False, True):
             for flip_h in (False, True):
                 for flip_w in (False, True):
-                    t = x.transpose(-2, -1) if transpose else x
+                    t = padded.transpose(-2, -1) if transpose else padded
                     t = t.flip(-2) if flip_h else t
                     t = t.flip(-1) if flip_w else t
                     y = tiny_model(t)
                     y = y.flip(-1) if flip_w else y
                     y = y.flip(-2) if flip_h else y
                     outs.append(y.transpose(-2, -1) if transpose else y)
-        expected = torch.stack(outs).mean(0).clamp(0, 1)
+        crop = inference.BORDER_CONTEXT * tiny_model.scale
+        expected = torch.stack(outs).mean(0)[:, :, crop:-crop, crop:-crop].clamp(0, 1)
     got = tiny_model.upscale(x, self_ensemble=True, channels_last=False)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, tiny_model.upscale(x), atol=1e-3)  # a random net is not flip-equivariant
@@ -351,10 +353,11 @@ def small_cpu_tiles(monkeypatch):
 def test_auto_tiles_large_images_and_runs_small_ones_whole(tiny_model, small_cpu_tiles):
     calls, handle = _count_passes(tiny_model)
     tiny_model.upscale(textured(40, 40), backend="eager")  # at most CPU_WHOLE_IMAGE_TILES tiles' worth of pixels: one pass
-    assert calls == [(1, 3, 40, 40)]
+    border = 2 * inference.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
+    assert calls == [(1, 3, 40 + border, 40 + border)]
     calls.clear()
     tiny_model.upscale(textured(150, 120), backend="eager")
-    assert len(calls) > 1 and all(max(shape[-2:]) <= 48 for shape in calls)
+    assert len(calls) > 1 and all(max(shape[-2:]) <= 48 + border for shape in calls)
     handle.remove()
 
 
@@ -362,7 +365,8 @@ def test_auto_tiles_large_images_and_runs_small_ones_whole(tiny_model, small_cpu
 def test_none_and_zero_force_one_pass(tiny_model, small_cpu_tiles, tile):
     calls, handle = _count_passes(tiny_model)
     tiny_model.upscale(textured(150, 120), tile=tile, backend="eager")
-    assert calls == [(1, 3, 150, 120)]
+    border = 2 * inference.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
+    assert calls == [(1, 3, 150 + border, 120 + border)]
     handle.remove()
 
 
