@@ -6,9 +6,10 @@ other resizers, often followed by JPEG. Two things live here:
 - `RESIZERS` / `downscale`: named downscalers, the ones the robustness suite (`bsr_hub.robustness`) scores on.
   ``pil-*`` reduce with Pillow's filters (antialiased: the kernel is stretched when shrinking); ``opencv-*`` call
   `cv2.resize` (optional: ``pip install opencv-python-headless``); ``torch-*`` call `F.interpolate` without
-  antialiasing. At integer factors OpenCV's ``INTER_LINEAR`` / ``INTER_AREA`` equal ``torch-bilinear`` /
-  ``pil-box`` and ``INTER_CUBIC`` equals ``torch-bicubic`` (both Keys a = -0.75) away from the borders
-  (tests/test_resizers.py checks this where OpenCV is installed), so training never needs OpenCV.
+  antialiasing. At x2, OpenCV's ``INTER_LINEAR`` and ``INTER_AREA`` equal ``torch-bilinear`` (both a 2x2 mean)
+  and ``INTER_CUBIC`` equals ``torch-bicubic`` within one grey level (both Keys a = -0.75); tests/test_resizers.py
+  checks this where OpenCV is installed. So the x2 training mix needs no OpenCV (at x3 and x4 ``INTER_AREA`` is a
+  box mean, closer to ``pil-box``).
 - `DegradationMix`: the typed training-config section that makes each training patch's LR with a random resizer,
   then optional Gaussian noise and JPEG, from the HR patch the sampler chose (RFS balancing is unchanged: it picks
   positions by the PIC of the clean LR).
@@ -79,7 +80,7 @@ RESIZERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 
 OPENCV_RESIZERS = tuple(name for name in RESIZERS if name.startswith("opencv-"))
 TRAINING_RESIZERS = tuple(name for name in RESIZERS if name not in OPENCV_RESIZERS)
-"""The training mix draws from these: the OpenCV ones are equal to torch/PIL ones at integer factors."""
+"""The training mix's defaults: at x2 the OpenCV resizers equal torch ones (module docstring)."""
 
 
 def require_opencv() -> Any:
