@@ -439,8 +439,17 @@ def _two_process_fn():
 
 @pytest.mark.slow
 def test_two_processes_draw_different_batches():
-    accelerate = pytest.importorskip("accelerate")
-    accelerate.debug_launcher(_two_process_fn, num_processes=2)
+    pytest.importorskip("accelerate")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # A fresh interpreter: debug_launcher forks, and its children inherit whatever Accelerate state earlier tests
+    # left in this process (in the full suite they then saw one process, not two).
+    code = "import accelerate, test_sampling as t; accelerate.debug_launcher(t._two_process_fn, num_processes=2)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------------------------------------------
