@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
 
-from bsr_hub import BSRConfig, BSRModel
+from bsr_hub import BSRModel
 from bsr_hub.benchmarks import load_benchmark
 from bsr_hub.bicubic import BicubicModel
 from bsr_hub.cli import eval_main
@@ -42,11 +41,8 @@ def bench_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_ckpt(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path / "ckpt"
-    BSRModel(BSRConfig(scale=2, num_features=8, num_groups=2, num_blocks=1, attention_kernel_size=3)).save_pretrained(folder)
-    return folder
+def tiny_ckpt(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint  # conftest's tiny model, saved
 
 
 def test_the_suite_is_every_resizer_alone_and_with_each_jpeg_quality(monkeypatch):
