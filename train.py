@@ -49,47 +49,26 @@ def training_data(cfg: TrainConfig):
     from bsr_hub.benchmarks import Benchmark, ImageRecord, load_benchmark
     from bsr_hub.examples import example_images
 
-    if cfg.uses_bundled_photos:
+    if cfg.data.uses_bundled_photos:
         photos = example_images()
         train = [str(p) for p in photos if p.stem != HELD_OUT_PHOTO]
         source = datasets.Dataset.from_dict({"image": train}).cast_column("image", datasets.Image())
         held = [ImageRecord(name=p.stem, path=str(p)) for p in photos if p.stem == HELD_OUT_PHOTO]
         validation = Benchmark(name=f"{HELD_OUT_PHOTO} (bundled, held out)", images=held)
     else:
-        source = cfg.train_dir or cfg.dataset_name
+        source = cfg.data.train_dir or cfg.data.dataset_name
         validation = None
-    if cfg.validation_dir is not None:
-        folder = Path(cfg.validation_dir)
+    if cfg.validation.dir is not None:
+        folder = Path(cfg.validation.dir)
         validation = load_benchmark(folder.name, folder.parent)
     return source, validation
 
 
 def build_sampler(cfg: TrainConfig, source, accelerator, start_batch: int):
-    from bsr_hub.data import DataConfig
-    from bsr_hub.sampling import RFSConfig, RFSSampler
+    from bsr_hub.sampling import RFSSampler
 
-    rfs = RFSConfig(
-        mode={"rfs-indexed": "indexed", "rfs-literal": "literal", "uniform": "uniform"}[cfg.sampler],
-        patch_size=cfg.patch_size,
-        scale=cfg.scale,
-        batch_size=cfg.batch_size,
-        num_candidates=cfg.rfs_candidates,
-        num_intervals=cfg.rfs_num_intervals,
-        tau=cfg.rfs_tau,
-        seed=cfg.seed,
-    )
-    data = DataConfig(
-        scale=cfg.scale,
-        degradation=cfg.degradation,
-        image_column=cfg.image_column,
-        lr_column=cfg.lr_column,
-        split=cfg.dataset_split,
-        streaming=cfg.streaming,
-    )
-    return RFSSampler(
-        source, rfs, data, rank=accelerator.process_index, world_size=accelerator.num_processes, start_batch=start_batch,
-        degradation_mix=cfg.degradation_mix,
-    )
+    return RFSSampler(source, cfg.rfs, cfg.data, rank=accelerator.process_index,
+                      world_size=accelerator.num_processes, start_batch=start_batch)
 
 
 def check_hub_access(cfg: TrainConfig) -> None:
@@ -97,19 +76,19 @@ def check_hub_access(cfg: TrainConfig) -> None:
     from huggingface_hub import HfApi
 
     try:
-        HfApi().create_repo(cfg.hub_model_id, private=cfg.hub_private, exist_ok=True)
+        HfApi().create_repo(cfg.output.hub_model_id, private=cfg.output.hub_private, exist_ok=True)
     except Exception as err:  # offline, no token, no permission: all stop the run here
         raise SystemExit(
-            f"error: --push_to_hub: cannot create or reach {cfg.hub_model_id} on the Hugging Face Hub "
+            f"error: --output.push_to_hub: cannot create or reach {cfg.output.hub_model_id} on the Hugging Face Hub "
             f"({type(err).__name__}: {err}). Log in with `hf auth login` (or set HF_TOKEN), check the network, "
-            "or train without --push_to_hub and push the saved folder later."
+            "or train without --output.push_to_hub and push the saved folder later."
         ) from None
 
 
 def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, float]:
     from bsr_hub.evaluation import evaluate_benchmark
 
-    result = evaluate_benchmark(model, benchmark, cfg.scale, cfg.degradation, accelerator=accelerator, progress=False)
+    result = evaluate_benchmark(model, benchmark, cfg.scale, cfg.data.degradation, accelerator=accelerator, progress=False)
     return result.psnr, result.ssim
 
 
@@ -121,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as err:
         raise SystemExit(f"error: {err}") from None
     cfg, _ = load_train_config(argv)
-    if cfg.train_dir is not None:
+    if cfg.data.train_dir is not None:
         try:  # an empty or mistyped folder is said here, naming it, not as a traceback from `datasets`
-            check_train_dir(cfg.train_dir)
+            check_train_dir(cfg.data.train_dir)
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
     args = sys.argv[1:] if argv is None else argv
@@ -132,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if cfg.mixed_precision != "no" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --mixed_precision {cfg.mixed_precision} needs a GPU; on a CPU use --mixed_precision no")
-    if cfg.deterministic:
+    if cfg.optim.mixed_precision != "no" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --optim.mixed_precision {cfg.optim.mixed_precision} needs a GPU; "
+                         "on a CPU use --optim.mixed_precision no")
+    if cfg.optim.deterministic:
         # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: an op with no deterministic kernel (none in the training step; maybe one in evaluation)
@@ -143,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # two CPU processes only synchronise (gloo) with cpu=True
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=cfg.output_dir,
+        mixed_precision=cfg.optim.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
+        log_with=None if cfg.output.report_to == "none" else cfg.output.report_to,
+        project_dir=cfg.output.dir,
     )
     if int(os.environ.get("WORLD_SIZE", "1")) != accelerator.num_processes:
         raise SystemExit(f"error: launched {os.environ['WORLD_SIZE']} processes but Accelerate sees {accelerator.num_processes}")
-    if cfg.push_to_hub and accelerator.is_main_process:
+    if cfg.output.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
     set_seed(cfg.seed)
     # The output folder (locked, another run's files refused), and the resume point decided on the main process
@@ -167,39 +147,39 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     from accelerate.utils import gather_object
 
     # -- model
-    model = BSRModel(BSRConfig.from_preset(cfg.preset, scale=cfg.scale, **cfg.model_overrides))
+    model = BSRModel(BSRConfig.from_preset(cfg.model.preset, scale=cfg.scale, **cfg.model.overrides))
     run.init_weights(model)
-    if cfg.channels_last:
+    if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     # -- optimizer and loss
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, cfg.adam_beta2))
-    criterion = HybridLoss(cfg.l1_weight, cfg.lp_weight, cfg.lp_p, cfg.lp_eps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, betas=(0.9, cfg.optim.adam_beta2))
+    criterion = HybridLoss(cfg.loss)
 
     # -- data: every process draws its own batches; the stream is not passed through prepare()
     source, validation = training_data(cfg)
-    sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.gradient_accumulation_steps)
+    sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.optim.gradient_accumulation_steps)
     on_gpu = accelerator.device.type == "cuda"
-    loader = DataLoader(sampler, batch_size=None, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+    loader = DataLoader(sampler, batch_size=None, num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                         pin_memory=on_gpu)  # pinned pages make the non_blocking copies below asynchronous
 
     # -- schedule: stepped once per optimizer step, whatever the number of processes (so not prepared)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, step_decay(cfg.max_steps, cfg.lr_decay_at, cfg.lr_decay_factor, cfg.warmup_steps)
+        optimizer, step_decay(cfg.optim.max_steps, cfg.optim.lr_decay_at, cfg.optim.lr_decay_factor, cfg.optim.warmup_steps)
     )
 
     # -- prepare; then what is derived from the placed model (the EMA); then the resume
     model, optimizer = accelerator.prepare(model, optimizer)
     run.attach(model, scheduler, sampler)
     run.resume(optimizer)
-    if cfg.report_to != "none":
-        accelerator.init_trackers("bsr", config={k: str(v) for k, v in cfg.to_dict().items()})
+    if cfg.output.report_to != "none":
+        accelerator.init_trackers("bsr", config={k: str(v) for k, v in cfg.flat().items()})
 
     # -- the loop
     from tqdm.auto import tqdm
 
-    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
-    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="training", disable=not accelerator.is_local_main_process)
+    per_step = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
+    bar = tqdm(total=cfg.optim.max_steps, initial=run.step, desc="training", disable=not accelerator.is_local_main_process)
     fingerprint = hashlib.sha256()  # of this process's batches: shows that processes draw different ones
     meter = LossMeter()
     val_psnr = math.nan
@@ -209,7 +189,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     model.train()
     with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
         batches = iter(loader)
-        while run.step < cfg.max_steps:
+        while run.step < cfg.optim.max_steps:
             try:
                 batch = next(batches)
             except Exception:
@@ -221,13 +201,13 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             fingerprint.update(batch["pic"].numpy().tobytes())
             lr = batch["lr"].to(accelerator.device, non_blocking=True)  # (N, 3, P, P)
             hr = batch["hr"].to(accelerator.device, non_blocking=True)  # (N, 3, sP, sP)
-            if cfg.channels_last:
+            if cfg.optim.channels_last:
                 lr = lr.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
                 loss, terms = criterion(model(lr), hr)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             meter.add(loss, terms)  # detached, on the device: no host sync here
@@ -238,7 +218,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             run.step += 1
             bar.update(1)
 
-            at_log = run.step % cfg.logging_steps == 0 or run.step == cfg.max_steps
+            at_log = run.step % cfg.output.logging_steps == 0 or run.step == cfg.optim.max_steps
             if at_log:
                 losses = meter.mean()  # the sync point of the interval
                 now = time.perf_counter()
@@ -250,11 +230,11 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
                     shown["val_psnr"] = f"{val_psnr:.2f}"
                 bar.set_postfix(**shown)
                 last_log, last_step = now, run.step
-            if validation is not None and (run.step % cfg.validation_steps == 0 or run.step == cfg.max_steps):
+            if validation is not None and (run.step % cfg.validation.steps == 0 or run.step == cfg.optim.max_steps):
                 val_psnr, val_ssim = validate(run.shippable(), validation, cfg, accelerator)
                 run.record({"step": run.step, "val_psnr": val_psnr, "val_ssim": val_ssim})
                 model.train()
-            at_checkpoint = run.step % cfg.checkpointing_steps == 0 or run.step == cfg.max_steps
+            at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps
             # One process alone reads its flag for free; several agree at the logging interval and checkpoints.
             requested = stop.requested
             if accelerator.num_processes > 1:
@@ -277,7 +257,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             f"stopped at step {run.step}; checkpoint written to {saved}.\n"
             f"resume with: {command}" + ("" if cfg.resume else " --resume latest")
         )
-        accelerator.end_training()
+        finish(accelerator)
         return 0
 
     # -- the shippable model, its record, evaluation and card (main process writes; all evaluate)
@@ -288,20 +268,27 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     if accelerator.is_main_process:
         from bsr_hub.records import update_card
 
-        name = cfg.hub_model_id or f"{cfg.preset}-x{cfg.scale}"
+        name = cfg.output.hub_model_id or f"{cfg.model.preset}-x{cfg.scale}"
         update_card(model_dir, results, model_name=name, evaluation_command=command + " (evaluation at the end)")
         for r in results:
             accelerator.print(f"{r['benchmark']} x{cfg.scale}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} "
                               f"(bicubic {r['bicubic_psnr']:.2f} dB)")
         accelerator.print(f"saved {model_dir} after {run.step} steps in {format_duration(run.wall_time())}")
-        if cfg.push_to_hub:
+        if cfg.output.push_to_hub:
             from huggingface_hub import HfApi
 
-            url = HfApi().upload_folder(repo_id=cfg.hub_model_id, folder_path=model_dir,
-                                        commit_message=f"BSR {cfg.preset} x{cfg.scale}, {run.step} steps")
+            url = HfApi().upload_folder(repo_id=cfg.output.hub_model_id, folder_path=model_dir,
+                                        commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
             accelerator.print(f"pushed to {url}")
-    accelerator.end_training()
+    finish(accelerator)
     return 0
+
+
+def finish(accelerator) -> None:
+    """Leave together: a rank that tears down its process group while another still writes the card can be
+    aborted by gloo on its way out ("terminate called without an active exception"), failing a finished run."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def final_evaluation(cfg: TrainConfig, validation, accelerator) -> list[dict]:
@@ -310,14 +297,14 @@ def final_evaluation(cfg: TrainConfig, validation, accelerator) -> list[dict]:
     from bsr_hub.bicubic import BicubicModel
     from bsr_hub.evaluation import evaluate_benchmark
 
-    benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.eval_dirs]
+    benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.validation.eval_dirs]
     if not benchmarks and validation is not None:
         benchmarks = [validation]
-    model = BSRModel.from_pretrained(Path(cfg.output_dir) / "model", map_location=accelerator.device)
+    model = BSRModel.from_pretrained(Path(cfg.output.dir) / "model", map_location=accelerator.device)
     results = []
     for bench in benchmarks:
-        ours = evaluate_benchmark(model, bench, cfg.scale, cfg.degradation, accelerator=accelerator)
-        base = evaluate_benchmark(BicubicModel(cfg.scale), bench, cfg.scale, cfg.degradation,
+        ours = evaluate_benchmark(model, bench, cfg.scale, cfg.data.degradation, accelerator=accelerator)
+        base = evaluate_benchmark(BicubicModel(cfg.scale), bench, cfg.scale, cfg.data.degradation,
                                   accelerator=accelerator, progress=False)
         entry = ours.to_dict()
         entry.update(bicubic_psnr=base.psnr, bicubic_ssim=base.ssim)

@@ -371,13 +371,13 @@ def _steps_for(seconds: float, batch: int, fallback: int) -> tuple[int, str]:
 
 
 def _train_command(args: argparse.Namespace, max_steps: int, output: Path) -> list[str]:
-    cmd = [sys.executable, "train.py", "--config", args.recipe, "--max_steps", str(max_steps),
-           "--output_dir", str(output)]
+    cmd = [sys.executable, "train.py", "--config", args.recipe, "--optim.max_steps", str(max_steps),
+           "--output.dir", str(output)]
     if args.cpu:  # the rehearsal: a tiny model, a few steps, fp32 on 2 workers
-        cmd += ["--preset", "bsr-lite", "--model_overrides", '{"num_features": 8, "num_groups": 2, "num_blocks": 1}',
-                "--mixed_precision", "no", "--batch_size", "4", "--patch_size", "24", "--num_workers", "1",
-                "--rfs_num_intervals", "4", "--validation_steps", "4", "--checkpointing_steps", "4",
-                "--logging_steps", "2", "--eval_dirs", str(SHARED / "benchmarks" / "Set5")]
+        cmd += ["--model.preset", "bsr-lite", "--model.overrides", '{"num_features": 8, "num_groups": 2, "num_blocks": 1}',
+                "--optim.mixed_precision", "no", "--rfs.batch_size", "4", "--rfs.patch_size", "24", "--data.num_workers", "1",
+                "--rfs.num_intervals", "4", "--validation.steps", "4", "--output.checkpointing_steps", "4",
+                "--output.logging_steps", "2", "--validation.eval_dirs", str(SHARED / "benchmarks" / "Set5")]
     return cmd
 
 
@@ -478,7 +478,8 @@ def unpack(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     import torch
-    import yaml
+
+    from bsr_hub.training import resolve_config
 
     data = device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():
@@ -489,14 +490,14 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {', '.join(missing)} not staged under {data}: carry every device_data/part_N first")
     if _load("environment") is None:
         _save("environment", environment("cpu" if args.cpu else "cuda"))
-    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    recipe = resolve_config(args.recipe, {})
     seconds = args.train_seconds
     if args.max_steps:
         max_steps, why = args.max_steps, "--max-steps"
     elif args.cpu:
         max_steps, why = 8, "the CPU rehearsal's 8 steps"
     else:
-        max_steps, why = _steps_for(seconds, recipe["batch_size"], recipe["max_steps"])
+        max_steps, why = _steps_for(seconds, recipe.rfs.batch_size, recipe.optim.max_steps)
     log(f"training bsr-base x2 for up to {seconds:.0f} s: max_steps {max_steps} ({why})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

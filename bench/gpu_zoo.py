@@ -61,15 +61,16 @@ def plan(cpu: bool) -> list[dict]:
     runs = []
     for name, preset, scale, patch, fallback, rate in ZOO:
         init = init_for(name, fallback)
-        flags = ["--preset", preset, "--scale", str(scale), "--patch_size", str(patch)]
+        flags = ["--model.preset", preset, "--scale", str(scale), "--rfs.patch_size", str(patch)]
         if init:
-            flags += ["--init_from", init]
+            flags += ["--model.init_from", init]
         if rate is not None and init is None:
-            flags += ["--learning_rate", str(rate)]
+            flags += ["--optim.learning_rate", str(rate)]
         if cpu:  # the rehearsal: fp32, a small batch, one data worker each
-            flags += ["--mixed_precision", "no", "--batch_size", "4", "--num_workers", "1", "--rfs_num_intervals", "4",
-                      "--validation_steps", "4", "--checkpointing_steps", "4", "--logging_steps", "2",
-                      "--eval_dirs", str(gpu.SHARED / "benchmarks" / "Set5")]
+            flags += ["--optim.mixed_precision", "no", "--rfs.batch_size", "4", "--data.num_workers", "1",
+                      "--rfs.num_intervals", "4",
+                      "--validation.steps", "4", "--output.checkpointing_steps", "4", "--output.logging_steps", "2",
+                      "--validation.eval_dirs", str(gpu.SHARED / "benchmarks" / "Set5")]
         runs.append({"name": name, "init_from": init, "flags": flags})
     return runs
 
@@ -88,7 +89,8 @@ def _steps(cpu: bool, seconds: float, batch: int) -> tuple[dict[str, int], str]:
 
 def train(args: argparse.Namespace) -> int:
     import torch
-    import yaml
+
+    from bsr_hub.training import resolve_config
 
     data = gpu.device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():
@@ -102,9 +104,9 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {env['import_error']} (were the wheels carried? see bench/GPU.md)")
     if not args.cpu:
         torch.backends.cudnn.benchmark = True
-    recipe = yaml.safe_load(Path(RECIPE).read_text())
+    recipe = resolve_config(RECIPE, {})
     t0 = time.perf_counter()
-    steps, why = _steps(args.cpu, args.train_seconds, recipe["batch_size"])
+    steps, why = _steps(args.cpu, args.train_seconds, recipe.rfs.batch_size)
     probe = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +116,8 @@ def train(args: argparse.Namespace) -> int:
     gpu.log(f"{env}; max_steps {steps} ({why}); starting {len(runs)} runs at once")
     procs = []
     for r in runs:
-        cmd = [sys.executable, "train.py", "--config", RECIPE, *r["flags"], "--max_steps", str(steps[r["name"]]),
-               "--output_dir", str(root / r["name"])]
+        cmd = [sys.executable, "train.py", "--config", RECIPE, *r["flags"], "--optim.max_steps", str(steps[r["name"]]),
+               "--output.dir", str(root / r["name"])]
         logs = gpu.RESULTS / "zoo_logs"
         logs.mkdir(parents=True, exist_ok=True)
         logfile = (logs / f"train_{r['name']}.log").open("w")
@@ -138,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
         step = gpu.last_checkpoint_step(folder)
         if r["stopped_at_deadline"] and proc.returncode == 0 and step:
             # End the run at the step reached: the model, record and card are written; the record notes it.
-            finish = [*cmd[:cmd.index("--max_steps") + 1], str(step), "--output_dir", str(folder), "--resume",
+            finish = [*cmd[:cmd.index("--optim.max_steps") + 1], str(step), "--output.dir", str(folder), "--resume",
                       "latest", "--resume_allow_changes"]
             logfile.write("$ " + " ".join(finish) + "\n")
             logfile.flush()

@@ -105,7 +105,7 @@ class OutputLock:
                f"{holder.get('started', '?')}")
         return (f"another trainer ({who}) is using {self.path.parent}: two trainers in one folder would overwrite "
                 f"each other's checkpoints and history. Wait for it to finish, stop it (it writes a checkpoint on "
-                f"SIGTERM), or use another --output_dir. If that process is gone, delete {self.path}.")
+                f"SIGTERM), or use another --output.dir. If that process is gone, delete {self.path}.")
 
     def release(self) -> None:
         """Remove the lock file and let go; safe to call twice."""

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,9 @@ from PIL import Image
 from .degradations import DEGRADATIONS, degrade, modcrop
 from .extras import require
 from .images import MODES, ImageReadError, mode_of, open_image, straight_mode, to_uint8
+
+if TYPE_CHECKING:
+    from .resizers import DegradationMix
 
 Transparent = Literal["skip", "drop_alpha"]
 LR_CACHE_COLUMN = "_bsr_lr"  # where `add_lr_column` stores the LR made from HR
@@ -234,21 +237,37 @@ def add_lr_column(
 
 @dataclass
 class DataConfig:
-    """Where training images come from and how their LR is made."""
+    """Where training images come from and how their LR is made: the `data` section of a training recipe, and
+    what the sampler reads its images with."""
 
-    scale: int = 2
-    degradation: str = "BI"
-    """How LR is made from HR when there is no LR column: "BI" (MATLAB bicubic) or "BD" (blur, decimate)."""
+    train_dir: str | None = None
+    """A folder of HR images (read with datasets' imagefolder). None with no dataset_name: train.py trains on the
+    photos bundled with the package."""
+    dataset_name: str | None = None
+    """A Hub dataset id with an image column (instead of train_dir)."""
+    split: str = "train"
+    """The split of dataset_name."""
     image_column: str | None = None
     """HR image column; None finds the only `Image` feature (or a column named "image")."""
     lr_column: str | None = None
     """Paired LR column (real-world pairs). Its images must be 1/scale of the HR (HR is cropped by < scale
     pixels to match); None makes LR from HR with `degradation`."""
-    split: str = "train"
     streaming: bool = False
     """Stream the source (data larger than the disk); the sampler then holds a pool of images at a time."""
+    degradation: str = "BI"
+    """How LR is made from HR when there is no LR column: "BI" (MATLAB bicubic) or "BD" (blur, decimate). In a
+    training run also how validation and the final evaluation make theirs."""
+    degradation_mix: DegradationMix | None = None
+    """Train on inputs of unknown origin: each patch's LR made by a random resizer, noise and JPEG
+    (`bsr_hub.resizers.DegradationMix`; a nested mapping in a recipe, a JSON object as a flag, {} for the
+    defaults). None = the LR of `degradation`, as the published protocol. Positions are still chosen by the PIC of
+    the clean LR."""
     transparent: Transparent = "skip"
     """Partly transparent RGBA images: "skip" (their hidden colours are arbitrary) or "drop_alpha"."""
+    num_workers: int = 1
+    """DataLoader processes drawing batches; the batch stream is the same for any number (exact resume)."""
+    scale: int = 2
+    """The LR/HR factor. In a training recipe it is the run's `scale`, set once at the top."""
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 2:
@@ -257,6 +276,18 @@ class DataConfig:
             raise ValueError(f"DataConfig.degradation must be one of {DEGRADATIONS}, got {self.degradation!r}")
         if self.transparent not in ("skip", "drop_alpha"):
             raise ValueError(f"DataConfig.transparent must be 'skip' or 'drop_alpha', got {self.transparent!r}")
+        if self.train_dir is not None and self.dataset_name is not None:
+            raise ValueError("give data.train_dir or data.dataset_name, not both")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if self.degradation_mix is not None:  # resizers imports torch: only when a mix is asked for
+            from .resizers import DegradationMix
+
+            self.degradation_mix = DegradationMix.from_value(self.degradation_mix)
+
+    @property
+    def uses_bundled_photos(self) -> bool:
+        return self.train_dir is None and self.dataset_name is None
 
 
 @dataclass

@@ -489,10 +489,9 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
         # A private copy: the cache must not keep the caller's model alive, and freezing treats weights as constants.
         return torch.compile(copy.deepcopy(model).eval(), backend="inductor", dynamic=False, options={"freezing": True})
     if backend == "onnxruntime":
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise ImportError("backend='onnxruntime' needs onnx and onnxruntime: pip install 'bsr-hub[export]'") from err
+        from .extras import require
+
+        ort = require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
         from .export import INPUT_NAME, trace_to_onnx
 
         buffer = io.BytesIO()

@@ -84,13 +84,10 @@ TRAINING_RESIZERS = tuple(name for name in RESIZERS if name not in OPENCV_RESIZE
 
 
 def require_opencv() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise ImportError(
-            "the opencv-* resizers need OpenCV: pip install opencv-python-headless (or 'bsr-hub[robustness]')"
-        ) from err
-    return cv2
+    """cv2, or an error naming the extra that installs it (opencv-python-headless)."""
+    from .extras import require
+
+    return require("cv2", extra="robustness", what="the opencv-* resizers")
 
 
 def opencv_available() -> bool:

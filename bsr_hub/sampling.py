@@ -346,13 +346,13 @@ class RFSSampler(IterableDataset):
         source: an `ImagePairs`, or anything `bsr_hub.data.load_image_source` reads (folder, Hub id, Dataset,
             IterableDataset); a streaming source is read in pools of `config.pool_size` images.
         config: RFS settings. `config.scale` must match `data_config.scale` (it is copied there when that is None).
-        data_config: how images are read and LR made (`bsr_hub.data.DataConfig`).
+        data_config: how images are read and LR made (`bsr_hub.data.DataConfig`). With its `degradation_mix`,
+            each patch's LR is made from its HR with that random mix of resizers, noise and JPEG instead of taken
+            from the pair's LR; positions are still chosen by the PIC of the pair's (clean) LR, and ``"pic"`` is
+            that of the LR actually returned.
         rank, world_size: this process's place; None = from torch.distributed, else RANK / WORLD_SIZE, else 0 / 1.
         start_batch: first batch number (resume a run at this step).
         num_batches: stop after this many batches (per process); None = infinite.
-        degradation_mix: make each patch's LR from its HR with this random mix of resizers, noise and JPEG
-            (`bsr_hub.resizers.DegradationMix`) instead of taking it from the pair's LR; positions are still
-            chosen by the PIC of the pair's (clean) LR, and ``"pic"`` is that of the LR actually returned.
     """
 
     def __init__(
@@ -364,7 +364,6 @@ class RFSSampler(IterableDataset):
         world_size: int | None = None,
         start_batch: int = 0,
         num_batches: int | None = None,
-        degradation_mix: DegradationMix | None = None,
     ):
         super().__init__()
         self.config = config or RFSConfig()
@@ -378,7 +377,7 @@ class RFSSampler(IterableDataset):
         if start_batch < 0 or (num_batches is not None and num_batches < 0):
             raise ValueError(f"start_batch and num_batches must be >= 0, got {start_batch}, {num_batches}")
         self.start_batch, self.num_batches = int(start_batch), num_batches
-        self.degradation_mix = degradation_mix
+        self.degradation_mix: DegradationMix | None = data_config.degradation_mix
         self._warned = False
 
         self.source = source

@@ -70,13 +70,14 @@ class SpaceExport:
 
 
 def _hub_id_from_training(folder: Path) -> str | None:
-    """The `hub_model_id` a train.py run pushed to, from its resolved recipe (read without needing pyyaml)."""
+    """The `hub_model_id` a train.py run pushed to, from its resolved recipe (read without needing pyyaml): under
+    `output:` in a recipe with sections, at the top in one of bsr_hub 0.1."""
     recipe = folder / "training_config.yaml"
     if not recipe.is_file():
         return None
     text = recipe.read_text(errors="replace")
-    pushed = re.search(r"^push_to_hub:\s*true\s*$", text, re.MULTILINE)
-    repo = re.search(r"^hub_model_id:\s*['\"]?([\w.-]+/[\w.-]+)['\"]?\s*$", text, re.MULTILINE)
+    pushed = re.search(r"^[ ]*push_to_hub:\s*true\s*$", text, re.MULTILINE)
+    repo = re.search(r"^[ ]*hub_model_id:\s*['\"]?([\w.-]+/[\w.-]+)['\"]?\s*$", text, re.MULTILINE)
     return repo.group(1) if pushed and repo else None
 
 

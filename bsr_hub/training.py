@@ -2,8 +2,11 @@
 checkpoints, EMA, the final record), the schedule. The record it writes (`TrainingRecord`, `training.json`) is
 `records.py`'s; its command line is `cli.py`'s (`load_train_config`).
 
+`TrainConfig` composes one typed section per concern: `model`, `data` (`data.DataConfig`), `rfs`
+(`sampling.RFSConfig`), `loss` (`losses.LossConfig`), `optim`, `validation`, `output`; the sampler and the loss
+take theirs as they are. Precedence: dataclass defaults, then a YAML recipe (`--config`; a mapping per
+section), then flags (`--optim.max_steps`). The flat names of bsr_hub 0.1 map onto the sections (`FLAT_NAMES`).
 train.py stays a flat script in Accelerate's canonical order; everything here is testable on its own.
-Config precedence: dataclass defaults, then a YAML recipe (`--config`), then command-line flags.
 """
 
 from __future__ import annotations
@@ -27,73 +30,33 @@ from torch import nn
 
 from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, load_training_state, save_run_state
 from .configuration import from_mapping
+from .data import DataConfig
+from .losses import LossConfig
 from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
 from .resizers import DegradationMix
+from .sampling import RFSConfig
 
-SAMPLERS = ("rfs-indexed", "rfs-literal", "uniform")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a training run. The defaults are the no-argument demonstration: bsr-lite x2 on the
-    photos bundled with the package, about five minutes on a 2-core CPU. Recipes in configs/ are the real runs."""
+class ModelSection:
+    """Which network is trained, and from which weights."""
 
-    # -- model
     preset: str = "bsr-lite"
-    scale: int = 2
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """A BSRConfig preset (`bsr-hub info PRESET`): bsr-tiny, bsr-lite, bsr-base."""
+    overrides: dict[str, Any] = field(default_factory=dict)
     """BSRConfig fields on top of the preset, e.g. {use_attention: false} for an ablation."""
     init_from: str | None = None
     """Start from these weights (bundled name, folder, Hub id); layers whose shape differs (the upsampler, when
     going from x2 to x4) keep their fresh initialisation, and are listed."""
 
-    # -- data
-    train_dir: str | None = None
-    """A folder of HR images (read with datasets' imagefolder). None with no dataset_name: the bundled photos."""
-    dataset_name: str | None = None
-    """A Hub dataset id with an image column (instead of train_dir)."""
-    dataset_split: str = "train"
-    image_column: str | None = None
-    lr_column: str | None = None
-    """A paired LR column (real-world pairs); None makes LR from HR with `degradation`."""
-    streaming: bool = False
-    degradation: str = "BI"
-    """How the clean LR (RFS positions, validation, final evaluation) is made: BI (MATLAB bicubic) or BD."""
-    degradation_mix: DegradationMix | None = None
-    """Train on inputs of unknown origin: each patch's LR made by a random resizer, noise and JPEG
-    (`bsr_hub.resizers.DegradationMix`; a nested mapping in a recipe, a JSON object as a flag, {} for the
-    defaults). None = the LR of `degradation`, as the published protocol."""
-    sampler: str = "rfs-indexed"
-    """rfs-indexed (fast RFS), rfs-literal (the paper's rejection algorithm) or uniform (the "without RFS" baseline)."""
-    patch_size: int = 48
-    """LR patch side [paper: 48 at x2, 60 at x4]."""
-    batch_size: int = 16
-    """Patches per batch and per process [ours: 16, EDSR's]."""
-    rfs_tau: float = 0.0
-    """Quota temper: 0 = balanced over the PIC intervals, 1 = the natural distribution."""
-    rfs_num_intervals: int = 16
-    rfs_candidates: int = 16
-    """M, candidate images per batch (literal mode)."""
-    num_workers: int = 1
-    """DataLoader processes drawing batches; the batch stream is the same for any number (exact resume)."""
 
-    # -- validation and final evaluation
-    validation_dir: str | None = None
-    """A folder of HR images scored every `validation_steps` (e.g. ../shared/data/benchmarks/Set5). None with the
-    bundled photos: one of them held out of training."""
-    validation_steps: int = 100
-    eval_dirs: list[str] = field(default_factory=list)
-    """Benchmark folders evaluated at the end and written into the card; empty = the validation set."""
+@dataclass
+class OptimSection:
+    """The optimiser, its schedule and how a step is computed."""
 
-    # -- loss [paper: L2 + a L1 + b Lp]
-    l1_weight: float = 0.05
-    lp_weight: float = 0.01
-    lp_p: float = 0.5
-    lp_eps: float = 1e-3
-
-    # -- optimisation
     learning_rate: float = 5e-4
     """Adam [paper: 2e-4, kept by the bsr-base recipes; ours: 5e-4 after a warm-up for the small bsr-lite, which
     gets there sooner with it]."""
@@ -112,24 +75,49 @@ class TrainConfig:
     mixed_precision: str = "no"
     """no, fp16 or bf16 (GPU only: both are unsupported or 10-200x slower on a CPU)."""
     channels_last: bool = True
-    seed: int = 0
     deterministic: bool = False
     """Deterministic cuDNN/cuBLAS kernels (slower): a GPU run resumed from a checkpoint then equals an
     uninterrupted one bit for bit, as a CPU run always does."""
 
-    # -- outputs
-    output_dir: str = "outputs/bsr-demo"
-    overwrite_output_dir: bool = False
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"optim.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        for name in ("max_steps", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
+        if not all(0 < f < 1 for f in self.lr_decay_at):
+            raise ValueError(f"optim.lr_decay_at are fractions of max_steps in (0, 1), got {self.lr_decay_at}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+
+
+@dataclass
+class ValidationSection:
+    """What the run is scored on while it trains, and at the end (into the card)."""
+
+    dir: str | None = None
+    """A folder of HR images scored every `steps` (e.g. ../shared/data/benchmarks/Set5). None with the bundled
+    photos: one of them held out of training."""
+    steps: int = 100
+    eval_dirs: list[str] = field(default_factory=list)
+    """Benchmark folders evaluated at the end and written into the card; empty = the validation set."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"validation.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class OutputSection:
+    """What the run writes, where, and how often: the folder, checkpoints, logs, the Hub."""
+
+    dir: str = "outputs/bsr-demo"
+    overwrite: bool = False
     """Start over in an output folder that holds another run: its checkpoints, history and model are deleted first.
     Without it such a folder is refused (unless resumed), so that two runs never mix their records. Has no effect
     with --resume, which continues the folder's run."""
     checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 3
-    resume: str | None = None
-    """"latest" or a checkpoint folder (OUTPUT/checkpoints/step_N)."""
-    resume_allow_changes: bool = False
-    """Resume even where a setting that shapes the batches or the schedule (RESUME_GUARDED) differs from the
-    checkpoint's; the changes and their step are then written into the run's record and card."""
     logging_steps: int = 10
     report_to: str = "none"
     """Accelerate trackers: none, tensorboard, trackio, wandb, ... (their packages are optional)."""
@@ -138,54 +126,192 @@ class TrainConfig:
     hub_private: bool = False
 
     def __post_init__(self) -> None:
-        self.degradation_mix = DegradationMix.from_value(self.degradation_mix)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.train_dir is not None and self.dataset_name is not None:
-            raise ValueError("give train_dir or dataset_name, not both")
-        for name in ("max_steps", "batch_size", "patch_size", "checkpointing_steps", "validation_steps",
-                     "logging_steps", "gradient_accumulation_steps"):
+        for name in ("checkpointing_steps", "logging_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not all(0 < f < 1 for f in self.lr_decay_at):
-            raise ValueError(f"lr_decay_at are fractions of max_steps in (0, 1), got {self.lr_decay_at}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+                raise ValueError(f"output.{name} must be >= 1, got {getattr(self, name)}")
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (e.g. me/bsr-lite-x2)")
+            raise ValueError("output.push_to_hub needs output.hub_model_id (e.g. me/bsr-lite-x2)")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise ValueError("checkpoints_total_limit must be >= 1 or None")
+            raise ValueError("output.checkpoints_total_limit must be >= 1 or None")
+
+
+# The sections of a run, by their name in a recipe (`data:`) and a flag (`--data.train_dir`). `data`, `rfs` and
+# `loss` are the very objects the sampler and the loss take (bsr_hub.data, bsr_hub.sampling, bsr_hub.losses).
+SECTIONS: dict[str, type] = {
+    "model": ModelSection, "data": DataConfig, "rfs": RFSConfig, "loss": LossConfig, "optim": OptimSection,
+    "validation": ValidationSection, "output": OutputSection,
+}
+RUN_WIDE = {"data": ("scale",), "rfs": ("scale", "seed")}
+"""Section fields that are the run's own `scale` and `seed`: set once at the top of a recipe and handed down."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run: a few run-wide values, then one typed section per concern. The defaults
+    are the no-argument demonstration: bsr-lite x2 on the photos bundled with the package, about five minutes on
+    a 2-core CPU. Recipes in configs/ are the real runs; `python train.py --help` lists every setting."""
+
+    scale: int = 2
+    """The upscaling factor: the model's, the data's and the sampler's."""
+    seed: int = 0
+    """Seeds the weights' initialisation and the batch stream."""
+    resume: str | None = None
+    """"latest" or a checkpoint folder (OUTPUT/checkpoints/step_N)."""
+    resume_allow_changes: bool = False
+    """Resume even where a setting that shapes the batches or the schedule (RESUME_GUARDED) differs from the
+    checkpoint's; the changes and their step are then written into the run's record and card."""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    rfs: RFSConfig = field(default_factory=RFSConfig)
+    """The sampler: mode indexed (fast RFS), literal (the paper's rejection algorithm) or uniform (the "without
+    RFS" baseline); patch_size [paper: 48 at x2, 60 at x4]; batch_size per process [ours: 16, EDSR's]; tau (0 =
+    balanced over the PIC intervals, 1 = the natural distribution); and the rest of `sampling.RFSConfig`."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """[paper: L2 + a L1 + b Lp]"""
+    optim: OptimSection = field(default_factory=OptimSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def __post_init__(self) -> None:
+        for name, kind in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = section_from_mapping(name, value, self)
+            elif not isinstance(value, kind):
+                raise ValueError(f"{name} must be a mapping of its settings, got {value!r}")
+            # The run-wide values win; section_from_mapping has refused a recipe that set them differently.
+            handed = {f: getattr(self, f) for f in RUN_WIDE.get(name, ())}
+            if any(getattr(value, f) != v for f, v in handed.items()):
+                value = dataclasses.replace(value, **handed)
+            setattr(self, name, value)
 
     @property
-    def uses_bundled_photos(self) -> bool:
-        return self.train_dir is None and self.dataset_name is None
+    def sampler_name(self) -> str:
+        """How the record names the sampler: rfs-indexed (tau=0.0), rfs-literal (tau=0.5) or uniform."""
+        mode = self.rfs.mode
+        return "uniform" if mode == "uniform" else f"rfs-{mode} (tau={self.rfs.tau})"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested and JSON-plain, without the sections' copies of the run-wide values: a recipe's shape."""
+        d = dataclasses.asdict(self)
+        for name, fields in RUN_WIDE.items():
+            for f in fields:
+                d[name].pop(f)
+        return d
+
+    def flat(self) -> dict[str, Any]:
+        """{"scale": 2, ..., "optim.learning_rate": 5e-4, ...}: every setting under its flag's name."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if key in SECTIONS:
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+def section_from_mapping(name: str, values: dict[str, Any], run: TrainConfig) -> Any:
+    """One recipe section as its typed object; a run-wide value set inside it must agree with the top's."""
+    for f in RUN_WIDE.get(name, ()):
+        if f in values and values[f] != getattr(run, f):
+            raise ValueError(f"{name}.{f}: {f} is set once, at the top of a recipe (`{f}: {values[f]}`), "
+                             f"not in the {name} section")
+    values = {**values, **{f: getattr(run, f) for f in RUN_WIDE.get(name, ())}}
+    return from_mapping(SECTIONS[name], values, f"{name} (see `python train.py --help`)")
 
 
 # ---------------------------------------------------------------------------------------------- config parsing
 
+# Before the sections, a recipe was one flat mapping. Every old name and where it lives now: old recipes, old
+# flags (kept as aliases) and old checkpoints' records keep working.
+FLAT_NAMES = {
+    "preset": "model.preset", "model_overrides": "model.overrides", "init_from": "model.init_from",
+    "train_dir": "data.train_dir", "dataset_name": "data.dataset_name", "dataset_split": "data.split",
+    "image_column": "data.image_column", "lr_column": "data.lr_column", "streaming": "data.streaming",
+    "degradation": "data.degradation", "degradation_mix": "data.degradation_mix", "num_workers": "data.num_workers",
+    "sampler": "rfs.mode", "patch_size": "rfs.patch_size", "batch_size": "rfs.batch_size", "rfs_tau": "rfs.tau",
+    "rfs_num_intervals": "rfs.num_intervals", "rfs_candidates": "rfs.num_candidates",
+    "validation_dir": "validation.dir", "validation_steps": "validation.steps", "eval_dirs": "validation.eval_dirs",
+    "l1_weight": "loss.l1_weight", "lp_weight": "loss.lp_weight", "lp_p": "loss.lp_p", "lp_eps": "loss.lp_eps",
+    **{name: f"optim.{name}" for name in (
+        "learning_rate", "adam_beta2", "lr_decay_at", "lr_decay_factor", "warmup_steps", "max_steps",
+        "gradient_accumulation_steps", "max_grad_norm", "ema_decay", "mixed_precision", "channels_last",
+        "deterministic")},
+    "output_dir": "output.dir", "overwrite_output_dir": "output.overwrite",
+    **{name: f"output.{name}" for name in (
+        "checkpointing_steps", "checkpoints_total_limit", "logging_steps", "report_to", "push_to_hub",
+        "hub_model_id", "hub_private")},
+}
+OLD_SAMPLER_NAMES = {"rfs-indexed": "indexed", "rfs-literal": "literal", "uniform": "uniform"}
+"""The flat `sampler` setting's values, as rfs.mode's."""
 
-def field_type(name: str) -> tuple[Any, bool]:
-    """(base type, optional) of a TrainConfig field, from its annotation: what a command-line flag parses."""
-    hint = typing.get_type_hints(TrainConfig)[name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in args if a is not type(None))
-    return hint, optional
+
+def nest(values: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """A recipe or flags as the nested mapping TrainConfig takes: dotted keys ("optim.max_steps") and old flat
+    names ("max_steps") go into their section. Returns it, and the old names met spelled anew ("max_steps ->
+    optim.max_steps") for a note.
+
+    Raises:
+        ValueError: a section given as something else than a mapping, or one setting given twice.
+    """
+    nested: dict[str, Any] = {}
+    renamed = []
+    for key, value in values.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {key} is a section, a mapping of its settings; got {value!r}")
+            for k, v in value.items():
+                _put(nested, key, k, v, where)
+            continue
+        if key in FLAT_NAMES:
+            renamed.append(f"{key} -> {FLAT_NAMES[key]}")
+            if key == "sampler":
+                if value not in OLD_SAMPLER_NAMES:
+                    raise ValueError(f"{where}: sampler must be one of {tuple(OLD_SAMPLER_NAMES)}, got {value!r} "
+                                     "(its new spelling is rfs.mode: indexed, literal or uniform)")
+                value = OLD_SAMPLER_NAMES[value]
+            key = FLAT_NAMES[key]
+        section, _, name = key.partition(".")
+        if name and section in SECTIONS:
+            _put(nested, section, name, value, where)
+        else:
+            nested[key] = value  # a run-wide value, or an unknown name for from_mapping to refuse
+    return nested, renamed
 
 
-def resolve_config(recipe: str | os.PathLike | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Config precedence: dataclass defaults, then the YAML recipe (if any), then `overrides` (the flags given).
+def _put(nested: dict[str, Any], section: str, name: str, value: Any, where: str) -> None:
+    part = nested.setdefault(section, {})
+    if name in part:
+        raise ValueError(f"{where}: {section}.{name} is given twice (an old flat name and its new spelling?)")
+    part[name] = value
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section: a flag replaces one setting of a section, not the section."""
+    out = {k: dict(v) if k in SECTIONS else v for k, v in base.items()}
+    for key, value in top.items():
+        if key in SECTIONS:
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(values: dict[str, Any], where: str = "training config") -> TrainConfig:
+    """A TrainConfig from a nested mapping (a recipe, a checkpoint's record); old flat names are accepted."""
+    nested, _ = nest(values, where)
+    return from_mapping(TrainConfig, nested, f"{where} (see `python train.py --help`)")
+
+
+def resolve_config(recipe: str | os.PathLike | None, flags: dict[str, Any]) -> TrainConfig:
+    """Config precedence: dataclass defaults, then the YAML recipe (if any), then `flags` (those given, by their
+    dotted names). A recipe in the old flat spelling still works, with a note giving each new name.
 
     Raises:
         ValueError: the recipe cannot be read, or names a setting TrainConfig does not have.
     """
     values: dict[str, Any] = {}
+    where = str(recipe or "train.py")
     if recipe is not None:
         from .extras import require
 
@@ -194,15 +320,32 @@ def resolve_config(recipe: str | os.PathLike | None, overrides: dict[str, Any]) 
             loaded = yaml.safe_load(Path(recipe).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read the recipe {recipe}: {err}") from err
-        values.update(loaded)
-    values.update(overrides)
-    return from_mapping(TrainConfig, values, f"{recipe or 'train.py'} (see `python train.py --help`)")
+        if not isinstance(loaded, dict):
+            raise ValueError(f"the recipe {recipe} must be a mapping of settings, got {type(loaded).__name__}")
+        values, renamed = nest(loaded, where)
+        if renamed:
+            import warnings
+
+            warnings.warn(f"{recipe} uses the flat names of bsr_hub 0.1; they still work, but the sections are the "
+                          f"spelling to keep: {', '.join(renamed)}", FutureWarning, stacklevel=3)
+    values = merge(values, nest(flags, "the flags")[0])
+    return from_mapping(TrainConfig, values, f"{where} (see `python train.py --help`)")
 
 
 def config_to_yaml(config: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def field_type(cls: type, name: str) -> tuple[Any, bool]:
+    """(base type, optional) of a config dataclass field, from its annotation: what a command-line flag parses."""
+    hint = typing.get_type_hints(cls, localns={"DegradationMix": DegradationMix})[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in args if a is not type(None))
+    return hint, optional
 
 
 # ---------------------------------------------------------------------------------------------- model pieces
@@ -336,7 +479,7 @@ def previous_run(output_dir: str | Path) -> list[str]:
 
 
 def clear_previous_run(output_dir: str | Path) -> None:
-    """Delete what `previous_run` finds: an explicit --overwrite_output_dir starts the folder over."""
+    """Delete what `previous_run` finds: an explicit --output.overwrite starts the folder over."""
     output = Path(output_dir)
     for folder in (checkpoints_dir(output), output / "model"):
         if folder.is_dir():
@@ -449,12 +592,12 @@ def _count_images(folder: Path) -> int:
 
 
 def check_train_dir(folder: str | os.PathLike) -> None:
-    """Raise ValueError, naming the folder, when a --train_dir has no image to train on (in it or below)."""
+    """Raise ValueError, naming the folder, when a --data.train_dir has no image to train on (in it or below)."""
     root = Path(folder)
     if not root.is_dir():
-        raise ValueError(f"--train_dir {folder}: no such folder")
+        raise ValueError(f"--data.train_dir {folder}: no such folder")
     if not _count_images(root):
-        raise ValueError(f"--train_dir {folder}: no images in it or its subfolders (looked for "
+        raise ValueError(f"--data.train_dir {folder}: no images in it or its subfolders (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))} files)")
 
 
@@ -464,13 +607,13 @@ def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[Dataset
     A train_dir's subfolders are its datasets (../shared/data/train: T91/, BSD200/, BSDS500_test200/); images
     directly in it count as one dataset named after the folder. A Hub dataset is named by its id and split.
     """
-    if cfg.uses_bundled_photos:
+    if cfg.data.uses_bundled_photos:
         count = len(source) if source is not None and hasattr(source, "__len__") else None
         return [DatasetInfo("the photos bundled with bsr_hub (CC0/public domain), astronaut held out", count)]
-    if cfg.dataset_name is not None:
+    if cfg.data.dataset_name is not None:
         count = len(source) if source is not None and hasattr(source, "__len__") else None
-        return [DatasetInfo(f"{cfg.dataset_name} (Hugging Face Hub, split {cfg.dataset_split})", count)]
-    root = Path(cfg.train_dir)
+        return [DatasetInfo(f"{cfg.data.dataset_name} (Hugging Face Hub, split {cfg.data.split})", count)]
+    root = Path(cfg.data.train_dir)
     found = []
     loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
@@ -489,14 +632,15 @@ def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[Dataset
 
 RESUME_GUARDED = (
     # the model
-    "preset", "scale", "model_overrides", "init_from",
+    "scale", "model.preset", "model.overrides", "model.init_from",
     # the batch stream
-    "train_dir", "dataset_name", "dataset_split", "image_column", "lr_column", "degradation", "degradation_mix",
-    "sampler",
-    "patch_size", "batch_size", "rfs_tau", "rfs_num_intervals", "rfs_candidates", "seed",
+    "seed", "data.train_dir", "data.dataset_name", "data.split", "data.image_column", "data.lr_column",
+    "data.streaming", "data.degradation", "data.degradation_mix", "data.transparent",
+    *(f"rfs.{f.name}" for f in dataclasses.fields(RFSConfig) if f.name not in RUN_WIDE["rfs"]),
     # the objective and the schedule
-    "l1_weight", "lp_weight", "lp_p", "lp_eps", "learning_rate", "adam_beta2", "lr_decay_at", "lr_decay_factor",
-    "warmup_steps", "max_steps", "gradient_accumulation_steps", "max_grad_norm", "ema_decay",
+    *(f"loss.{f.name}" for f in dataclasses.fields(LossConfig)),
+    "optim.learning_rate", "optim.adam_beta2", "optim.lr_decay_at", "optim.lr_decay_factor", "optim.warmup_steps",
+    "optim.max_steps", "optim.gradient_accumulation_steps", "optim.max_grad_norm", "optim.ema_decay",
 )
 """Settings whose change at a resume would silently make a different run than the checkpoint's."""
 
@@ -514,9 +658,13 @@ def _plain(value: Any) -> Any:
 
 
 def resume_changes(saved: dict[str, Any], current: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """(field, checkpoint's value, this run's value) for every guarded setting that differs."""
-    now = current.to_dict()
-    return [(k, saved.get(k), now[k]) for k in RESUME_GUARDED if k in saved and _plain(saved[k]) != _plain(now[k])]
+    """(setting, checkpoint's value, this run's value) for every guarded setting that differs. `saved` is the
+    config a checkpoint recorded: nested, or flat as bsr_hub 0.1 wrote it."""
+    nested, _ = nest(saved, "the checkpoint's config")
+    then = {f"{k}.{n}": v for k, part in nested.items() if k in SECTIONS for n, v in part.items()}
+    then.update({k: v for k, v in nested.items() if k not in SECTIONS})
+    now = current.flat()
+    return [(k, then[k], now[k]) for k in RESUME_GUARDED if k in then and _plain(then[k]) != _plain(now[k])]
 
 
 class ResumeChangedError(ValueError):
@@ -530,7 +678,7 @@ def check_resume(saved: dict[str, Any], current: TrainConfig, checkpoint: Path) 
         listed = "\n".join(f"  {k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in changes)
         raise ResumeChangedError(
             f"resuming from {checkpoint} with settings that change the batches or the schedule:\n{listed}\n"
-            "Resume with the checkpoint's values, start a new run (another --output_dir, --init_from the "
+            "Resume with the checkpoint's values, start a new run (another --output.dir, --model.init_from the "
             "checkpoint's model/), or pass --resume_allow_changes to continue anyway (the changes are recorded)."
         )
     return changes
@@ -573,7 +721,7 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, accelerator: Any, command: str):
         self.cfg, self.accelerator, self.command = cfg, accelerator, command
-        self.output = Path(cfg.output_dir)
+        self.output = Path(cfg.output.dir)
         self.step = 0
         self.wall_before = 0.0
         self.resumed_from: Path | None = None
@@ -644,19 +792,19 @@ class TrainingRun:
         for stale in remove_partial_checkpoints(self.output):
             self.accelerator.print(f"removed an interrupted checkpoint write: {stale}")
         if self._continues_this_folder():
-            if self.cfg.overwrite_output_dir:
-                self.accelerator.print("--overwrite_output_dir has no effect with --resume: the folder's run goes on")
+            if self.cfg.output.overwrite:
+                self.accelerator.print("--output.overwrite has no effect with --resume: the folder's run goes on")
             return
         left = previous_run(self.output)
         if not left:
             return
-        if not self.cfg.overwrite_output_dir:
+        if not self.cfg.output.overwrite:
             raise ValueError(
                 f"{self.output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
-                "folder (--overwrite_output_dir deletes those files first), or choose another --output_dir."
+                "folder (--output.overwrite deletes those files first), or choose another --output.dir."
             )
         clear_previous_run(self.output)
-        self.accelerator.print(f"--overwrite_output_dir: deleted the previous run's {'; '.join(left)} in {self.output}")
+        self.accelerator.print(f"--output.overwrite: deleted the previous run's {'; '.join(left)} in {self.output}")
 
     def _continues_this_folder(self) -> bool:
         """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
@@ -685,15 +833,15 @@ class TrainingRun:
 
     def init_weights(self, model: nn.Module) -> None:
         """Load --init_from into a fresh model (not on a resume: the checkpoint's weights replace them)."""
-        if self.resumed_from is not None or not self.cfg.init_from:
+        if self.resumed_from is not None or not self.cfg.model.init_from:
             return
         from .hub import CheckpointError
 
         try:
-            fresh = load_matching_weights(model, self.cfg.init_from)
+            fresh = load_matching_weights(model, self.cfg.model.init_from)
         except CheckpointError as err:  # a folder without safetensors weights, a damaged file, an unknown name
-            raise SystemExit(f"error: --init_from {self.cfg.init_from}: {err}") from None
-        self.accelerator.print(f"initialised from {self.cfg.init_from}; not loaded (shape differs, kept fresh): "
+            raise SystemExit(f"error: --model.init_from {self.cfg.model.init_from}: {err}") from None
+        self.accelerator.print(f"initialised from {self.cfg.model.init_from}; not loaded (shape differs, kept fresh): "
                                f"{fresh or 'none'}")
 
     def attach(self, model: Any, scheduler: Any, sampler: Any) -> None:
@@ -701,8 +849,8 @@ class TrainingRun:
         the scheduler are checkpointed by `save_checkpoint` itself (safetensors and JSON), not registered with
         Accelerate, whose load_state would unpickle them in full."""
         self.model, self.scheduler, self.sampler = model, scheduler, sampler
-        if self.cfg.ema_decay:
-            self.ema = EMA(self.accelerator.unwrap_model(model), self.cfg.ema_decay)
+        if self.cfg.optim.ema_decay:
+            self.ema = EMA(self.accelerator.unwrap_model(model), self.cfg.optim.ema_decay)
 
     def resume(self, optimizer: Any) -> None:
         """Load the checkpoint's state (every process its own RNG) and drop history written after it."""
@@ -712,7 +860,7 @@ class TrainingRun:
                                     self.scheduler, self.ema)
             except CheckpointStateError as err:
                 raise SystemExit(f"error: cannot resume from {self.resumed_from}: {err}") from None
-            if any(c["field"] in ("learning_rate", "adam_beta2") for c in self.changes if c["step"] == self.step):
+            if any(c["field"] in ("optim.learning_rate", "optim.adam_beta2") for c in self.changes if c["step"] == self.step):
                 self._apply_changed_optimizer_settings(optimizer)
             self.accelerator.print(f"resumed from {self.resumed_from} at step {self.step}")
         history_file = self.output / "history.jsonl"
@@ -720,7 +868,7 @@ class TrainingRun:
             self.history = self._read_history(history_file)
             history_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         if self.parent_lineage is None and self.accelerator.is_main_process:
-            self.parent_lineage = lineage_of(self.cfg.init_from)
+            self.parent_lineage = lineage_of(self.cfg.model.init_from)
 
     def _read_history(self, history_file: Path) -> list[dict[str, Any]]:
         """The history up to the resume step. A line that is not a whole entry (the last one, cut short when the
@@ -742,11 +890,11 @@ class TrainingRun:
 
     def _apply_changed_optimizer_settings(self, optimizer: Any) -> None:
         # load_state restored the checkpoint's base learning rate and betas; an allowed change must take effect.
-        self.scheduler.base_lrs = [self.cfg.learning_rate for _ in self.scheduler.base_lrs]
+        self.scheduler.base_lrs = [self.cfg.optim.learning_rate for _ in self.scheduler.base_lrs]
         for group, fn in zip(optimizer.param_groups, self.scheduler.lr_lambdas):
-            group["initial_lr"] = self.cfg.learning_rate
-            group["lr"] = self.cfg.learning_rate * fn(self.scheduler.last_epoch)
-            group["betas"] = (group["betas"][0], self.cfg.adam_beta2)
+            group["initial_lr"] = self.cfg.optim.learning_rate
+            group["lr"] = self.cfg.optim.learning_rate * fn(self.scheduler.last_epoch)
+            group["betas"] = (group["betas"][0], self.cfg.optim.adam_beta2)
 
     # -- during the loop
 
@@ -766,7 +914,7 @@ class TrainingRun:
             self.history.append(entry)
             with (self.output / "history.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-        if self.cfg.report_to != "none":
+        if self.cfg.output.report_to != "none":
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 
     def stop_agreed(self, requested_here: bool) -> bool:
@@ -798,7 +946,7 @@ class TrainingRun:
             save_run_state(tmp / "state", self.ema, self.scheduler)
             (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
             finalize_checkpoint(tmp, final)  # "latest" is never half-written
-            rotate_checkpoints(self.output, self.cfg.checkpoints_total_limit, self.run_id, self.step)
+            rotate_checkpoints(self.output, self.cfg.output.checkpoints_total_limit, self.run_id, self.step)
         accelerator.wait_for_everyone()
         return final
 
@@ -847,13 +995,13 @@ class TrainingRun:
         wall = self.wall_time()
         hardware = " then ".join(self._hardware_now())
         described = ", ".join(d.describe() for d in data)
-        batch = cfg.batch_size * cfg.gradient_accumulation_steps * self.accelerator.num_processes
-        stage = Stage(model=f"{cfg.preset}-x{cfg.scale}", init_from=cfg.init_from, steps=self.step, batch=batch,
+        batch = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * self.accelerator.num_processes
+        stage = Stage(model=f"{cfg.model.preset}-x{cfg.scale}", init_from=cfg.model.init_from, steps=self.step, batch=batch,
                       wall_time_s=round(wall, 1), hardware=hardware, command=self.command, data=described,
                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return TrainingRecord(
-            data=described, datasets=data, degradation=cfg.degradation,
-            sampler=cfg.sampler + ("" if cfg.sampler == "uniform" else f" (tau={cfg.rfs_tau})"),
+            data=described, datasets=data, degradation=cfg.data.degradation,
+            sampler=cfg.sampler_name,
             steps=self.step, wall_time_s=round(wall, 1), hardware=hardware, command=self.command,
             recipe=config_to_yaml(cfg), sampler_state=self.sampler.to_dict(), curve="training_curve.png",
             processes=processes, weights_checksum=checksum, resume_changes=self.changes,

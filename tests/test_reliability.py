@@ -213,7 +213,7 @@ def test_an_output_folder_holding_another_run_is_refused_unless_resumed_or_overw
     out = tmp_path / "run"
     assert _train(out, "--max_steps", "2", "--checkpointing_steps", "2") == 0
     with pytest.raises(SystemExit, match=r"holds another run: checkpoints/ \(step_2\); history\.jsonl; model/\. "
-                                         r"Resume it \(--resume latest\).*--overwrite_output_dir"):
+                                         r"Resume it \(--resume latest\).*--output.overwrite"):
         _train(out, "--max_steps", "2", "--seed", "1")
     assert _steps(out) == [2] and _history(out) == [1, 2]  # nothing of the first run touched
     first_id = json.loads((out / "checkpoints" / "step_2" / "trainer.json").read_text())["run_id"]
@@ -286,7 +286,7 @@ def test_an_empty_train_dir_is_a_clear_error_naming_it(tmp_path):
     empty = tmp_path / "photos"
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
-    with pytest.raises(SystemExit, match=rf"--train_dir {empty}: no images in it or its subfolders"):
+    with pytest.raises(SystemExit, match=rf"--data.train_dir {empty}: no images in it or its subfolders"):
         _train(tmp_path / "run", "--train_dir", str(empty))
 
 
@@ -337,7 +337,7 @@ def test_model_folders_never_unpickle_a_crafted_weights_file(tmp_path, tiny_chec
     _plant(tiny_checkpoint / "pytorch_model.bin", marker)  # the mixin's pickle format, which it would fall back to
     with pytest.raises(CheckpointError, match="missing model.safetensors"):
         BSRModel.from_pretrained(tiny_checkpoint)
-    with pytest.raises(SystemExit, match=r"--init_from .*: .*missing model\.safetensors"):
+    with pytest.raises(SystemExit, match=r"--model.init_from .*: .*missing model\.safetensors"):
         _train(tmp_path / "run", "--max_steps", "1", "--init_from", str(tiny_checkpoint))
     assert not marker.exists()
 

@@ -125,23 +125,24 @@ def test_mix_in_a_training_config_round_trips_through_yaml(tmp_path):
     import yaml
 
     from bsr_hub.cli import load_train_config as load_config
-    from bsr_hub.training import TrainConfig, config_to_yaml
+    from bsr_hub.training import config_from_dict, config_to_yaml
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("degradation_mix:\n  jpeg_probability: 0.25\n  resizers: [pil-box, torch-bicubic]\n")
+    recipe.write_text("data:\n  degradation_mix:\n    jpeg_probability: 0.25\n    resizers: [pil-box, torch-bicubic]\n")
     cfg, _ = load_config(["--config", str(recipe)])
-    assert isinstance(cfg.degradation_mix, DegradationMix)
-    assert cfg.degradation_mix.jpeg_probability == 0.25 and cfg.degradation_mix.resizers == ["pil-box", "torch-bicubic"]
-    again = TrainConfig(**yaml.safe_load(config_to_yaml(cfg)))
-    assert again.degradation_mix == cfg.degradation_mix
-    flag, _ = load_config(["--degradation_mix", "{}"])
-    assert flag.degradation_mix == DegradationMix()
-    assert load_config([])[0].degradation_mix is None
+    mix = cfg.data.degradation_mix
+    assert isinstance(mix, DegradationMix)
+    assert mix.jpeg_probability == 0.25 and mix.resizers == ["pil-box", "torch-bicubic"]
+    again = config_from_dict(yaml.safe_load(config_to_yaml(cfg)))
+    assert again.data.degradation_mix == mix
+    for flag in ("--data.degradation_mix", "--degradation_mix"):
+        assert load_config([flag, "{}"])[0].data.degradation_mix == DegradationMix()
+    assert load_config([])[0].data.degradation_mix is None
 
 
 def test_sampler_with_a_mix_returns_patches_of_the_claimed_size(tmp_path):
     """RFS positions come from the clean LR; the LR returned is the mix's, not the pair's."""
-    from bsr_hub.data import ImagePairs
+    from bsr_hub.data import DataConfig, ImagePairs
     from bsr_hub.degradations import degrade
     from bsr_hub.sampling import RFSConfig, RFSSampler
 
@@ -149,7 +150,7 @@ def test_sampler_with_a_mix_returns_patches_of_the_claimed_size(tmp_path):
     pairs = ImagePairs(hr=hrs, lr=[degrade(h, 2) for h in hrs], scale=2)
     cfg = RFSConfig(patch_size=16, batch_size=8, scale=2, num_intervals=2, prescan_patches=64)
     plain = RFSSampler(pairs, cfg).batch(0)
-    mixed_sampler = RFSSampler(pairs, cfg, degradation_mix=DegradationMix(resizers=["torch-bicubic"]))
+    mixed_sampler = RFSSampler(pairs, cfg, DataConfig(degradation_mix=DegradationMix(resizers=["torch-bicubic"])))
     mixed = mixed_sampler.batch(0)
     assert mixed["lr"].shape == (8, 3, 16, 16) and mixed["hr"].shape == (8, 3, 32, 32)
     assert 0 <= float(mixed["lr"].min()) and float(mixed["lr"].max()) <= 1

@@ -63,10 +63,14 @@ def test_the_folder_holds_what_a_space_needs(space):
         assert {"config.json", "model.safetensors"} <= {p.name for p in (space / "checkpoints" / name).iterdir()}
 
 
-def test_models_front_matter_lists_a_pushed_checkpoints_hub_id(space, tmp_path):
+@pytest.mark.parametrize("recipe", [
+    "scale: 3\noutput:\n  dir: out\n  push_to_hub: true\n  hub_model_id: me/my-bsr-x3\n",
+    "scale: 3\npush_to_hub: true\nhub_model_id: me/my-bsr-x3\n",  # as bsr_hub 0.1 wrote it, flat
+])
+def test_models_front_matter_lists_a_pushed_checkpoints_hub_id(space, tmp_path, recipe):
     pushed = tmp_path / "my-bsr-x3"
     BSRModel(tiny_config(scale=3)).save_pretrained(pushed)
-    (pushed / "training_config.yaml").write_text("scale: 3\npush_to_hub: true\nhub_model_id: me/my-bsr-x3\n")
+    (pushed / "training_config.yaml").write_text(recipe)
     local = tmp_path / "local-x2"
     BSRModel(tiny_config(scale=2)).save_pretrained(local)
     out = tmp_path / "space2"

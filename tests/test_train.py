@@ -25,7 +25,7 @@ DEBUG = str(REPO_ROOT / "configs" / "debug_cpu.yaml")
 
 
 def run(out: Path, *flags: str) -> int:
-    return train.main(["--config", DEBUG, "--output_dir", str(out), *flags])
+    return train.main(["--config", DEBUG, "--output.dir", str(out), *flags])
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 def test_a_short_run_writes_model_card_curve_and_rotates_checkpoints(tmp_path):
     out = tmp_path / "run"
-    assert run(out, "--max_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2") == 0
+    assert run(out, "--optim.max_steps", "8", "--output.checkpointing_steps", "2", "--output.checkpoints_total_limit", "2") == 0
     assert checkpoint_steps(out) == [6, 8]  # 2 and 4 rotated away
     model_dir = out / "model"
     for name in ("config.json", "model.safetensors", "README.md", "training_curve.png", "training.json",
@@ -71,15 +71,15 @@ def test_a_short_run_writes_model_card_curve_and_rotates_checkpoints(tmp_path):
 
 def test_resume_is_exact(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run(straight, "--max_steps", "6") == 0
-    assert run(resumed, "--max_steps", "6", "--checkpointing_steps", "3") == 0
+    assert run(straight, "--optim.max_steps", "6") == 0
+    assert run(resumed, "--optim.max_steps", "6", "--output.checkpointing_steps", "3") == 0
     # Stop after 3 of 6: delete what came after the step-3 checkpoint, then resume from "latest".
     import shutil
 
     shutil.rmtree(resumed / "checkpoints" / "step_6")
     shutil.rmtree(resumed / "model")
     assert checkpoint_steps(resumed) == [3]
-    assert run(resumed, "--max_steps", "6", "--checkpointing_steps", "3", "--resume", "latest") == 0
+    assert run(resumed, "--optim.max_steps", "6", "--output.checkpointing_steps", "3", "--resume", "latest") == 0
     assert_bitwise_equal(final_weights(straight), final_weights(resumed))
     history = [json.loads(line) for line in (resumed / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]  # no duplicated steps
@@ -100,14 +100,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(Accelerator, "save_state", crash_on_second)
     with pytest.raises(OSError, match="disk full"):
-        run(out, "--max_steps", "6", "--checkpointing_steps", "3")
+        run(out, "--optim.max_steps", "6", "--output.checkpointing_steps", "3")
     assert checkpoint_steps(out) == [3]  # the half-written step 6 never got its name
     assert (out / "checkpoints" / ".tmp-step_6").is_dir()
     monkeypatch.setattr(Accelerator, "save_state", real_save_state)
-    assert run(out, "--max_steps", "6", "--checkpointing_steps", "3", "--resume", "latest") == 0
+    assert run(out, "--optim.max_steps", "6", "--output.checkpointing_steps", "3", "--resume", "latest") == 0
     assert not (out / "checkpoints" / ".tmp-step_6").exists()
     straight = tmp_path / "straight"
-    assert run(straight, "--max_steps", "6") == 0
+    assert run(straight, "--optim.max_steps", "6") == 0
     assert_bitwise_equal(final_weights(straight), final_weights(out))
 
 
@@ -119,8 +119,8 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     out, straight = tmp_path / "run", tmp_path / "straight"
     steps = "400"
     proc = subprocess.Popen(
-        [sys.executable, "train.py", "--config", DEBUG, "--output_dir", str(out), "--max_steps", steps,
-         "--checkpointing_steps", "1000", "--validation_steps", "1000"],
+        [sys.executable, "train.py", "--config", DEBUG, "--output_dir", str(out), "--optim.max_steps", steps,
+         "--output.checkpointing_steps", "1000", "--validation.steps", "1000"],
         cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     history = out / "history.jsonl"
@@ -134,9 +134,9 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     (stopped_at,) = checkpoint_steps(out)
     assert 5 <= stopped_at < int(steps)
     assert not (out / "model").exists()  # stopped early: no final model pretending to be done
-    assert run(out, "--max_steps", steps, "--checkpointing_steps", "1000", "--validation_steps", "1000",
+    assert run(out, "--optim.max_steps", steps, "--output.checkpointing_steps", "1000", "--validation.steps", "1000",
                "--resume", "latest") == 0
-    assert run(straight, "--max_steps", steps, "--checkpointing_steps", "1000", "--validation_steps", "1000") == 0
+    assert run(straight, "--optim.max_steps", steps, "--output.checkpointing_steps", "1000", "--validation.steps", "1000") == 0
     assert_bitwise_equal(final_weights(straight), final_weights(out))
 
 
@@ -164,19 +164,29 @@ def test_mixed_precision_on_cpu_is_a_clear_error(tmp_path):
         run(tmp_path / "x", "--mixed_precision", "bf16")
 
 
-def test_recipe_errors_are_clear(tmp_path):
+def test_recipe_errors_are_clear(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("learning_rat: 0.1\n")
-    with pytest.raises(ValueError, match="unknown setting.*learning_rat"):
-        train.main(["--config", str(bad)])
-    with pytest.raises(ValueError, match="sampler must be one of"):
-        run(tmp_path / "x", "--sampler", "rfs")
+    for text, match in [
+        ("optim:\n  learning_rat: 0.1\n", r"optim.*unknown setting.*learning_rat.*known:.*learning_rate"),
+        ("learning_rat: 0.1\n", "unknown setting.*learning_rat"),
+        ("optim: 0.1\n", "optim is a section, a mapping of its settings"),
+        ("scale: 3\nrfs:\n  scale: 2\n", "scale is set once, at the top of a recipe"),
+        ("max_steps: 3\noptim:\n  max_steps: 4\n", "optim.max_steps is given twice"),
+        ("sampler: rfs\n", "sampler must be one of.*new spelling is rfs.mode"),
+        ("[1, 2]\n", "must be a mapping of settings"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            train.main(["--config", str(bad)])
+    with pytest.raises(SystemExit):
+        run(tmp_path / "x", "--rfs.mode", "rfs")
+    assert "invalid choice: 'rfs'" in capsys.readouterr().err
 
 
 def test_push_to_hub_fails_fast_when_the_hub_is_unreachable(tmp_path):
     start = time.perf_counter()
     with pytest.raises(SystemExit, match="cannot create or reach me/bsr-test"):
-        run(tmp_path / "x", "--push_to_hub", "--hub_model_id", "me/bsr-test")
+        run(tmp_path / "x", "--output.push_to_hub", "--output.hub_model_id", "me/bsr-test")
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "x" / "checkpoints").exists()  # failed before any training
 
@@ -194,7 +204,7 @@ def test_push_to_hub_uploads_the_model_folder_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "run"
-    assert run(out, "--max_steps", "3", "--push_to_hub", "--hub_model_id", "me/bsr-test") == 0
+    assert run(out, "--optim.max_steps", "3", "--output.push_to_hub", "--output.hub_model_id", "me/bsr-test") == 0
     assert sent["repo_id"] == "me/bsr-test"
     assert {"README.md", "config.json", "model.safetensors", "training_curve.png"} <= set(sent["files"])
     assert not any("checkpoint" in f or "state" in f.split("/")[0] for f in sent["files"])
@@ -202,8 +212,8 @@ def test_push_to_hub_uploads_the_model_folder_only(tmp_path, monkeypatch):
 
 
 def test_init_from_x2_weights_for_x4_reports_what_was_not_loaded(tmp_path, capsys):
-    assert run(tmp_path / "x2", "--max_steps", "2") == 0
-    assert run(tmp_path / "x4", "--max_steps", "2", "--scale", "4", "--init_from", str(tmp_path / "x2" / "model")) == 0
+    assert run(tmp_path / "x2", "--optim.max_steps", "2") == 0
+    assert run(tmp_path / "x4", "--optim.max_steps", "2", "--scale", "4", "--model.init_from", str(tmp_path / "x2" / "model")) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("initialised from"))
     # x4 has a second x2 stage (upsampler.2) that x2 lacks: it keeps its fresh initialisation.
@@ -215,28 +225,29 @@ def test_init_from_x2_weights_for_x4_reports_what_was_not_loaded(tmp_path, capsy
 
 def test_resume_with_changed_settings_fails_naming_each_field(tmp_path):
     out = tmp_path / "run"
-    assert run(out, "--max_steps", "3", "--checkpointing_steps", "3") == 0
+    assert run(out, "--optim.max_steps", "3", "--output.checkpointing_steps", "3") == 0
     with pytest.raises(SystemExit) as err:
-        run(out, "--max_steps", "6", "--resume", "latest", "--batch_size", "2", "--learning_rate", "0.1")
+        run(out, "--optim.max_steps", "6", "--resume", "latest", "--rfs.batch_size", "2", "--optim.learning_rate", "0.1")
     message = str(err.value)
-    assert "batch_size: 4 in the checkpoint, 2 now" in message
-    assert "learning_rate: 0.0005 in the checkpoint, 0.1 now" in message
-    assert "max_steps: 6 in the checkpoint" not in message and "max_steps: 3 in the checkpoint, 6 now" in message
+    assert "rfs.batch_size: 4 in the checkpoint, 2 now" in message
+    assert "optim.learning_rate: 0.0005 in the checkpoint, 0.1 now" in message
+    assert "optim.max_steps: 3 in the checkpoint, 6 now" in message
     assert "--resume_allow_changes" in message
     assert checkpoint_steps(out) == [3]  # nothing trained, nothing written
 
 
 def test_resume_allow_changes_trains_with_the_new_values_and_records_them(tmp_path):
     out = tmp_path / "run"
-    assert run(out, "--max_steps", "3", "--checkpointing_steps", "3") == 0
-    assert run(out, "--max_steps", "5", "--checkpointing_steps", "3", "--resume", "latest",
-               "--learning_rate", "0.002", "--resume_allow_changes") == 0
+    assert run(out, "--optim.max_steps", "3", "--output.checkpointing_steps", "3") == 0
+    assert run(out, "--optim.max_steps", "5", "--output.checkpointing_steps", "3", "--resume", "latest",
+               "--optim.learning_rate", "0.002", "--rfs.index_stride", "2", "--resume_allow_changes") == 0
     from bsr_hub.records import TrainingRecord
 
     record = TrainingRecord.load(out / "model" / "training.json")
     assert record.resume_changes == [
-        {"step": 3, "field": "learning_rate", "old": 0.0005, "new": 0.002},
-        {"step": 3, "field": "max_steps", "old": 3, "new": 5},
+        {"step": 3, "field": "rfs.index_stride", "old": 4, "new": 2},
+        {"step": 3, "field": "optim.learning_rate", "old": 0.0005, "new": 0.002},
+        {"step": 3, "field": "optim.max_steps", "old": 3, "new": 5},
     ]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     lr_at_4 = next(h["lr"] for h in history if h["step"] == 4 and "lr" in h)
@@ -246,16 +257,34 @@ def test_resume_allow_changes_trains_with_the_new_values_and_records_them(tmp_pa
 
 
 def test_resume_guard_covers_the_batch_stream_and_schedule():
-    from bsr_hub.training import RESUME_GUARDED, TrainConfig, resume_changes
+    from bsr_hub.training import RESUME_GUARDED, TrainConfig, config_from_dict, resume_changes
 
     saved = TrainConfig().to_dict()
-    assert resume_changes(saved, TrainConfig(learning_rate=5e-4, output_dir="elsewhere", num_workers=8)) == []
-    for name, value in [("batch_size", 2), ("gradient_accumulation_steps", 2), ("patch_size", 24),
-                        ("sampler", "uniform"), ("rfs_tau", 1.0), ("learning_rate", 1e-3), ("lr_decay_at", [0.9]),
-                        ("lr_decay_factor", 0.1), ("warmup_steps", 0), ("max_steps", 1), ("scale", 3),
-                        ("preset", "bsr-base"), ("model_overrides", {"use_attention": False}), ("seed", 1)]:
+    harmless = config_from_dict({"optim": {"learning_rate": 5e-4},
+                                 "data": {"num_workers": 8}, "output": {"dir": "elsewhere", "logging_steps": 5}})
+    assert resume_changes(saved, harmless) == []
+    for name, value in [("rfs.batch_size", 2), ("optim.gradient_accumulation_steps", 2), ("rfs.patch_size", 24),
+                        ("rfs.mode", "uniform"), ("rfs.tau", 1.0), ("rfs.index_stride", 2), ("loss.lp_p", 1.0),
+                        ("optim.learning_rate", 1e-3), ("optim.lr_decay_at", [0.9]),
+                        ("optim.lr_decay_factor", 0.1), ("optim.warmup_steps", 0), ("optim.max_steps", 1),
+                        ("scale", 3), ("model.preset", "bsr-base"), ("model.overrides", {"use_attention": False}),
+                        ("seed", 1), ("data.degradation", "BD")]:
         assert name in RESUME_GUARDED
-        assert resume_changes(saved, TrainConfig(**{name: value})) == [(name, saved[name], value)], name
+        section, _, field = name.rpartition(".")
+        changed = config_from_dict({section: {field: value}} if section else {name: value})
+        old = TrainConfig().flat()[name]
+        assert resume_changes(saved, changed) == [(name, old, value)], name
+
+
+def test_resume_guard_reads_a_checkpoint_written_with_the_flat_names():
+    """A checkpoint of bsr_hub 0.1 recorded its config flat; resuming it compares the same settings."""
+    from bsr_hub.training import TrainConfig, config_from_dict, resume_changes
+
+    flat = {"preset": "bsr-lite", "scale": 2, "sampler": "rfs-indexed", "batch_size": 16, "learning_rate": 5e-4,
+            "output_dir": "outputs/x", "seed": 0}
+    assert resume_changes(flat, TrainConfig()) == []
+    assert resume_changes(flat, config_from_dict({"rfs": {"mode": "uniform", "batch_size": 8}})) == [
+        ("rfs.mode", "indexed", "uniform"), ("rfs.batch_size", 16, 8)]
 
 
 # ---------------------------------------------------------------------------------------------- the record
@@ -264,7 +293,7 @@ def test_resume_guard_covers_the_batch_stream_and_schedule():
 def test_record_names_the_datasets_and_counts_their_images(tmp_path):
     from PIL import Image
 
-    from bsr_hub.training import TrainConfig, describe_training_data
+    from bsr_hub.training import config_from_dict, describe_training_data
 
     root = tmp_path / "train"
     for folder, n in (("T91", 3), ("BSD200", 2), ("mine", 1)):
@@ -272,15 +301,15 @@ def test_record_names_the_datasets_and_counts_their_images(tmp_path):
         for i in range(n):
             Image.new("RGB", (8, 8)).save(root / folder / f"{i}.png")
     (root / "mine" / "notes.txt").write_text("not an image")
-    data = describe_training_data(TrainConfig(train_dir=str(root)))
+    data = describe_training_data(config_from_dict({"data": {"train_dir": str(root)}}))
     assert [d.describe() for d in data] == ["T91 (3 images)", "BSD200 = BSDS500 train (2 images)", "mine (1 images)"]
 
 
 @pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "train").is_dir(), reason="no ../shared/data/train")
 def test_record_describes_the_shared_training_images():
-    from bsr_hub.training import TrainConfig, describe_training_data
+    from bsr_hub.training import config_from_dict, describe_training_data
 
-    data = describe_training_data(TrainConfig(train_dir=str(REPO_ROOT.parent / "shared" / "data" / "train")))
+    data = describe_training_data(config_from_dict({"data": {"train_dir": str(REPO_ROOT.parent / "shared" / "data" / "train")}}))
     assert {d.name: d.images for d in data} == {"T91": 91, "BSD200 = BSDS500 train": 200, "BSDS500 test": 200}
 
 
@@ -317,8 +346,8 @@ def test_the_bundled_record_loads():
 def test_lineage_continues_from_the_weights_a_run_starts_from(tmp_path):
     from bsr_hub.records import TrainingRecord
 
-    assert run(tmp_path / "a", "--max_steps", "2") == 0
-    assert run(tmp_path / "b", "--max_steps", "3", "--scale", "3", "--init_from", str(tmp_path / "a" / "model")) == 0
+    assert run(tmp_path / "a", "--optim.max_steps", "2") == 0
+    assert run(tmp_path / "b", "--optim.max_steps", "3", "--scale", "3", "--model.init_from", str(tmp_path / "a" / "model")) == 0
     a = TrainingRecord.load(tmp_path / "a" / "model" / "training.json")
     b = TrainingRecord.load(tmp_path / "b" / "model" / "training.json")
     assert [s.steps for s in b.lineage] == [2, 3] and b.lineage[0] == a.lineage[0]
