@@ -364,19 +364,15 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
     except MissingExtraError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.quiet:
+        datasets.disable_progress_bars()
     if args.suite == "robustness":
-        from .robustness import run_suite
-
-        if args.quiet:
-            datasets.disable_progress_bars()
-        return run_suite(args, prog)
+        return eval_robustness(args, prog)
     from .evaluation import BICUBIC, evaluate_benchmarks, launch_accelerator, load_model, markdown_table
     from .records import check_card_target, update_card
 
     accelerator, device = launch_accelerator(args.device)
     is_main = accelerator is None or accelerator.is_main_process
-    if args.quiet:
-        datasets.disable_progress_bars()
     try:
         model = load_model(args.model, args.scale, device)
         if args.update_card:
@@ -420,6 +416,63 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return status
+
+
+def eval_robustness(args: argparse.Namespace, prog: str) -> int:
+    """`--suite robustness`: score, print, and write the JSON / the card's Limitations table (one process)."""
+    import shlex
+    import time
+
+    from .benchmarks import EvaluationError, load_benchmark
+    from .evaluation import load_model, resolve_device
+    from .records import RecordError, check_card_target, update_card
+    from .robustness import (
+        DEFAULT_SUITE_BENCHMARKS,
+        evaluate_robustness,
+        markdown_table,
+        results_document,
+        robustness_suite,
+    )
+
+    if args.self_ensemble or args.degradation != "BI" or args.dataset:
+        print("error: --suite robustness makes its own LR (no --degradation, --self-ensemble or --dataset)",
+              file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, args.scale, resolve_device(args.device))
+        if args.update_card:
+            check_card_target(args.update_card, args.model, model)
+        scale = args.scale or model.scale
+        names = args.benchmarks or list(DEFAULT_SUITE_BENCHMARKS)
+        benchmarks = [load_benchmark(n, args.data_dir) for n in names]
+        suite, skipped = robustness_suite()
+        started = time.perf_counter()
+        rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet)
+    except (EvaluationError, RecordError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    words = ["--suite", "robustness", "--model", args.model, "--benchmarks", *names, "--data-dir", str(args.data_dir),
+             "--scale", str(scale)]
+    command = " ".join([prog, *map(shlex.quote, words)])
+    document = results_document(args.model, scale, rows, skipped, command)
+    document["wall_time_s"] = round(time.perf_counter() - started, 1)
+    print(markdown_table(document))
+    for resizer, why in skipped.items():
+        print(f"skipped {resizer}: {why}", file=sys.stderr)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
+    if args.update_card:
+        try:
+            path = update_card(args.update_card, [], robustness=document)
+            print(f"updated {path}", file=sys.stderr)
+        except (RecordError, OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    worse = [r for r in rows if r.gain < 0]
+    if worse:
+        print(f"note: below bicubic on {len(worse)} of {len(rows)} rows (see the table)", file=sys.stderr)
+    return 0
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

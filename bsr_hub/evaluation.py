@@ -62,11 +62,16 @@ def load_model(name: str, scale: int | None = None, device: str | torch.device =
     return model.eval()
 
 
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> CUDA when there is one, else the CPU; any other name as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def launch_accelerator(device: str = "auto") -> tuple[Any, str | torch.device]:
     """(Accelerator or None, device): an Accelerator when launched as several processes (`accelerate launch`),
-    whose device wins; otherwise `device` ("auto": CUDA when there is one)."""
+    whose device wins; otherwise `device` (`resolve_device`)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None, (("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        return None, resolve_device(device)
     Accelerator = require("accelerate", extra="train", what="evaluation over several processes").Accelerator
     # cpu=True is what makes a CPU-only multi-process launch actually synchronise (ENVIRONMENT.md).
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or device == "cpu")

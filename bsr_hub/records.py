@@ -33,6 +33,9 @@ TRAINING_INFO_NAME = "training.json"
 """Beside a checkpoint, written by training: the `training` dict of the card, kept when the card is re-rendered."""
 ROBUSTNESS_RESULTS_NAME = "robustness_results.json"
 """Beside a checkpoint: the last robustness-suite run (`bsr_hub.robustness`), shown under the card's Limitations."""
+TRAINING_CONFIG_NAME = "training_config.yaml"
+"""Beside a trained checkpoint: the run's resolved recipe (`TrainingRecord.recipe`), a file `train.py --config`
+takes to train it again."""
 CARD_NAME = "README.md"
 
 
@@ -244,8 +247,10 @@ class TrainingRecord:
             raise ValueError(f"cannot read the training record {path}: {err}") from err
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (a reader never sees half a file)."""
+        """Write atomically (a reader never sees half a file), with the recipe beside it as TRAINING_CONFIG_NAME."""
         write_text_atomically(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        if self.recipe:
+            write_text_atomically(Path(path).with_name(TRAINING_CONFIG_NAME), self.recipe)
 
 
 def _yaml_or_empty(text: str | None) -> dict[str, Any]:

@@ -9,13 +9,13 @@ A model that scores below bicubic on a row makes such inputs worse than plain up
     python evaluate.py --suite robustness --model bsr-lite-x2 --benchmarks Set5 Set14 \\
         --data-dir ../shared/data/benchmarks [--update-card bsr_hub/checkpoints/bsr-lite-x2]
 
-The results go to `robustness_results.json` beside the checkpoint and into its card, under Limitations.
+The results go to `robustness_results.json` beside the checkpoint and into its card, under Limitations
+(`records.update_card`); the command line is `cli.py`'s.
 OpenCV is optional: without it the three opencv-* resizers are skipped, and the results say so.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +27,6 @@ from .degradations import imresize, modcrop
 from .metrics import psnr_ssim
 from .resizers import OPENCV_RESIZERS, downscale, jpeg, opencv_available
 
-ROBUSTNESS_RESULTS_NAME = "robustness_results.json"
 SUITE_RESIZERS = (
     "matlab-bicubic", "pil-bicubic", "pil-bilinear", "pil-box", "pil-lanczos",
     "opencv-cubic", "opencv-linear", "opencv-area", "torch-bicubic",
@@ -150,56 +149,3 @@ def markdown_table(document: dict[str, Any]) -> str:
             cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}"]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def run_suite(args: Any, prog: str = "python evaluate.py") -> int:
-    """`evaluate.py --suite robustness`: score, print, and write the JSON / the card's Limitations table."""
-    import json
-    import shlex
-    import sys
-    from pathlib import Path
-
-    from .benchmarks import EvaluationError, load_benchmark
-    from .evaluation import load_model
-    from .records import RecordError, check_card_target, update_card
-
-    if args.self_ensemble or args.degradation != "BI" or args.dataset:
-        print("error: --suite robustness makes its own LR (no --degradation, --self-ensemble or --dataset)",
-              file=sys.stderr)
-        return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        model = load_model(args.model, args.scale, device)
-        if args.update_card:
-            check_card_target(args.update_card, args.model, model)
-        scale = args.scale or model.scale
-        names = args.benchmarks or list(DEFAULT_SUITE_BENCHMARKS)
-        benchmarks = [load_benchmark(n, args.data_dir) for n in names]
-        suite, skipped = robustness_suite()
-        started = time.perf_counter()
-        rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet)
-    except (EvaluationError, RecordError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    words = ["--suite", "robustness", "--model", args.model, "--benchmarks", *names, "--data-dir", str(args.data_dir),
-             "--scale", str(scale)]
-    command = " ".join([prog, *map(shlex.quote, words)])
-    document = results_document(args.model, scale, rows, skipped, command)
-    document["wall_time_s"] = round(time.perf_counter() - started, 1)
-    print(markdown_table(document))
-    for resizer, why in skipped.items():
-        print(f"skipped {resizer}: {why}", file=sys.stderr)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
-    if args.update_card:
-        try:
-            path = update_card(args.update_card, [], robustness=document)
-            print(f"updated {path}", file=sys.stderr)
-        except (RecordError, OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    worse = [r for r in rows if r.gain < 0]
-    if worse:
-        print(f"note: below bicubic on {len(worse)} of {len(rows)} rows (see the table)", file=sys.stderr)
-    return 0

@@ -72,7 +72,9 @@ class SpaceExport:
 def _hub_id_from_training(folder: Path) -> str | None:
     """The `hub_model_id` a train.py run pushed to, from its resolved recipe (read without needing pyyaml): under
     `output:` in a recipe with sections, at the top in one of bsr_hub 0.1."""
-    recipe = folder / "training_config.yaml"
+    from .records import TRAINING_CONFIG_NAME
+
+    recipe = folder / TRAINING_CONFIG_NAME
     if not recipe.is_file():
         return None
     text = recipe.read_text(errors="replace")

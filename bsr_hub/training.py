@@ -32,7 +32,7 @@ from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, lo
 from .configuration import from_mapping
 from .data import DataConfig
 from .losses import LossConfig
-from .records import DatasetInfo, Stage, TrainingRecord, lineage_of
+from .records import TRAINING_INFO_NAME, DatasetInfo, Stage, TrainingRecord, lineage_of
 from .resizers import DegradationMix
 from .sampling import RFSConfig
 
@@ -979,11 +979,10 @@ class TrainingRun:
         """Write the shippable model with its records into OUTPUT/model (main process) and return that folder."""
         model_dir = self.output / "model"
         if self.accelerator.is_main_process:
-            cfg = self.cfg
             self.shippable().save_pretrained(model_dir)
-            (model_dir / "training_config.yaml").write_text(config_to_yaml(cfg))
             plot_curves(self.history, model_dir / "training_curve.png")
-            self.make_record(data, processes, checksum).save(model_dir / "training.json")
+            # training.json, and the recipe beside it as training_config.yaml
+            self.make_record(data, processes, checksum).save(model_dir / TRAINING_INFO_NAME)
         self.accelerator.wait_for_everyone()
         return model_dir
 

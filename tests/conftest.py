@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Set before anything imports huggingface_hub: offline lookups fail in milliseconds instead of ~23 s of retries.
@@ -28,6 +29,18 @@ def tiny_config(scale: int = 2, **overrides) -> BSRConfig:
     values = dict(scale=scale, num_features=8, num_groups=2, num_blocks=1, attention_kernel_size=3)
     values.update(overrides)
     return BSRConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps its state in a process-wide singleton. Left set by a test that trains or evaluates in this
+    process, the processes a later test forks (accelerate.debug_launcher) inherit one process's state and see
+    num_processes == 1; whatever order the tests run in, each starts without it."""
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture

@@ -190,14 +190,8 @@ def _train(out, *flags: str) -> int:
 
     sys.path.insert(0, str(REPO_ROOT))
     import train
-    from accelerate.state import AcceleratorState
 
-    try:
-        return train.main(["--config", str(REPO_ROOT / "configs" / "debug_cpu.yaml"), "--output_dir", str(out), *flags])
-    finally:
-        # Accelerate keeps its state in a process-wide singleton: left set, the processes a later test forks
-        # (accelerate.debug_launcher in tests/test_sampling.py) would inherit one process's state.
-        AcceleratorState._reset_state(reset_partial_state=True)
+    return train.main(["--config", str(REPO_ROOT / "configs" / "debug_cpu.yaml"), "--output_dir", str(out), *flags])
 
 
 def _steps(out) -> list[int]:
