@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bsr_hub import BSRConfig, BSRModel
+from bsr_hub import BSRModel
 from bsr_hub.cli import load_train_config
 from bsr_hub.losses import HybridLoss
 from bsr_hub.records import format_duration
@@ -137,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     # (the sampler starts at its step).
     run = TrainingRun(cfg, accelerator, command)
     try:
-        return train(cfg, accelerator, run, command)
+        status = train(cfg, accelerator, run, command)
     finally:
         run.close()  # the folder's lock goes however the run ends: finished, stopped, or failed
+    leave(accelerator, run)
+    return status
 
 
 def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
@@ -147,7 +149,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     from accelerate.utils import gather_object
 
     # -- model
-    model = BSRModel(BSRConfig.from_preset(cfg.model.preset, scale=cfg.scale, **cfg.model.overrides))
+    model = BSRModel(cfg.model_config())
     run.init_weights(model)
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -257,7 +259,6 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             f"stopped at step {run.step}; checkpoint written to {saved}.\n"
             f"resume with: {command}" + ("" if cfg.resume else " --resume latest")
         )
-        finish(accelerator)
         return 0
 
     # -- the shippable model, its record, evaluation and card (main process writes; all evaluate)
@@ -280,13 +281,19 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             url = HfApi().upload_folder(repo_id=cfg.output.hub_model_id, folder_path=model_dir,
                                         commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
             accelerator.print(f"pushed to {url}")
-    finish(accelerator)
     return 0
 
 
-def finish(accelerator) -> None:
-    """Leave together: a rank that tears down its process group while another still writes the card can be
-    aborted by gloo on its way out ("terminate called without an active exception"), failing a finished run."""
+def leave(accelerator, run: TrainingRun) -> None:
+    """End a finished or stopped run's distributed life in order, so that every rank exits 0.
+
+    The prepared (DDP) model's reducer holds the gloo process group and its worker threads; still alive when the
+    interpreter shuts down, they can abort a rank whose work is done ("terminate called without an active
+    exception", a two-process test failed so once in CI). So: drop every reference to the prepared model and
+    optimizer (free_memory also collects cycles), let every rank get here, then destroy the group.
+    """
+    run.release()
+    accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, load_training_state, save_run_state
-from .configuration import from_mapping
+from .configuration import BSRConfig, from_mapping
 from .data import DataConfig
 from .losses import LossConfig
 from .records import TRAINING_INFO_NAME, DatasetInfo, Stage, TrainingRecord, lineage_of
@@ -184,6 +184,14 @@ class TrainConfig:
             if any(getattr(value, f) != v for f, v in handed.items()):
                 value = dataclasses.replace(value, **handed)
             setattr(self, name, value)
+        # The network this run would build: an unknown preset, a bad override or scale fails here, naming itself.
+        self.model_config()
+
+    def model_config(self) -> BSRConfig:
+        """The architecture of the trained network: the preset at the run's scale, with the overrides."""
+        if not isinstance(self.model.overrides, dict):
+            raise ValueError(f"model.overrides must be a mapping of BSRConfig fields, got {self.model.overrides!r}")
+        return BSRConfig.from_preset(self.model.preset, scale=self.scale, **self.model.overrides)
 
     @property
     def sampler_name(self) -> str:
@@ -747,6 +755,10 @@ class TrainingRun:
         """Let go of the output folder (its lock); train.py calls it however the run ends."""
         if self._lock is not None:
             self._lock.release()
+
+    def release(self) -> None:
+        """Drop the run's references to the prepared model, its scheduler and the sampler (the end of the run)."""
+        self.model = self.scheduler = self.sampler = None
 
     # -- start
 

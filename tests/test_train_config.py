@@ -129,6 +129,9 @@ def test_the_sampler_and_the_loss_take_the_configs_own_sections():
     ({"scale": 3, "data": {"scale": 2}}, "scale is set once"),
     ({"model": {"prest": "bsr-lite"}}, "model.*unknown setting.*prest.*known: init_from, overrides, preset"),
     ({"validation": {"steps": 0}}, "validation.steps must be >= 1"),
+    ({"model": {"preset": "bsr-huge"}}, "unknown preset 'bsr-huge'"),
+    ({"model": {"overrides": {"num_groups": 0}}}, "num_groups must be an integer from 1 to"),
+    ({"scale": 5}, r"scale must be one of \(2, 3, 4\)"),
 ])
 def test_each_section_checks_its_values(values, match):
     with pytest.raises(ValueError, match=match):
