@@ -33,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def train(out: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """train.py in its own process: each run gets a fresh Accelerate state and its own CUDA context."""
-    cmd = [sys.executable, "train.py", "--config", DEBUG, "--output_dir", str(out), *flags]
+    cmd = [sys.executable, "train.py", "--config", DEBUG, "--output.dir", str(out), *flags]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env or _env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -46,9 +46,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_train_bf16_with_ema_and_channels_last(tmp_path):
     out = tmp_path / "run"
-    train(out, "--max_steps", "40", "--mixed_precision", "bf16", "--channels_last", "--ema_decay", "0.99",
-          "--batch_size", "16", "--patch_size", "32", "--num_workers", "2", "--validation_steps", "20",
-          "--checkpointing_steps", "20")
+    train(out, "--optim.max_steps", "40", "--optim.mixed_precision", "bf16", "--optim.channels_last",
+          "--optim.ema_decay", "0.99", "--rfs.batch_size", "16", "--rfs.patch_size", "32", "--data.num_workers", "2",
+          "--validation.steps", "20", "--output.checkpointing_steps", "20")
     record = json.loads((out / "model" / "training.json").read_text())
     assert torch.cuda.get_device_name() in record["hardware"] and "bf16" in record["hardware"]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -62,16 +62,16 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(tmp_path):
     # Bitwise, with deterministic kernels (--deterministic: cuDNN/cuBLAS pick reproducible algorithms); without
     # them cuDNN may choose other convolution algorithms after the restart and the weights differ in the last bits.
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    flags = ["--max_steps", "12", "--mixed_precision", "bf16", "--channels_last", "--deterministic",
-             "--batch_size", "8", "--patch_size", "24", "--validation_steps", "1000"]
+    flags = ["--optim.max_steps", "12", "--optim.mixed_precision", "bf16", "--optim.channels_last", "--optim.deterministic",
+             "--rfs.batch_size", "8", "--rfs.patch_size", "24", "--validation.steps", "1000"]
     env = _env(CUBLAS_WORKSPACE_CONFIG=":4096:8")
     train(straight, *flags, env=env)
-    train(resumed, *flags, "--checkpointing_steps", "6", env=env)
+    train(resumed, *flags, "--output.checkpointing_steps", "6", env=env)
     import shutil
 
     shutil.rmtree(resumed / "checkpoints" / "step_12")
     shutil.rmtree(resumed / "model")
-    train(resumed, *flags, "--checkpointing_steps", "6", "--resume", "latest", env=env)
+    train(resumed, *flags, "--output.checkpointing_steps", "6", "--resume", "latest", env=env)
     from safetensors.torch import load_file
 
     a, b = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
