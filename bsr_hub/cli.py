@@ -597,10 +597,10 @@ def train_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="a YAML recipe (configs/*.yaml); flags given here override it")
     old_names = {new: old for old, new in FLAT_NAMES.items() if old != "sampler"}
-    run = parser.add_argument_group("the run")
+    run, docs = parser.add_argument_group("the run"), field_docs(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name not in SECTIONS:
-            _add_setting(run, TrainConfig, f.name, f.name, (), field_docs(TrainConfig).get(f.name))
+            _add_setting(run, TrainConfig, f.name, f.name, (), docs.get(f.name))
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section}: {_first_line(cls.__doc__)}")
         docs = field_docs(cls)

@@ -266,6 +266,7 @@ def nest(values: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]
     renamed = []
     for key, value in values.items():
         if key in SECTIONS:
+            value = {} if value is None else value  # a section whose settings are all commented out
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: {key} is a section, a mapping of its settings; got {value!r}")
             for k, v in value.items():

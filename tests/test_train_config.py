@@ -76,6 +76,8 @@ def test_a_flag_replaces_one_setting_of_a_recipe_section_not_the_section(tmp_pat
     cfg, path = load_train_config(["--config", str(recipe), "--optim.max_steps", "9", "--batch_size", "4"])
     assert path == str(recipe)
     assert (cfg.optim.max_steps, cfg.optim.learning_rate, cfg.rfs.batch_size) == (9, 1e-3, 4)
+    recipe.write_text("loss:\n  # l1_weight: 0.1\noptim:\n  max_steps: 7\n")  # a section left empty is no error
+    assert load_train_config(["--config", str(recipe)])[0].loss == TrainConfig().loss
 
 
 def test_every_setting_has_a_flag_and_round_trips_through_yaml():
