@@ -10,8 +10,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bsr_hub import BSRConfig, BSRModel
 
@@ -29,6 +31,29 @@ def tiny_config(scale: int = 2, **overrides) -> BSRConfig:
     values = dict(scale=scale, num_features=8, num_groups=2, num_blocks=1, attention_kernel_size=3)
     values.update(overrides)
     return BSRConfig(**values)
+
+
+def write_benchmark_images(folder: Path, count: int = 3, grey: bool = True, seed: int = 0) -> Path:
+    """A synthetic benchmark folder: small structured images, one of them grey (mode L), sides not multiples of
+    the scale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        h, w = 45 + 3 * i, 41 + 2 * i
+        y, x = np.mgrid[0:h, 0:w]
+        base = 128 + 70 * np.sin(x / (3.0 + i) + seed) * np.cos(y / 5.0)
+        img = np.clip(base[:, :, None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    if grey:  # scored on its own channel, as the protocol does
+        Image.fromarray(img[:, :, 1]).save(folder / "grey.png")
+    return folder
+
+
+@pytest.fixture
+def bench_dir(tmp_path: Path) -> Path:
+    """A benchmarks folder holding one synthetic benchmark, "Syn"."""
+    write_benchmark_images(tmp_path / "benchmarks" / "Syn")
+    return tmp_path / "benchmarks"
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 import pytest
 import torch
+from conftest import write_benchmark_images
 from PIL import Image
 
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
@@ -39,21 +40,6 @@ PUBLISHED_BICUBIC = {
 PSNR_TOL, SSIM_TOL = 0.02, 0.002
 
 
-def _write_images(folder: Path, count: int = 3, grey: bool = True, seed: int = 0) -> Path:
-    """Small structured images, one of them grey (mode L), sides not multiples of the scale."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        h, w = 45 + 3 * i, 41 + 2 * i
-        y, x = np.mgrid[0:h, 0:w]
-        base = 128 + 70 * np.sin(x / (3.0 + i) + seed) * np.cos(y / 5.0)
-        img = np.clip(base[:, :, None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    if grey:
-        Image.fromarray(img[:, :, 1]).save(folder / "grey.png")
-    return folder
-
-
 def _tiny_model(scale: int = 2, seed: int = 0) -> BSRModel:
     torch.manual_seed(seed)
     config = BSRConfig(scale=scale, num_features=8, num_groups=2, num_blocks=1, attention_kernel_size=3)
@@ -68,12 +54,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def bench_dir(tmp_path: Path) -> Path:
-    _write_images(tmp_path / "benchmarks" / "Syn")
-    return tmp_path / "benchmarks"
 
 
 @pytest.fixture
@@ -113,7 +93,7 @@ def test_self_ensemble_of_the_bicubic_model_changes_nothing(bench_dir: Path) -> 
 
 
 def test_self_ensemble_of_a_random_network_differs(tmp_path: Path) -> None:
-    bench = load_benchmark("One", _write_images(tmp_path / "One", count=1, grey=False).parent)
+    bench = load_benchmark("One", write_benchmark_images(tmp_path / "One", count=1, grey=False).parent)
     model = _tiny_model()
     plain = evaluate_benchmark(model, bench, 2, progress=False)
     ensemble = evaluate_benchmark(model, bench, 2, self_ensemble=True, progress=False)
@@ -144,7 +124,7 @@ def test_json_output_has_the_documented_shape(bench_dir: Path, tiny_ckpt: Path, 
 
 
 def test_bd_and_tiling_run(tmp_path: Path, tiny_ckpt: Path) -> None:
-    bench = load_benchmark("One", _write_images(tmp_path / "One", count=1, grey=False).parent)
+    bench = load_benchmark("One", write_benchmark_images(tmp_path / "One", count=1, grey=False).parent)
     model = BSRModel.from_pretrained(tiny_ckpt)
     whole = evaluate_benchmark(model, bench, 2, "BD", progress=False)
     tiled = evaluate_benchmark(model, bench, 2, "BD", tile=12, progress=False)
@@ -194,7 +174,7 @@ def test_update_card_rerun_replaces_values_and_keeps_the_rest(bench_dir: Path, t
     from huggingface_hub import ModelCard
 
     (tiny_ckpt / "training.json").write_text(json.dumps({"data": "T91 (91 images)", "steps": 1234}))
-    _write_images(bench_dir / "Other", count=2, grey=False, seed=5)
+    write_benchmark_images(bench_dir / "Other", count=2, grey=False, seed=5)
     base = ["--model", str(tiny_ckpt), "--data-dir", str(bench_dir), "--scale", "2", "-q", "--update-card", str(tiny_ckpt)]
     assert main([*base, "--benchmarks", "Syn", "Other"]) == 0
     first = json.loads((tiny_ckpt / "eval_results.json").read_text())["results"]
@@ -203,7 +183,7 @@ def test_update_card_rerun_replaces_values_and_keeps_the_rest(bench_dir: Path, t
     # New images under the same benchmark name: the re-run must replace Syn's numbers and keep Other's.
     for f in (bench_dir / "Syn").iterdir():
         f.unlink()
-    _write_images(bench_dir / "Syn", count=2, grey=False, seed=9)
+    write_benchmark_images(bench_dir / "Syn", count=2, grey=False, seed=9)
     assert main([*base, "--benchmarks", "Syn"]) == 0
 
     stored = json.loads((tiny_ckpt / "eval_results.json").read_text())["results"]
@@ -305,7 +285,7 @@ def _two_process_eval(bench_dir: str, ckpt: str, out: str) -> None:
 def test_two_processes_give_the_numbers_of_one(bench_dir: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     from accelerate import debug_launcher
 
-    _write_images(bench_dir / "Syn", count=5, grey=True, seed=3)  # 6 images: uneven shares are exercised too
+    write_benchmark_images(bench_dir / "Syn", count=5, grey=True, seed=3)  # 6 images: uneven shares are exercised too
     (bench_dir / "Syn" / "img4.png").unlink()  # 5 images over 2 processes: Accelerate pads one, gather drops it
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     assert main(["--model", str(tiny_ckpt), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "--scale", "2",

@@ -4,11 +4,8 @@ bicubic upscaling of the same LR, written into the card under Limitations."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
 
@@ -21,30 +18,6 @@ from bsr_hub.resizers import OPENCV_RESIZERS
 from bsr_hub.robustness import SUITE_JPEG_QUALITIES, SUITE_RESIZERS, evaluate_robustness, robustness_suite
 
 
-def _write_images(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        h, w = 44 + 4 * i, 40 + 2 * i
-        y, x = np.mgrid[0:h, 0:w]
-        base = 128 + 70 * np.sin(x / (3.0 + i)) * np.cos(y / 5.0)
-        img = np.clip(base[:, :, None] + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    Image.fromarray(img[:, :, 1]).save(folder / "grey.png")  # scored on its own channel, as the protocol does
-    return folder
-
-
-@pytest.fixture
-def bench_dir(tmp_path: Path) -> Path:
-    _write_images(tmp_path / "benchmarks" / "Syn")
-    return tmp_path / "benchmarks"
-
-
-@pytest.fixture
-def tiny_ckpt(tiny_checkpoint: Path) -> Path:
-    return tiny_checkpoint  # conftest's tiny model, saved
-
-
 def test_the_suite_is_every_resizer_alone_and_with_each_jpeg_quality(monkeypatch):
     suite, skipped = robustness_suite(with_opencv=True)
     assert [d.name for d in suite][:3] == ["matlab-bicubic", "matlab-bicubic+jpeg90", "matlab-bicubic+jpeg75"]
@@ -54,11 +27,11 @@ def test_the_suite_is_every_resizer_alone_and_with_each_jpeg_quality(monkeypatch
     assert not any(d.resizer in OPENCV_RESIZERS for d in suite)
 
 
-def test_matlab_row_is_the_published_protocol_and_bicubic_gains_nothing(bench_dir, tiny_ckpt):
+def test_matlab_row_is_the_published_protocol_and_bicubic_gains_nothing(bench_dir, tiny_checkpoint):
     """Two checks that tie the suite to the evaluator: its MATLAB-bicubic row is the published number of the
     same model, and the bicubic baseline scored by the suite gains exactly 0 dB over itself on every row."""
     bench = load_benchmark("Syn", bench_dir)
-    model = BSRModel.from_pretrained(tiny_ckpt).eval()
+    model = BSRModel.from_pretrained(tiny_checkpoint).eval()
     suite, _ = robustness_suite(with_opencv=False)
     rows = {r.degradation: r for r in evaluate_robustness(model, [bench], 2, suite, progress=False)}
     published = evaluate_benchmark(model, bench, 2, progress=False)
@@ -72,10 +45,10 @@ def test_matlab_row_is_the_published_protocol_and_bicubic_gains_nothing(bench_di
     assert len({round(r.bicubic_psnr, 4) for r in rows.values()}) > len(rows) // 2
 
 
-def test_suite_command_writes_results_and_the_cards_limitations(bench_dir, tiny_ckpt, tmp_path, capsys):
+def test_suite_command_writes_results_and_the_cards_limitations(bench_dir, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "rob.json"
-    rc = eval_main(["--suite", "robustness", "--model", str(tiny_ckpt), "--benchmarks", "Syn",
-                    "--data-dir", str(bench_dir), "-q", "--output", str(out), "--update-card", str(tiny_ckpt)])
+    rc = eval_main(["--suite", "robustness", "--model", str(tiny_checkpoint), "--benchmarks", "Syn",
+                    "--data-dir", str(bench_dir), "-q", "--output", str(out), "--update-card", str(tiny_checkpoint)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| pil-box+jpeg75 |" in printed
@@ -83,22 +56,22 @@ def test_suite_command_writes_results_and_the_cards_limitations(bench_dir, tiny_
     suite, skipped = robustness_suite()
     assert len(document["rows"]) == len(suite) and document["skipped_resizers"] == skipped
     assert document["command"].startswith("python evaluate.py --suite robustness --model ")
-    stored = json.loads((tiny_ckpt / "robustness_results.json").read_text())
+    stored = json.loads((tiny_checkpoint / "robustness_results.json").read_text())
     assert stored["rows"] == document["rows"]
-    card = (tiny_ckpt / "README.md").read_text()
+    card = (tiny_checkpoint / "README.md").read_text()
     assert "Inputs not made by MATLAB bicubic" in card and "| torch-bicubic+jpeg90 |" in card
     row = next(r for r in document["rows"] if r["degradation"] == "torch-bicubic")
     assert f"| torch-bicubic | {row['bicubic_psnr']:.2f} | {row['psnr']:.2f} |" in card
 
     # A later published-protocol evaluation re-renders the card from the records: the table stays.
-    assert eval_main(["--model", str(tiny_ckpt), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "-q",
-                      "--scale", "2", "--update-card", str(tiny_ckpt)]) == 0
-    again = (tiny_ckpt / "README.md").read_text()
+    assert eval_main(["--model", str(tiny_checkpoint), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "-q",
+                      "--scale", "2", "--update-card", str(tiny_checkpoint)]) == 0
+    again = (tiny_checkpoint / "README.md").read_text()
     assert "| torch-bicubic+jpeg90 |" in again and "Syn" in again
 
 
-def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_ckpt, capsys):
-    rc = eval_main(["--suite", "robustness", "--model", str(tiny_ckpt), "--benchmarks", "Syn",
+def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_checkpoint, capsys):
+    rc = eval_main(["--suite", "robustness", "--model", str(tiny_checkpoint), "--benchmarks", "Syn",
                     "--data-dir", str(bench_dir), "-q", "--degradation", "BD"])
     assert rc == 2 and "makes its own LR" in capsys.readouterr().err
 
