@@ -5,6 +5,7 @@ and the model card (`README.md`) rendered from both. Every read and write of the
       config.json, model.safetensors    the model (`modeling.py`)
       eval_results.json                 `EvalResults`: every result measured for it, merged run after run
       training.json                     `TrainingRecord`: data, recipe, cost and lineage, written by training
+      training_config.yaml              that recipe as a file `train.py --config` takes
       robustness_results.json           the robustness suite (`robustness.py`): inputs not made by MATLAB
       README.md                         the card, re-rendered (`card.py`) whenever a record changes
 
@@ -298,10 +299,13 @@ say it next to its name."""
 def trained_for(folder: str | os.PathLike) -> str:
     """"real" when the folder's training used a degradation mix (`resizers.DegradationMix`), else "benchmark"."""
     try:
-        training = read_training(folder) or {}
+        return _trained_for(read_training(folder))
     except (OSError, ValueError):
         return "benchmark"
-    mix = (training.get("sampler_state") or {}).get("degradation_mix")
+
+
+def _trained_for(training: dict[str, Any] | None) -> str:
+    mix = ((training or {}).get("sampler_state") or {}).get("degradation_mix")
     return "real" if mix else "benchmark"
 
 
@@ -361,6 +365,8 @@ def update_card(
             raise RecordError(f"not writing {r['benchmark']} into the card: unreadable images ({names})")
         if int(r["scale"]) != model.scale:
             raise RecordError(f"{r['benchmark']} was measured at x{r['scale']}, but {folder} is a x{model.scale} model")
+    if robustness is not None and int(robustness["scale"]) != model.scale:  # checked before anything is written
+        raise RecordError(f"the robustness suite ran at x{robustness['scale']}, but {folder} is a x{model.scale} model")
     previous = EvalResults.load(folder)
     name = model_name or previous.model or folder.name
     new = []
@@ -372,16 +378,15 @@ def update_card(
     merged = merge_results(previous.results, new)
     EvalResults(model=name, results=merged).save(folder)
     if robustness is not None:
-        if int(robustness["scale"]) != model.scale:
-            raise RecordError(f"the robustness suite ran at x{robustness['scale']}, but {folder} is a x{model.scale} model")
         write_text_atomically(folder / ROBUSTNESS_RESULTS_NAME, json.dumps(robustness, indent=2) + "\n")
     robustness = read_robustness(folder)
+    training = read_training(folder)
 
     commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
-        model, model_name=name, results=card_results, training=read_training(folder), evaluation_commands=commands,
-        load_as=_load_name(folder, name), robustness=robustness, trained_for=trained_for(folder),
+        model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
+        load_as=_load_name(folder, name), robustness=robustness, trained_for=_trained_for(training),
         robustness_table=robustness_table(robustness) if robustness else "",
     )
     target = write_text_atomically(folder / CARD_NAME, str(card))

@@ -146,8 +146,8 @@ class DegradationMix:
         unknown = [r for r in self.resizers if r not in RESIZERS]
         if not self.resizers or unknown:
             raise ValueError(f"degradation_mix.resizers: unknown {unknown} (choose from {', '.join(RESIZERS)})")
-        if any(r in OPENCV_RESIZERS for r in self.resizers) and not opencv_available():
-            require_opencv()  # raises with the install line
+        if any(r in OPENCV_RESIZERS for r in self.resizers):
+            require_opencv()  # at start-up, not at the first batch: raises naming the extra that installs it
         if self.resizer_weights is not None:
             w = self.resizer_weights
             if len(w) != len(self.resizers) or any(not x >= 0 for x in w) or not sum(w) > 0:
