@@ -130,7 +130,8 @@ def open_image(source: Source, *, max_pixels: int | None = None) -> Image.Image:
             raise ImageReadError(str(err), reason="unreadable") from None
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
-        img.close()
+        if img is not source:  # ours to close; a PIL image the caller handed in stays theirs
+            img.close()
         raise ImageReadError(f"{width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
                              f"{max_pixels / 1e6:g}", reason="too_large", size=(width, height))
     try:

@@ -51,7 +51,6 @@ symmetric (d c b a | a b c d), how MATLAB's imresize extends the image when the 
 on tiles, only the sides at the image's border grow."""
 
 
-
 # ---------------------------------------------------------------------------------------------- conversion in/out
 
 
