@@ -35,6 +35,7 @@ from bsr_hub.training import (
     TrainingRun,
     check_train_dir,
     describe_training_data,
+    ignore_stop_signals,
     launched_by_a_launcher,
     step_decay,
 )
@@ -163,6 +164,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.optim.gradient_accumulation_steps)
     on_gpu = accelerator.device.type == "cuda"
     loader = DataLoader(sampler, batch_size=None, num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                        worker_init_fn=ignore_stop_signals,  # the trainer alone answers Ctrl-C and SIGTERM
                         pin_memory=on_gpu)  # pinned pages make the non_blocking copies below asynchronous
 
     # -- schedule: stepped once per optimizer step, whatever the number of processes (so not prepared)
@@ -253,8 +255,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     fingerprints = gather_object([fingerprint.hexdigest()])
 
     if stopped:
-        if stop.parent_gone:
-            accelerator.print("the process that launched this one has ended (a signal to `accelerate launch`?)")
+        accelerator.print(f"stopping: {stop.reason()}")
         accelerator.print(
             f"stopped at step {run.step}; checkpoint written to {saved}.\n"
             f"resume with: {command}" + ("" if cfg.resume else " --resume latest")
