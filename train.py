@@ -65,6 +65,27 @@ def training_data(cfg: TrainConfig):
     return source, validation
 
 
+def validation_notice(cfg: TrainConfig) -> str | None:
+    """What goes unmeasured when the user's own data comes without a validation folder, and how to add one; said at
+    the start, not discovered in a card that reads "Not evaluated yet" at the end. None when nothing is missing."""
+    if cfg.data.uses_bundled_photos or cfg.validation.dir is not None:
+        return None
+    data = (f"--data.train_dir {cfg.data.train_dir}" if cfg.data.train_dir
+            else f"--data.dataset_name {cfg.data.dataset_name}")
+    if cfg.validation.eval_dirs:
+        missing = ("nothing is validated while it trains (the evaluation at the end, on --validation.eval_dirs, "
+                   "still runs)")
+    else:
+        missing = ("nothing is validated while it trains and nothing is evaluated at the end: its card will say "
+                   "\"Not evaluated yet\" and show no results next to bicubic")
+    return (
+        f"warning: {data} with no --validation.dir: {missing}. To validate, add --validation.dir FOLDER, a folder of "
+        "HR images that are not in the training data: a benchmark (e.g. ../shared/data/benchmarks/Set5), or a few of "
+        "your own images moved out of the training folder into one of their own (the demonstration run holds out "
+        f"the bundled {HELD_OUT_PHOTO} photo so); --validation.eval_dirs FOLDER ... evaluates on benchmarks at the end."
+    )
+
+
 def build_sampler(cfg: TrainConfig, source, accelerator, start_batch: int):
     from bsr_hub.sampling import RFSSampler
 
@@ -131,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if int(os.environ.get("WORLD_SIZE", "1")) != accelerator.num_processes:
         raise SystemExit(f"error: launched {os.environ['WORLD_SIZE']} processes but Accelerate sees {accelerator.num_processes}")
+    notice = validation_notice(cfg)
+    if notice:
+        accelerator.print(notice)
     if cfg.output.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
     set_seed(cfg.seed)
@@ -268,13 +292,19 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
 
     results = final_evaluation(cfg, validation, accelerator)
     if accelerator.is_main_process:
+        from bsr_hub.card import below_bicubic
         from bsr_hub.records import update_card
 
-        name = cfg.output.hub_model_id or f"{cfg.model.preset}-x{cfg.scale}"
-        update_card(model_dir, results, model_name=name, evaluation_command=command + " (evaluation at the end)")
+        update_card(model_dir, results, model_name=cfg.model_name,
+                    evaluation_command=command + " (evaluation at the end)")
         for r in results:
+            below = " -- below bicubic: flagged in the card" if below_bicubic(r) else ""
             accelerator.print(f"{r['benchmark']} x{cfg.scale}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} "
-                              f"(bicubic {r['bicubic_psnr']:.2f} dB)")
+                              f"(bicubic {r['bicubic_psnr']:.2f} dB){below}")
+        if not results:
+            accelerator.print(f"not evaluated (no --validation.dir or --validation.eval_dirs): `python evaluate.py "
+                              f"--model {model_dir} --scale {cfg.scale} --update-card {model_dir}` writes results "
+                              "into its card")
         accelerator.print(f"saved {model_dir} after {run.step} steps in {format_duration(run.wall_time())}")
         if cfg.output.push_to_hub:
             from huggingface_hub import HfApi

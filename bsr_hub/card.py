@@ -42,6 +42,14 @@ def _metric_type(metric: str, self_ensemble: bool) -> str:
     return f"{metric}-self-ensemble" if self_ensemble else metric
 
 
+def below_bicubic(result: dict[str, Any]) -> bool:
+    """Whether an evaluation entry's PSNR is below its bicubic baseline's, as the card shows both (rounded): a model
+    that makes those images worse than plain bicubic upscaling, which its card must say in words."""
+    bicubic = result.get("bicubic_psnr")
+    decimals = METRIC_DECIMALS["psnr"]
+    return bicubic is not None and round(float(result["psnr"]), decimals) < round(float(bicubic), decimals)
+
+
 def eval_results_for(results: list[dict[str, Any]]) -> list[EvalResult]:
     """model-index entries: one dataset entry per benchmark, scale and degradation (the dataset `config`, since
     the Hub groups metrics by task, dataset type and config); self-ensemble results are metrics of their own
@@ -123,7 +131,8 @@ def render_model_card(
     Args:
         model_name: the name shown in the card and used in the model-index (a Hub repo id or bundled name).
         results: evaluation entries as written by evaluate.py (`benchmark`, `scale`, `degradation`,
-            `self_ensemble`, `num_images`, `psnr`, `ssim`, optionally `bicubic_psnr`, `bicubic_ssim`).
+            `self_ensemble`, `num_images`, `psnr`, `ssim`, optionally `bicubic_psnr`, `bicubic_ssim`); one below
+            its bicubic PSNR is flagged in words under the table (`below_bicubic`).
         training: what training recorded (data, command, steps, wall time, hardware, recipe); absent fields are
             rendered as "not recorded".
     """
@@ -150,6 +159,7 @@ def render_model_card(
         conv_layers=model.num_conv_layers(),
         config_json=json.dumps(config.to_dict(), indent=2, sort_keys=True),
         results=results,
+        below_bicubic=[r for r in results if below_bicubic(r)],
         training=training or {},
         lineage=lineage,
         total=total,

@@ -99,6 +99,8 @@ class BSRModel(
         if not isinstance(config, BSRConfig):
             raise TypeError(f"BSRModel expects a BSRConfig, got {type(config).__name__}")
         self.config = config
+        # The checkpoint folder `from_pretrained` read: its records follow a `save_pretrained` of unchanged weights.
+        self.loaded_from: Path | None = None
         c, g = config.num_features, config.num_groups
         # Derived from the config, so not part of the state dict (keeps checkpoints strict and minimal). Kept 1-D:
         # a (1, 3, 1, 1) buffer converted to channels_last gets strides that DDP's buffer broadcast refuses.
@@ -202,8 +204,50 @@ class BSRModel(
         check_weights_header(folder / "config.json", folder / "model.safetensors", expected)
         model = cls(config)
         load_weights_strict(model, folder / "model.safetensors", map_location=map_location)
+        model.loaded_from = folder
         # load_state_dict copies into the existing (CPU) parameters: move the model itself.
         return model.to(map_location).eval()
+
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | Path,
+        *,
+        config: Any = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """The mixin's `save_pretrained`, with a card that does not pass this model off as another one.
+
+        The card is named after the folder (or `model_card_kwargs["model_name"]`), not after the preset and scale,
+        which name a bundled checkpoint. A model loaded with `from_pretrained` and saved with its weights unchanged
+        keeps the loaded checkpoint's records (results, training lineage, robustness: `records.carry_records`) and
+        its name; changed weights (fine-tuned, converted to another dtype) get a card that says they are not
+        evaluated yet.
+        """
+        from .records import carried_source, carry_records, how_to_load
+
+        folder = Path(save_directory)
+        given = dict(model_card_kwargs or {})
+        card = {"model_name": folder.resolve().name, **given}
+        card = {**how_to_load(folder, card["model_name"]), **card}
+        source = carried_source(self)  # before saving: saved where it came from, its weights would be replaced
+        super().save_pretrained(folder, config=config, model_card_kwargs=card)
+        if source is not None:
+            carry_records(source, folder, model_name=given.get("model_name"))
+        if push_to_hub:
+            return self.push_to_hub(repo_id or folder.name, config=config, model_card_kwargs=given,
+                                    **push_to_hub_kwargs)
+        return None
+
+    def push_to_hub(  # type: ignore[override]
+        self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> str:
+        """The mixin's `push_to_hub`, with the card named after the repository (`me/my-bsr`), not after the temporary
+        folder the model is saved in before the upload."""
+        card = {"model_name": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_file

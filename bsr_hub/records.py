@@ -9,7 +9,9 @@ and the model card (`README.md`) rendered from both. Every read and write of the
       robustness_results.json           the robustness suite (`robustness.py`): inputs not made by MATLAB
       README.md                         the card, re-rendered (`card.py`) whenever a record changes
 
-Writes are atomic (`files.write_atomically`): a reader never sees half a record.
+Writes are atomic (`files.write_atomically`): a reader never sees half a record. `BSRModel.save_pretrained` of a
+loaded model carries these records into the new folder while its weights are still the loaded ones
+(`carry_records`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,9 @@ TRAINING_CONFIG_NAME = "training_config.yaml"
 """Beside a trained checkpoint: the run's resolved recipe (`TrainingRecord.recipe`), a file `train.py --config`
 takes to train it again."""
 CARD_NAME = "README.md"
+CARRIED_RECORDS = (EVAL_RESULTS_NAME, TRAINING_INFO_NAME, TRAINING_CONFIG_NAME, ROBUSTNESS_RESULTS_NAME,
+                   "training_curve*.png", "training_history*.jsonl")
+"""What `carry_records` copies (names and patterns): the records, and the curves and histories of the lineage."""
 
 
 class RecordError(ValueError):
@@ -386,7 +392,7 @@ def update_card(
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
         model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
-        load_as=_load_name(folder, name), robustness=robustness, trained_for=_trained_for(training),
+        **how_to_load(folder, name), robustness=robustness, trained_for=_trained_for(training),
         robustness_table=robustness_table(robustness) if robustness else "",
     )
     target = write_text_atomically(folder / CARD_NAME, str(card))
@@ -397,16 +403,69 @@ def update_card(
     return target
 
 
-def _load_name(folder: Path, name: str) -> str:
-    """What the card's "How to use" passes to `from_pretrained`: the bundled name for a bundled checkpoint, a Hub
-    id for a model that has one, and otherwise the folder (a user's model named like a bundled one must not
-    point its readers at the bundled weights)."""
+LOCAL_LOAD_NOTE = "the folder holding this card; its Hub id once pushed"
+
+
+def how_to_load(folder: str | os.PathLike, name: str) -> dict[str, str | None]:
+    """What the card's "How to use" passes to `from_pretrained` (`load_as`), with a comment on it (`load_note`): the
+    bundled name for a bundled checkpoint, a Hub id for a model that has one, and otherwise a placeholder path ending
+    in the folder's name. Never the folder's absolute path (the card travels, the path is this machine's), nor a
+    bundled name for another folder (a user's model named like a bundled one must not point its readers at the
+    bundled weights)."""
     from .hub import bundled_checkpoints
 
+    folder = Path(folder)
     bundled = bundled_checkpoints()
-    if name in bundled:
-        return name if bundled[name].resolve() == folder.resolve() else str(folder)
-    return name if name.count("/") == 1 else str(folder)
+    if name in bundled and bundled[name].resolve() == folder.resolve():
+        return {"load_as": name, "load_note": None}
+    if name not in bundled and name.count("/") == 1:
+        return {"load_as": name, "load_note": None}
+    return {"load_as": f"path/to/{folder.resolve().name}", "load_note": LOCAL_LOAD_NOTE}
+
+
+def carry_records(source: str | os.PathLike, target: str | os.PathLike, *, model_name: str | None = None) -> list[Path]:
+    """Copy a checkpoint's records (`CARRIED_RECORDS`) into the folder its weights were saved in, and re-render the
+    card there: `from_pretrained("bsr-lite-x2").save_pretrained(folder)` keeps bsr-lite-x2's results and lineage.
+
+    The caller has checked that the weights saved in `target` are the ones in `source` (`carried_source`, before
+    saving): changed weights are not described by these records. `model_name` renames the copy (a Hub id it is
+    pushed to); by default it keeps the source's name. Returns the copied files; none when `source` has no records
+    or is `target` itself.
+    """
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        return []
+    found = [p for pattern in CARRIED_RECORDS for p in sorted(source.glob(pattern)) if p.is_file()]
+    copied = [Path(shutil.copyfile(p, target / p.name)) for p in found]
+    if copied:
+        update_card(target, [], model_name=model_name)
+    return copied
+
+
+def carried_source(model: torch.nn.Module) -> Path | None:
+    """The folder `model` was loaded from (`BSRModel.loaded_from`) when that folder's records describe it: it has
+    records, and `model` still holds its config and weights exactly. None otherwise (changed weights, no records)."""
+    folder = getattr(model, "loaded_from", None)
+    if folder is None or not any(any(Path(folder).glob(pattern)) for pattern in CARRIED_RECORDS):
+        return None
+    return Path(folder) if same_weights(model, folder) else None
+
+
+def same_weights(model: torch.nn.Module, folder: str | os.PathLike) -> bool:
+    """Whether `model` holds exactly the config and weights (dtype and values, wherever it lives) of the checkpoint in
+    `folder`: the model its records describe."""
+    import torch
+
+    from .modeling import BSRModel
+
+    if not isinstance(model, BSRModel):
+        return False
+    target = BSRModel.from_pretrained(folder)
+    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    theirs = target.state_dict()
+    return target.config.to_dict() == model.config.to_dict() and ours.keys() == theirs.keys() and all(
+        ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs
+    )
 
 
 def check_card_target(model_dir: str | os.PathLike, model_name: str, model: torch.nn.Module) -> None:
@@ -415,8 +474,6 @@ def check_card_target(model_dir: str | os.PathLike, model_name: str, model: torc
     Raises:
         RecordError: `model` is the bicubic baseline, or its weights are not those in `model_dir`.
     """
-    import torch
-
     from .modeling import BSRModel
 
     if not isinstance(model, BSRModel):
@@ -424,12 +481,7 @@ def check_card_target(model_dir: str | os.PathLike, model_name: str, model: torc
             f"--update-card {model_dir}: --model {model_name} is not that checkpoint; its numbers would be written "
             "into the card as the checkpoint's own (the bicubic baseline is added to the card automatically)"
         )
-    target = BSRModel.from_pretrained(model_dir)
-    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    theirs = target.state_dict()
-    if target.config.to_dict() != model.config.to_dict() or ours.keys() != theirs.keys() or not all(
-        torch.equal(ours[k], theirs[k]) for k in theirs
-    ):
+    if not same_weights(model, model_dir):
         raise RecordError(
             f"--update-card {model_dir}: that checkpoint is not the evaluated model {model_name} (different config "
             "or weights); pass the same checkpoint to --model and --update-card"

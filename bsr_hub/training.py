@@ -194,6 +194,12 @@ class TrainConfig:
         return BSRConfig.from_preset(self.model.preset, scale=self.scale, **self.model.overrides)
 
     @property
+    def model_name(self) -> str:
+        """What the trained model is called in its card, `eval_results.json` and lineage: its Hub id, else the output
+        folder's name; never the preset's, which names a bundled checkpoint (`bsr-lite-x2`) trained on other data."""
+        return self.output.hub_model_id or Path(self.output.dir).resolve().name
+
+    @property
     def sampler_name(self) -> str:
         """How the record names the sampler: rfs-indexed (tau=0.0), rfs-literal (tau=0.5) or uniform."""
         mode = self.rfs.mode
@@ -1026,7 +1032,7 @@ class TrainingRun:
         hardware = " then ".join(self._hardware_now())
         described = ", ".join(d.describe() for d in data)
         batch = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * self.accelerator.num_processes
-        stage = Stage(model=f"{cfg.model.preset}-x{cfg.scale}", init_from=cfg.model.init_from, steps=self.step, batch=batch,
+        stage = Stage(model=cfg.model_name, init_from=cfg.model.init_from, steps=self.step, batch=batch,
                       wall_time_s=round(wall, 1), hardware=hardware, command=self.command, data=described,
                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return TrainingRecord(

@@ -246,15 +246,31 @@ def test_card_lineage_total_and_how_to_use_point_at_the_right_weights(tmp_path: 
     changes = [{"step": 1500, "field": "max_steps", "old": 4000, "new": 3000}]
     (tiny_ckpt / "training.json").write_text(json.dumps({"data": "T91 (91 images)", "steps": 3000, "lineage": stages,
                                                          "resume_changes": changes}))
-    # A user's model saved under a bundled checkpoint's name must not send its readers to the bundled weights.
+    # A user's model saved under a bundled checkpoint's name must not send its readers to the bundled weights, nor
+    # to this machine's absolute path: the card travels.
     text = update_card(tiny_ckpt, [entry], model_name="bsr-lite-x2").read_text()
-    assert f'from_pretrained("{tiny_ckpt}")' in text and f"--model {tiny_ckpt}" in text
+    assert 'from_pretrained("path/to/ckpt")  # the folder holding this card' in text and "--model path/to/ckpt" in text
+    assert str(tiny_ckpt) not in text and "pypi.org" not in text and "pip install -e ." in text
     assert "10,000 steps, 2 h 23 min, in 2 stages" in text
     assert "at step 1500: `max_steps` 4000 -> 3000" in text
     assert "| 1 | bsr-lite-x2 | scratch | 7,000 | 16 | 1 h 23 min |" in text
     assert "| 2 | bsr-lite-x3 | bsr-lite-x2 | 3,000 | 16 | 1 h 00 min |" in text
     hub = update_card(tiny_ckpt, [entry], model_name="me/my-bsr").read_text()
     assert 'from_pretrained("me/my-bsr")' in hub
+
+
+def test_a_result_below_bicubic_is_flagged_in_the_card(tiny_ckpt: Path) -> None:
+    """Issue 20: a model worse than bicubic on a benchmark says so in words, naming the set and both numbers."""
+    entry = {"benchmark": "Set5", "scale": 2, "degradation": "BI", "self_ensemble": False, "num_images": 5,
+             "psnr": 33.634, "ssim": 0.93, "bicubic_psnr": 33.686, "bicubic_ssim": 0.9299, "per_image": []}
+    above = {**entry, "benchmark": "Set14", "psnr": 30.5, "bicubic_psnr": 30.2}
+    tie = {**entry, "benchmark": "BSD100", "psnr": 29.561, "bicubic_psnr": 29.558}  # 29.56 both, as the card shows
+    text = update_card(tiny_ckpt, [entry, above, tie], model_name="my-run").read_text()
+    evaluation = text[text.index("## Evaluation"):text.index("## Limitations")]
+    assert "**Below bicubic on Set5** (x2, BI): PSNR 33.63 dB against 33.69 dB for plain bicubic" in evaluation
+    assert evaluation.count("Below bicubic") == 1  # not Set14 (above), not BSD100 (equal as shown)
+    text = update_card(tiny_ckpt, [{**entry, "psnr": 34.0}]).read_text()
+    assert "Below bicubic" not in text  # measured again, above bicubic: the flag goes
 
 
 def test_merge_results_keys() -> None:

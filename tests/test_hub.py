@@ -156,6 +156,66 @@ def test_push_to_hub_uploads_config_weights_and_card(tiny_model, monkeypatch, tm
     assert_same_weights(tiny_model, BSRModel.from_pretrained(tmp_path / "uploaded"))
 
 
+def _fake_hub(monkeypatch, into: Path) -> dict:
+    """Stand-ins for the remote Hub: create_repo answers, upload_folder copies the uploaded folder into `into`."""
+    from huggingface_hub import RepoUrl
+
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded["repo_id"] = repo_id
+        into.mkdir()
+        for p in Path(folder_path).iterdir():
+            (into / p.name).write_bytes(p.read_bytes())
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return uploaded
+
+
+RECORDS = ("eval_results.json", "training.json", "training_config.yaml", "robustness_results.json", "training_curve.png")
+
+
+def test_a_loaded_checkpoint_saved_unchanged_keeps_its_results_and_lineage(tmp_path, monkeypatch):
+    """Issue 20: the README's own snippet, from_pretrained(bundled).save_pretrained(dir), wrote "Not evaluated yet"."""
+    name = "bsr-tiny-x2"
+    source = bundled_checkpoints()[name]
+    model = BSRModel.from_pretrained(name).to(memory_format=torch.channels_last)  # same values, other layout
+    model.save_pretrained(tmp_path / "copy")
+    copy = tmp_path / "copy"
+    for record in RECORDS:
+        assert (copy / record).read_bytes() == (source / record).read_bytes(), record
+    card = ModelCard.load(copy / "README.md")
+    theirs = ModelCard.load(source / "README.md")
+    assert card.data.model_name == name and card.data.eval_results == theirs.data.eval_results
+    assert "Not evaluated yet" not in card.text and "### Lineage" in card.text and "total training" in card.text
+    assert 'from_pretrained("path/to/copy")' in card.text and str(tmp_path) not in card.text
+
+    # Pushed, the copy is named after its repository, and its card sends readers there.
+    pushed = _fake_hub(monkeypatch, tmp_path / "uploaded")
+    BSRModel.from_pretrained(name).push_to_hub("me/tiny-copy")
+    card = ModelCard.load(tmp_path / "uploaded" / "README.md")
+    assert pushed["repo_id"] == "me/tiny-copy" and card.data.model_name == "me/tiny-copy"
+    assert card.data.eval_results == theirs.data.eval_results and 'from_pretrained("me/tiny-copy")' in card.text
+    assert all((tmp_path / "uploaded" / record).is_file() for record in RECORDS)
+
+
+@pytest.mark.parametrize("change", ["fine-tuned", "half"])
+def test_a_loaded_checkpoint_saved_changed_does_not_claim_its_results(tmp_path, change):
+    model = BSRModel.from_pretrained("bsr-tiny-x2")
+    if change == "fine-tuned":
+        with torch.no_grad():
+            model.tail.bias.add_(1e-3)
+    else:
+        model.half()
+    model.save_pretrained(tmp_path / "mine")
+    assert {p.name for p in (tmp_path / "mine").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    card = ModelCard.load(tmp_path / "mine" / "README.md")
+    assert card.data.eval_results is None and "Not evaluated yet" in card.text
+    assert card.text.count("bsr-tiny-x2") == 0 and "# mine" in card.text  # neither its name nor its lineage
+
+
 def test_card_template_ships_in_the_wheel(tmp_path):
     """save_pretrained must find model_card.md from an installed wheel, not only from a source checkout."""
     pytest.importorskip("hatchling", reason="building the wheel offline needs hatchling installed")
@@ -182,7 +242,7 @@ def test_card_template_ships_in_the_wheel(tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert "# bsr-x2" in (tmp_path / "saved" / "README.md").read_text()
+    assert "# saved" in (tmp_path / "saved" / "README.md").read_text()  # named after its folder
 
 
 

@@ -209,6 +209,61 @@ def test_push_to_hub_uploads_the_model_folder_only(tmp_path, monkeypatch):
     assert {"README.md", "config.json", "model.safetensors", "training_curve.png"} <= set(sent["files"])
     assert not any("checkpoint" in f or "state" in f.split("/")[0] for f in sent["files"])
     assert "me/bsr-test" in (out / "model" / "README.md").read_text()
+    from huggingface_hub import ModelCard
+
+    # Named by its Hub id: title, model-index and eval_results.json (not bsr-lite-x2, the bundled model's name).
+    assert ModelCard.load(out / "model" / "README.md").data.model_name == "me/bsr-test"
+    assert json.loads((out / "model" / "eval_results.json").read_text())["model"] == "me/bsr-test"
+
+
+def test_a_run_on_your_own_images_is_named_by_the_run_and_says_what_it_does_not_validate(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Issue 20, items 1 and 2: a model trained on a user's folder is not called bsr-lite-x2, is flagged where it is
+    below bicubic, has no local path in its card; and a run without a validation folder says so at the start."""
+    from conftest import write_benchmark_images
+    from huggingface_hub import ModelCard
+
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    write_benchmark_images(tmp_path / "my_images", count=4, grey=False)
+    write_benchmark_images(tmp_path / "bench" / "Syn", count=2, grey=False, seed=3)
+    assert run(Path("my-run"), "--data.train_dir", "my_images", "--validation.eval_dirs", "bench/Syn",
+               "--optim.max_steps", "2") == 0
+    out = capsys.readouterr().out
+    notice = next(line for line in out.splitlines() if "no --validation.dir" in line)
+    assert notice.startswith("warning: --data.train_dir my_images with no --validation.dir: nothing is validated")
+    assert "--validation.dir FOLDER" in notice and "own images moved out of the training folder" in notice
+    assert out.index(notice) < out.index("Syn x2: PSNR")  # said at the start, not after the run
+    assert "-- below bicubic: flagged in the card" in out  # two steps from scratch: far below bicubic
+
+    model_dir = tmp_path / "my-run" / "model"
+    card = ModelCard.load(model_dir / "README.md")
+    assert card.text.lstrip().startswith("# my-run\n") and card.data.model_name == "my-run"
+    assert json.loads((model_dir / "eval_results.json").read_text())["model"] == "my-run"
+    assert json.loads((model_dir / "training.json").read_text())["lineage"][-1]["model"] == "my-run"
+    assert "# bsr-lite-x2" not in card.text
+    (syn,) = json.loads((model_dir / "eval_results.json").read_text())["results"]
+    assert f"**Below bicubic on Syn** (x2, BI): PSNR {syn['psnr']:.2f} dB against {syn['bicubic_psnr']:.2f} dB" in card.text
+    assert 'from_pretrained("path/to/model")' in card.text and str(tmp_path) not in card.text
+    assert "pypi.org" not in card.text and "pip install -e ." in card.text
+
+
+def test_the_no_validation_notice_says_what_is_missing_and_how_to_add_it():
+    from bsr_hub.training import config_from_dict
+
+    notice = train.validation_notice(config_from_dict({"data": {"train_dir": "my_images"}}))
+    assert notice.startswith("warning: --data.train_dir my_images with no --validation.dir")
+    assert "nothing is evaluated at the end" in notice and '"Not evaluated yet"' in notice
+    assert "--validation.dir FOLDER" in notice and f"holds out the bundled {train.HELD_OUT_PHOTO} photo" in notice
+    assert "--data.dataset_name me/photos" in train.validation_notice(config_from_dict({"data": {"dataset_name": "me/photos"}}))
+    assert train.validation_notice(config_from_dict({})) is None  # the bundled photos: one is held out
+    assert train.validation_notice(config_from_dict({"data": {"train_dir": "x"}, "validation": {"dir": "v"}})) is None
+
+
+def test_a_run_is_named_by_its_hub_id_else_its_output_folder():
+    from bsr_hub.training import config_from_dict
+
+    assert config_from_dict({"output": {"dir": "runs/faces-x2"}}).model_name == "faces-x2"
+    assert config_from_dict({"output": {"dir": "runs/faces-x2", "hub_model_id": "me/faces"}}).model_name == "me/faces"
 
 
 def test_init_from_x2_weights_for_x4_reports_what_was_not_loaded(tmp_path, capsys):
@@ -351,7 +406,7 @@ def test_lineage_continues_from_the_weights_a_run_starts_from(tmp_path):
     a = TrainingRecord.load(tmp_path / "a" / "model" / "training.json")
     b = TrainingRecord.load(tmp_path / "b" / "model" / "training.json")
     assert [s.steps for s in b.lineage] == [2, 3] and b.lineage[0] == a.lineage[0]
-    assert b.lineage[1].init_from == str(tmp_path / "a" / "model") and b.lineage[1].model == "bsr-lite-x3"
+    assert b.lineage[1].init_from == str(tmp_path / "a" / "model") and b.lineage[1].model == "b"  # the run's name
     assert b.total_steps == 5 and b.total_wall_time_s == pytest.approx(a.wall_time_s + b.wall_time_s)
 
 
