@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from bsr_hub import BSRModel
 from bsr_hub.cli import load_train_config
+from bsr_hub.cpu import describe_cpu, has_native_bf16
 from bsr_hub.losses import HybridLoss
 from bsr_hub.records import format_duration
 from bsr_hub.training import (
@@ -35,6 +36,7 @@ from bsr_hub.training import (
     TrainingRun,
     check_train_dir,
     describe_training_data,
+    fp32_forward,
     ignore_stop_signals,
     launched_by_a_launcher,
     step_decay,
@@ -133,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if cfg.optim.mixed_precision != "no" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --optim.mixed_precision {cfg.optim.mixed_precision} needs a GPU; "
-                         "on a CPU use --optim.mixed_precision no")
+    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "fp16":
+        raise SystemExit("error: --optim.mixed_precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
+    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "bf16" and not has_native_bf16():
+        print(f"warning: this CPU ({describe_cpu()}) has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs "
+              "10 to 200 times slower than fp32 on such CPUs (bench/results/train_speed.md); "
+              "--optim.mixed_precision no is faster here", file=sys.stderr)
     if cfg.optim.deterministic:
         # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -259,7 +264,8 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
                 bar.set_postfix(**shown)
                 last_log, last_step = now, run.step
             if validation is not None and (run.step % cfg.validation.steps == 0 or run.step == cfg.optim.max_steps):
-                val_psnr, val_ssim = validate(run.shippable(), validation, cfg, accelerator)
+                with fp32_forward(run.shippable()) as shippable:
+                    val_psnr, val_ssim = validate(shippable, validation, cfg, accelerator)
                 run.record({"step": run.step, "val_psnr": val_psnr, "val_ssim": val_ssim})
                 model.train()
             at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps

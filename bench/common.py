@@ -39,3 +39,11 @@ def write_result(path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
+
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide which paths are fast on it, for a result file."""
+    from bsr_hub.cpu import describe_cpu
+
+    return describe_cpu()

@@ -265,18 +265,26 @@ def open_upload(path: str | os.PathLike, max_pixels: int) -> Image.Image:
         raise DemoInputError(message) from None
 
 
+ONE_PASS = "one pass"
+TILE_CHOICES = ["auto", ONE_PASS, "128", "256", "512", "1024"]
+
+
 def parse_tile(tile: Any) -> int | str:
-    """The tile setting: 0 or empty means upscale's automatic choice (the whole image, or cache-sized tiles where
-    those are faster), so the demo gives exactly what `model.upscale(img)` gives."""
-    if tile is None or tile == "":
+    """The tile setting in the words of `upscale(tile=...)` and `bsr-hub upscale --tile`: "auto" (or empty) is
+    the automatic choice (the whole image, or cache-sized tiles where those are faster), so the demo gives
+    exactly what `model.upscale(img)` gives; 0 or "one pass" is the whole image at once; n > 0 is tiles of n
+    input pixels."""
+    if tile is None or (isinstance(tile, str) and tile.strip().lower() in ("", "auto")):
         return "auto"
+    if isinstance(tile, str) and tile.strip().lower() == ONE_PASS:
+        return 0
     try:
         value = float(tile)
     except (TypeError, ValueError):
-        raise DemoInputError(f"tile size must be a whole number of pixels, got {tile!r}") from None
+        raise DemoInputError(f'tile size must be "auto", "one pass" or a whole number of pixels, got {tile!r}') from None
     if value < 0 or value != int(value):
-        raise DemoInputError(f"tile size must be 0 (automatic) or a positive whole number, got {tile!r}")
-    return int(value) or "auto"
+        raise DemoInputError(f'tile size must be "auto", 0 (one pass) or a positive whole number, got {tile!r}')
+    return int(value)
 
 
 def display_copy(img: Image.Image) -> Image.Image:
@@ -307,7 +315,7 @@ def upscale_upload(
     label: str,
     *,
     self_ensemble: bool = False,
-    tile: Any = 0,
+    tile: Any = "auto",
     max_pixels: int = int(DEFAULT_MAX_MEGAPIXELS * 1_000_000),
 ) -> UpscaleResult:
     """One demo request, without gradio: validate, upscale, and describe what was done."""
@@ -324,7 +332,7 @@ def upscale_upload(
             ImageOps.exif_transpose(img)
         )  # upscale applies EXIF rotation; so must the preview
     bicubic = shown.resize(result.size, Image.Resampling.BICUBIC)
-    tiles = "" if tile_px == "auto" else f", tiles of {tile_px} px"
+    tiles = {"auto": "", 0: ", in one pass"}.get(tile_px, f", tiles of {tile_px} px")
     info = (
         f"**{entry.name}** ({entry.source}) · preset `{entry.preset}` · {model.num_parameters():,} parameters · "
         f"{img.width}x{img.height} → {result.width}x{result.height} in {seconds:.2f} s on {model.device.type}"
@@ -537,13 +545,12 @@ def build_demo(
                     value=False,
                     label="Self-ensemble (average of 8 flips/rotations; 8x slower, slightly sharper)",
                 )
-                tile = gr.Slider(
-                    minimum=0,
-                    maximum=1024,
-                    step=32,
-                    value=0,
-                    label="Tile size in input pixels (0 = automatic: the whole image, or cache-sized tiles where faster; "
-                    "smaller uses less memory, result within 1 grey level)",
+                tile = gr.Dropdown(
+                    choices=TILE_CHOICES,
+                    value="auto",
+                    allow_custom_value=True,  # any tile size in input pixels
+                    label="Tiling: auto (the whole image, or cache-sized tiles where faster), one pass (the whole "
+                    "image at once), or a tile size in input pixels (less memory; result within 1 grey level)",
                 )
                 button = gr.Button("Upscale", variant="primary", interactive=bool(entries), elem_id="bsr-run")
             with gr.Column():

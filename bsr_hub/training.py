@@ -11,10 +11,10 @@ train.py stays a flat script in Accelerate's canonical order; everything here is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -23,6 +23,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 
 from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, load_training_state, save_run_state
 from .configuration import BSRConfig, from_mapping
+from .cpu import describe_cpu
 from .data import DataConfig
 from .losses import LossConfig
 from .records import TRAINING_INFO_NAME, DatasetInfo, Stage, TrainingRecord, lineage_of
@@ -377,6 +379,29 @@ def load_matching_weights(model: nn.Module, source: str) -> list[str]:
     return sorted(set(own) - set(matching))
 
 
+def _drop_autocast_forward(model: nn.Module) -> Any:
+    """Remove Accelerate's mixed-precision wrapper (an instance attribute over the class's `forward`); returns it."""
+    model.__dict__.pop("_original_forward", None)
+    return model.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def fp32_forward(model: nn.Module) -> Iterator[nn.Module]:
+    """The live model with its class's fp32 `forward` for a while, its mixed-precision wrapper back afterwards.
+
+    Under `mixed_precision`, Accelerate wraps the prepared model's forward in autocast. Validation measures the
+    network that will be shipped (fp32 weights, run in fp32), and the graph backends of `upscale` cannot trace
+    the wrapper's casts (ONNX has no bf16 convolution). Accelerate's own `unwrap_model(keep_fp32_wrapper=False)`
+    removes the wrapper for good, which would end mixed precision for the rest of the run.
+    """
+    saved = {k: model.__dict__[k] for k in ("forward", "_original_forward") if k in model.__dict__}
+    _drop_autocast_forward(model)
+    try:
+        yield model
+    finally:
+        model.__dict__.update(saved)
+
+
 class EMA:
     """Exponential moving average of a model's weights (checkpointed with the run's state).
 
@@ -390,6 +415,8 @@ class EMA:
         self.decay = decay
         self.updates = 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        _drop_autocast_forward(self.model)  # the average is shipped and evaluated in fp32
+
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -517,7 +544,9 @@ def hardware_description(accelerator: Any) -> str:
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
         return f"{n} x {name}" + (f", {accelerator.mixed_precision} mixed precision" if accelerator.mixed_precision != "no" else "")
-    return f"{n} CPU process(es) on {platform.machine()}, {torch.get_num_threads()} threads each, {os.cpu_count()} cores"
+    precision = f", {accelerator.mixed_precision} autocast" if accelerator.mixed_precision != "no" else ", fp32"
+    return (f"{n} CPU process(es) on {describe_cpu()}, {torch.get_num_threads()} threads each, {os.cpu_count()} "
+            f"cores{precision}")
 
 
 def plot_curves(history: list[dict[str, Any]], target: Path) -> None:

@@ -106,12 +106,12 @@ def _arrays_equal(a: Image.Image, b: Image.Image) -> bool:
 @pytest.mark.parametrize(
     "example, scale, self_ensemble, tile",
     [
-        ("chelsea.png", 2, False, 0),  # RGB
-        ("camera.png", 2, False, 0),  # grey stays grey
-        ("rocket.jpg", 3, False, 0),
-        ("coffee.png", 2, False, 0),
-        ("chelsea.png", 2, True, 0),  # self-ensemble
-        ("astronaut.png", 2, False, 96),  # tiled: equal to the library's result for that tile; 0 is upscale's default
+        ("chelsea.png", 2, False, "auto"),  # RGB
+        ("camera.png", 2, False, "auto"),  # grey stays grey
+        ("rocket.jpg", 3, False, "auto"),
+        ("coffee.png", 2, False, "one pass"),  # the API's tile=0
+        ("chelsea.png", 2, True, "auto"),  # self-ensemble
+        ("astronaut.png", 2, False, "96"),  # tiled: equal to the library's result for that tile
     ],
 )
 def test_api_output_is_the_models_output(served, checkpoints, example, scale, self_ensemble, tile):
@@ -123,7 +123,8 @@ def test_api_output_is_the_models_output(served, checkpoints, example, scale, se
     )
     model = BSRModel.from_pretrained(checkpoints[scale])
     with Image.open(path) as img:
-        expected = model.upscale(img, tile=tile or "auto", self_ensemble=self_ensemble)
+        expected = model.upscale(img, tile={"auto": "auto", "one pass": 0}.get(tile) if not tile.isdigit() else int(tile),
+                                 self_ensemble=self_ensemble)
         size_in = img.size
     with Image.open(png) as out:
         assert out.format == "PNG"
@@ -325,7 +326,12 @@ def test_bad_tile_is_refused(served):
     _, client = served
     with pytest.raises(Exception, match="tile size"):
         client.predict(handle_file(str(example_images()[0])), tile=-32, api_name="/upscale")
-    assert parse_tile(0) == "auto" and parse_tile("") == "auto" and parse_tile(64.0) == 64
+    # the API's and the CLI's words: "auto" (or empty) is the automatic choice, 0 and "one pass" the whole image
+    assert parse_tile("auto") == "auto" and parse_tile("") == "auto" and parse_tile(None) == "auto"
+    assert parse_tile(0) == 0 and parse_tile("0") == 0 and parse_tile("one pass") == 0
+    assert parse_tile(64.0) == 64 and parse_tile("64") == 64
+    with pytest.raises(DemoInputError, match="tile size"):
+        parse_tile("big")
     with pytest.raises(DemoInputError):
         parse_tile(12.5)
 

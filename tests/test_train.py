@@ -157,11 +157,59 @@ def test_two_processes_train_one_model_on_different_batches(tmp_path):
     assert "2 CPU process(es)" in training["hardware"]
 
 
-def test_mixed_precision_on_cpu_is_a_clear_error(tmp_path):
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(SystemExit, match="needs a GPU"):
-        run(tmp_path / "x", "--mixed_precision", "bf16")
+    with pytest.raises(SystemExit, match="fp16 needs a GPU; on a CPU use bf16"):
+        run(tmp_path / "x", "--optim.mixed_precision", "fp16")
+
+
+@pytest.mark.parametrize("how", ["flag", "recipe"])
+def test_bf16_on_cpu_trains_and_is_recorded(tmp_path, capsys, how):
+    """bf16 autocast on a CPU works from the flag and from the recipe, and the card's hardware row says so. On a
+    CPU without native bf16 the run warns that fp32 is faster there."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from bsr_hub.cpu import has_native_bf16
+
+    import yaml
+
+    out = tmp_path / "run"
+    args = ["--optim.max_steps", "2", "--output.checkpointing_steps", "100", "--validation.steps", "100"]
+    if how == "flag":
+        assert run(out, "--optim.mixed_precision", "bf16", *args) == 0
+    else:
+        recipe = yaml.safe_load(Path(DEBUG).read_text())
+        recipe.setdefault("optim", {})["mixed_precision"] = "bf16"
+        (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(recipe))
+        assert train.main(["--config", str(tmp_path / "bf16.yaml"), "--output.dir", str(out), *args]) == 0
+    training = json.loads((out / "model" / "training.json").read_text())
+    assert "bf16 autocast" in training["hardware"]
+    assert "bf16 autocast" in (out / "model" / "README.md").read_text()
+    err = capsys.readouterr().err
+    assert ("has no native bf16" in err) == (not has_native_bf16())
+
+
+def test_validation_runs_the_fp32_network_and_gives_the_mixed_precision_wrapper_back():
+    """Accelerate's bf16 wrapper is taken off the live model for validation (the shipped network is fp32, and the
+    graph backends cannot trace its casts) and put back for the rest of the run; the EMA copy never has it."""
+    from accelerate import Accelerator
+
+    from bsr_hub import BSRModel
+    from bsr_hub.training import EMA, fp32_forward
+
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    model = accelerator.prepare(BSRModel.from_preset("bsr-tiny", scale=2))
+    seen: list[torch.dtype] = []
+    model.head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    x = torch.rand(1, 3, 8, 8)
+
+    model(x)
+    with fp32_forward(model) as plain:
+        plain(x)
+    model(x)
+    EMA(model, 0.9).model(x)
+    assert seen == [torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]
 
 
 def test_recipe_errors_are_clear(tmp_path, capsys):
