@@ -514,7 +514,7 @@ def build_demo(
         gr.Markdown(
             "# BSR super-resolution\n"
             "Upscale a photo with a [BSR](https://doi.org/10.23919/ituk50268.2020.9303225) model from "
-            f"[bsr_hub](https://pypi.org/project/bsr-hub/). Inputs up to {settings.max_megapixels:g} megapixels; "
+            f"bsr_hub. Inputs up to {settings.max_megapixels:g} megapixels; "
             "the result is a lossless PNG."
             + (
                 " Models marked *for real photos* were trained on images shrunk by many resizers, with JPEG and "

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--image", default=None, help="image to upload (default: the bundled chelsea.png)")
     parser.add_argument("-o", "--output", default="docs/images/demo.png", help="screenshot path")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds each browser step may take (a loaded CPU)")
     args = parser.parse_args(argv)
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
         try:
             report = drive_demo(
-                demo.local_url, Path(args.image or EXAMPLES_DIR / "chelsea.png"), Path(args.output)
+                demo.local_url, Path(args.image or EXAMPLES_DIR / "chelsea.png"), Path(args.output), args.timeout
             )
         finally:
             demo.close()
