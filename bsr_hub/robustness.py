@@ -4,7 +4,9 @@ The published protocol (`bsr_hub.evaluation`) makes LR with MATLAB's antialiased
 other resizers and JPEG. For every benchmark image this makes the LR with each resizer of `SUITE_RESIZERS`
 (`bsr_hub.resizers`), alone and followed by JPEG at each of `SUITE_JPEG_QUALITIES`, then scores the model's output
 and MATLAB-bicubic upscaling of that same LR against the HR (Y-PSNR, `scale` pixels shaved, as the protocol).
-A model that scores below bicubic on a row makes such inputs worse than plain upscaling would.
+A model that scores below bicubic on a row makes such inputs worse than plain upscaling would. Each output's
+`metrics.blockiness` (the JPEG 8x8 grid of the LR as it shows in the output; 1.0 = none) is kept next to its
+PSNR: above bicubic's on a JPEG row, the model sharpens the grid; on the other rows it is a control near 1.
 
     python evaluate.py --suite robustness --model bsr-lite-x2 --benchmarks Set5 Set14 \\
         --data-dir ../shared/data/benchmarks [--update-card bsr_hub/checkpoints/bsr-lite-x2]
@@ -18,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from .degradations import imresize, modcrop
-from .metrics import psnr_ssim
+from .metrics import blockiness, psnr_ssim
 from .resizers import OPENCV_RESIZERS, downscale, jpeg, opencv_available
 
 SUITE_RESIZERS = (
@@ -65,10 +67,19 @@ def _rgb(hr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(hr[:, :, None], 3, axis=2)) if hr.ndim == 2 else hr
 
 
+class InputScore(NamedTuple):
+    """One image, one degradation: the model's output and bicubic upscaling of the same LR."""
+
+    psnr: float
+    bicubic_psnr: float
+    blockiness: float
+    bicubic_blockiness: float
+
+
 def score_inputs(
     model: torch.nn.Module, hr: np.ndarray, scale: int, suite: Sequence[InputDegradation], tile: Any = "auto"
-) -> list[tuple[float, float]]:
-    """(model PSNR, bicubic PSNR) per degradation of `suite` for one HR image ((H, W) grey or (H, W, 3) uint8)."""
+) -> list[InputScore]:
+    """The scores per degradation of `suite` for one HR image ((H, W) grey or (H, W, 3) uint8)."""
     hr = modcrop(hr, scale)
     hr_t = torch.from_numpy(np.ascontiguousarray(hr))
     hr_t = hr_t[None, None] if hr_t.ndim == 2 else hr_t.permute(2, 0, 1)[None]  # (1, C, H, W) uint8
@@ -78,11 +89,14 @@ def score_inputs(
         lr = degradation.make_lr(rgb, scale)  # (h, w, 3) uint8
         x = torch.from_numpy(lr).permute(2, 0, 1)[None].float().div_(255.0).to(model.device)  # (1, 3, h, w)
         with torch.inference_mode():
-            sr = model.upscale(x, tile=tile)  # (1, 3, H, W) in [0, 1]
+            sr = model.upscale(x, tile=tile).cpu()  # (1, 3, H, W) in [0, 1]
         bicubic = torch.from_numpy(imresize(lr, scale)).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8, MATLAB
-        ours, _ = psnr_ssim(sr.cpu(), hr_t, shave=scale)
+        ours, _ = psnr_ssim(sr, hr_t, shave=scale)
         base, _ = psnr_ssim(bicubic, hr_t, shave=scale)
-        out.append((float(ours[0]), float(base[0])))
+        out.append(InputScore(
+            float(ours[0]), float(base[0]),
+            float(blockiness(sr, scale, shave=scale)[0]), float(blockiness(bicubic, scale, shave=scale)[0]),
+        ))
     return out
 
 
@@ -95,6 +109,8 @@ class RobustnessRow:
     num_images: int
     psnr: float
     bicubic_psnr: float
+    blockiness: float  # metrics.blockiness of the model's output, mean over images (1.0 = no JPEG grid)
+    bicubic_blockiness: float
 
     @property
     def gain(self) -> float:
@@ -105,20 +121,21 @@ def evaluate_robustness(
     model: torch.nn.Module, benchmarks: Sequence[Any], scale: int, suite: Sequence[InputDegradation],
     *, tile: Any = "auto", progress: bool = True,
 ) -> list[RobustnessRow]:
-    """Mean PSNR of the model and of bicubic per (benchmark, degradation), over every image of each benchmark."""
+    """Mean PSNR and blockiness of the model and of bicubic per (benchmark, degradation), over every image of
+    each benchmark."""
     from tqdm.auto import tqdm
 
     from .benchmarks import read_hr
 
     rows = []
     for bench in benchmarks:
-        scores = np.zeros((len(bench.images), len(suite), 2))
+        scores = np.zeros((len(bench.images), len(suite), len(InputScore._fields)))
         for i, record in enumerate(tqdm(bench.images, desc=f"{bench.name} x{scale} robustness", disable=not progress)):
             scores[i] = score_inputs(model, read_hr(record), scale, suite, tile)
         for k, d in enumerate(suite):
             rows.append(RobustnessRow(
                 bench.name, d.name, d.resizer, d.jpeg_quality, len(bench.images),
-                float(scores[:, k, 0].mean()), float(scores[:, k, 1].mean()),
+                *(float(mean) for mean in scores[:, k].mean(axis=0)),  # in InputScore's order
             ))
     return rows
 
@@ -133,19 +150,27 @@ def results_document(model_name: str, scale: int, rows: Sequence[RobustnessRow],
 
 
 def markdown_table(document: dict[str, Any]) -> str:
-    """Rows: degradations; per benchmark: bicubic, the model, and the difference (dB)."""
+    """Rows: degradations; per benchmark: bicubic, the model, and the difference (dB), then the blockiness of
+    bicubic and of the model ("-" in a document written before the suite measured it)."""
     rows = document["rows"]
     benches = list(dict.fromkeys(r["benchmark"] for r in rows))
     degradations = list(dict.fromkeys(r["degradation"] for r in rows))
     by_key = {(r["benchmark"], r["degradation"]): r for r in rows}
-    head = "| LR made by | " + " | ".join(f"{b} bicubic | {b} model | {b} gain" for b in benches) + " |"
-    lines = [head, "|---|" + "---|" * (3 * len(benches))]
+    head = "| LR made by | " + " | ".join(
+        f"{b} bicubic | {b} model | {b} gain | {b} blockiness bicubic | {b} blockiness model" for b in benches
+    ) + " |"
+    lines = [head, "|---|" + "---|" * (5 * len(benches))]
     for d in degradations:
         cells = []
         for b in benches:
             r = by_key[(b, d)]
             gain = r["psnr"] - r["bicubic_psnr"]
             mark = " **(worse)**" if gain < 0 else ""
-            cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}"]
+            cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}",
+                      _figure(r.get("bicubic_blockiness")), _figure(r.get("blockiness"))]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bsr_hub.degradations import imresize
 from bsr_hub.metrics import (
     Y_COEFFS,
+    blockiness,
     gaussian_window_1d,
     luma,
     psnr,
@@ -151,3 +153,50 @@ def test_gpu_matches_cpu() -> None:
     pg, sg = psnr_ssim(a.cuda(), b.cuda(), shave=2)
     assert pg.device.type == "cuda"
     assert pg.item() == pytest.approx(pc.item(), abs=1e-9) and sg.item() == pytest.approx(sc.item(), abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------- blockiness
+
+
+def _block_grid_image(scale: int, shift: int = 0, seed: int = 0) -> np.ndarray:
+    """A (96 s + 5, 80 s + 3) grey noise image plus one random offset per 8s x 8s block, the blocks starting at
+    output pixel -`shift`: with shift 0 the steps are the JPEG grid of an x`scale` upscale."""
+    rng = np.random.default_rng(seed)
+    h, w = 96 * scale + 5, 80 * scale + 3
+    offsets = rng.uniform(-30, 30, (h // (8 * scale) + 2, w // (8 * scale) + 2))
+    rows, cols = (np.arange(h) + shift) // (8 * scale), (np.arange(w) + shift) // (8 * scale)
+    image = rng.normal(128, 20, (h, w)) + offsets[rows][:, cols]
+    return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_blockiness_is_one_without_a_grid_even_where_upscaling_makes_steps_depend_on_the_phase(scale) -> None:
+    """Bicubic upscaling of LR noise has steps that depend on where they fall in an LR pixel's s x s cell; the
+    figure compares LR pixel borders with LR pixel borders, so it reads 1 there (all positions would read ~1.15)."""
+    lr = np.random.default_rng(scale).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    assert blockiness(imresize(lr, scale), scale).item() == pytest.approx(1.0, abs=0.06)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_blockiness_finds_the_grid_at_multiples_of_8_times_the_scale(scale) -> None:
+    on_grid = blockiness(_block_grid_image(scale), scale).item()
+    assert on_grid > 1.2
+    for shift in (1, -1):  # the same steps one output pixel off the LR block borders are no grid
+        assert blockiness(_block_grid_image(scale, shift), scale).item() == pytest.approx(1.0, abs=0.06)
+
+
+def test_blockiness_takes_what_psnr_ssim_takes() -> None:
+    grey = _block_grid_image(2)
+    value = blockiness(grey, 2)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)  # Y of R = G = B is an affine map of the grey value: same ratio
+    assert blockiness(rgb, 2).item() == pytest.approx(value.item(), rel=1e-12)
+    batch = torch.from_numpy(np.stack([rgb, rgb[::-1].copy()])).permute(0, 3, 1, 2).float().div(255)  # (2, 3, H, W)
+    assert blockiness(batch, 2).shape == (2,)
+    assert blockiness(batch, 2)[0].item() == pytest.approx(value.item(), rel=1e-6)
+    assert math.isnan(blockiness(np.full((40, 40), 7, np.uint8), 2).item())  # no step at all
+    framed = grey.copy()
+    framed[:2], framed[-2:], framed[:, :2], framed[:, -2:] = 0, 255, 255, 0  # what a model's padding might do
+    assert blockiness(framed, 2).item() != pytest.approx(value.item(), rel=1e-3)
+    assert blockiness(framed, 2, shave=2).item() == pytest.approx(blockiness(grey, 2, shave=2).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="no 8x8 block border"):
+        blockiness(np.zeros((16, 16), np.uint8), 2)

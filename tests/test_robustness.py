@@ -41,6 +41,7 @@ def test_matlab_row_is_the_published_protocol_and_bicubic_gains_nothing(bench_di
         evaluate_benchmark(bicubic, bench, 2, progress=False).psnr, abs=1e-6)
     for r in evaluate_robustness(bicubic, [bench], 2, suite, progress=False):
         assert r.gain == pytest.approx(0.0, abs=1e-9), r.degradation
+        assert r.blockiness == pytest.approx(r.bicubic_blockiness, abs=1e-9), r.degradation
     # The rows differ from each other: the suite really makes different inputs.
     assert len({round(r.bicubic_psnr, 4) for r in rows.values()}) > len(rows) // 2
 
@@ -62,12 +63,32 @@ def test_suite_command_writes_results_and_the_cards_limitations(bench_dir, tiny_
     assert "Inputs not made by MATLAB bicubic" in card and "| torch-bicubic+jpeg90 |" in card
     row = next(r for r in document["rows"] if r["degradation"] == "torch-bicubic")
     assert f"| torch-bicubic | {row['bicubic_psnr']:.2f} | {row['psnr']:.2f} |" in card
+    # Blockiness next to PSNR, in the JSON, the printed table and the card (with what it means).
+    assert all(r["blockiness"] > 0 and r["bicubic_blockiness"] > 0 for r in document["rows"])
+    jpeg = next(r for r in document["rows"] if r["degradation"] == "pil-box+jpeg75")
+    cells = f"| {jpeg['bicubic_blockiness']:.2f} | {jpeg['blockiness']:.2f} |"
+    assert "Syn blockiness bicubic | Syn blockiness model |" in printed and cells in printed
+    assert "Syn blockiness model |" in card and cells in card and "Blockiness is how strongly" in card
 
     # A later published-protocol evaluation re-renders the card from the records: the table stays.
     assert eval_main(["--model", str(tiny_checkpoint), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "-q",
                       "--scale", "2", "--update-card", str(tiny_checkpoint)]) == 0
     again = (tiny_checkpoint / "README.md").read_text()
     assert "| torch-bicubic+jpeg90 |" in again and "Syn" in again
+
+
+def test_a_record_written_before_blockiness_still_renders(tiny_checkpoint):
+    """robustness_results.json files written before the suite measured blockiness show "-" in its columns."""
+    from bsr_hub.records import update_card
+
+    old_row = {"benchmark": "Set5", "degradation": "pil-box+jpeg75", "resizer": "pil-box", "jpeg_quality": 75,
+               "num_images": 5, "psnr": 31.52, "bicubic_psnr": 31.98}
+    document = {"model": "tiny", "scale": 2, "command": "python evaluate.py --suite robustness ...",
+                "rows": [old_row], "skipped_resizers": {}}
+    (tiny_checkpoint / "robustness_results.json").write_text(json.dumps(document))
+    card = update_card(tiny_checkpoint, []).read_text()
+    assert "| pil-box+jpeg75 | 31.98 | 31.52 | -0.46 **(worse)** | - | - |" in card
+    assert "Blockiness (\"-\") was not measured" in card and "Blockiness is how strongly" not in card
 
 
 def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_checkpoint, capsys):
