@@ -144,30 +144,77 @@ def _to_bchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(2, 0, 1).unsqueeze(0)  # (H, W, C) -> (1, C, H, W)
 
 
-def _restore(y: torch.Tensor, spec: _Restore) -> Any:
-    """(B, C, H, W) float in [0, 1] (C = 1..4, alpha last) -> the caller's kind, dtype and layout.
+class _Output:
+    """The caller's results, allocated once in their own kind and sample type and filled band by band of output rows
+    as the network produces them (`write`): for 8- and 16-bit outputs nothing as large as the image is float (a
+    float32 RGB copy would be 12 bytes per output pixel). A float tensor or array is its own float buffer.
 
-    Works in place on `y` (ours to spend): for a large image every full-size temporary is hundreds of MiB.
+    `x` is the prepared input (B, C, H, W), alpha last; `counts` how many of its images each result holds (one
+    result of B images for `upscale`, one per input for a batch of `upscale_many`).
     """
-    y = y.clamp_(0, 1)
-    if spec.kind == "torch":
-        y = y.to(device=spec.device, dtype=spec.dtype)
-        return y[0] if spec.layout == "CHW" else y
-    if spec.kind == "numpy":
-        dtype = np.dtype(spec.dtype)
-    else:
-        dtype = np.dtype(np.uint16) if spec.dtype in ("I;16", "I") else np.dtype(np.uint8)
-    if dtype in (np.uint8, np.uint16):
-        y = y.mul_(np.iinfo(dtype).max).round_().to(torch.int32 if dtype == np.uint16 else torch.uint8)
-    arr = y[0].permute(1, 2, 0).cpu().numpy()  # (H, W, C), a view
-    if spec.kind == "numpy":
-        arr = arr[:, :, 0] if spec.layout == "HW" else arr
-        return np.ascontiguousarray(arr.astype(dtype, copy=False))
-    if spec.dtype in ("I;16", "I"):
-        grey = np.ascontiguousarray(arr[:, :, 0])
-        return Image.fromarray(grey.astype(np.uint16) if spec.dtype == "I;16" else grey)
-    img = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
-    return img if img.mode == spec.dtype else img.convert(spec.dtype)  # (H, W, 2) -> LA, 3 -> RGB, 4 -> RGBA
+
+    def __init__(self, spec: _Restore, x: torch.Tensor, scale: int, counts: Sequence[int]):
+        self.spec, self.counts = spec, list(counts)
+        if spec.kind == "numpy":
+            self.integer = np.dtype(spec.dtype) if np.dtype(spec.dtype) in (np.uint8, np.uint16) else None
+        elif spec.kind == "pil":
+            self.integer = np.dtype(np.uint16) if spec.dtype in ("I;16", "I") else np.dtype(np.uint8)
+        else:
+            self.integer = None  # a float tensor
+        self.alpha = None
+        if spec.alpha:
+            # Bicubic over the whole plane, turned into output samples at once (1 byte per pixel for 8-bit): a band of
+            # it alone would differ from the whole in float rounding at x3 (source positions are computed from the
+            # absolute output row). Its float plane, 4 bytes per output pixel, lives only until then.
+            alpha = F.interpolate(x[:, -1:], scale_factor=scale, mode="bicubic", align_corners=False)
+            self.alpha = self._samples(alpha.clamp_(0, 1))  # (B, 1, sH, sW)
+        _, _, h, w = x.shape
+        channels = (1 if spec.grey else 3) + spec.alpha
+        self.results = [self._allocate(n, channels, h * scale, w * scale) for n in self.counts]
+
+    def _allocate(self, n: int, channels: int, height: int, width: int) -> Any:
+        spec = self.spec
+        if spec.kind == "torch":
+            return torch.empty(n, channels, height, width, dtype=spec.dtype, device=spec.device)
+        if spec.kind == "numpy":
+            return np.empty((height, width) if spec.layout == "HW" else (height, width, channels), spec.dtype)
+        return Image.new(spec.dtype, (width, height))  # L, LA, RGB, RGBA, or I;16 / I for deeper grey
+
+    def _samples(self, y: torch.Tensor) -> torch.Tensor:
+        """Float in [0, 1] -> the output's samples, in place where it can: clamped, and for integer outputs scaled to
+        their full range and rounded half to even (torch.round), the same rule for a band as for a whole image."""
+        y = y.clamp_(0, 1)
+        if self.spec.kind == "torch":
+            return y.to(device=self.spec.device, dtype=self.spec.dtype)
+        if self.integer is None:
+            return y  # a float array: numpy casts on assignment, as astype would
+        return y.mul_(np.iinfo(self.integer).max).round_().to(torch.int32 if self.integer == np.uint16 else torch.uint8)
+
+    def write(self, row: int, band: torch.Tensor) -> None:
+        """Network output rows row..row+n, (B, 3, n, sW) float clamped to [0, 1] (ours to spend) -> the results."""
+        n = band.shape[-2]
+        y = self._samples(band.mean(dim=1, keepdim=True) if self.spec.grey else band)  # (B, 1 or 3, n, sW)
+        if self.alpha is not None:
+            y = torch.cat([y, self.alpha[:, :, row : row + n].to(y.device)], dim=1)
+        start = 0
+        for result, count in zip(self.results, self.counts):
+            part, start = y[start : start + count], start + count
+            if self.spec.kind == "torch":
+                result[:, :, row : row + n] = part
+                continue
+            arr = part[0].permute(1, 2, 0).cpu().numpy()  # (n, sW, C), a view
+            if self.spec.kind == "numpy":
+                result[row : row + n] = arr[:, :, 0] if self.spec.layout == "HW" else arr
+            else:
+                arr = arr.astype(np.uint16) if self.spec.dtype == "I;16" else arr  # "I" keeps int32
+                band_image = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
+                result.paste(band_image, (0, row))  # (n, sW, 2) -> LA, 3 -> RGB, 4 -> RGBA: the result's own mode
+
+    def finished(self) -> list[Any]:
+        """The results, in the caller's layout."""
+        if self.spec.kind == "torch" and self.spec.layout == "CHW":
+            return [result[0] for result in self.results]
+        return self.results
 
 
 # ---------------------------------------------------------------------------------------------- the forward passes
@@ -346,38 +393,50 @@ def _run_tiled(
     scale: int,
     tile: int | None,
     overlap: int,
+    emit: Callable[[int, torch.Tensor], None],
     context: int = BORDER_CONTEXT,
-) -> torch.Tensor:
-    """Super-resolve (B, C, H, W) into (B, C, sH, sW) on x's device: in one pass (`tile=None`), or tile by tile.
+) -> None:
+    """Super-resolve (B, C, H, W) on x's device, in one pass (`tile=None`) or tile by tile, handing the result to
+    `emit(row, band)` from the top down: output rows row..row+n as a (B, C, n, sW) float band, emit's to spend (it
+    may work in place) until it returns.
 
     Each side of a tile that is a border of the image gets `context` mirrored pixels (BORDER_CONTEXT), as one pass
-    does; its other sides are cross-faded with its neighbours'. The blending weights are separable (a row ramp
-    times a column ramp over a grid of tiles), so they are normalised by two 1-D sums rather than by a weight image
-    as large as the output: the output buffer is the one allocation that grows with the image.
+    does; its other sides are cross-faded with its neighbours'. The tiles are summed into a buffer one row of tiles
+    tall; the rows no later row of tiles reaches are then final, and go out, and the rows the next row of tiles
+    shares are carried down. The blending weights are separable (a row ramp times a column ramp), so they are
+    normalised by two 1-D sums. Nothing here grows with the image but those sums: what the result is assembled in
+    is the caller's (`_Output`), and each pixel's sum is made in the same order as in one output-sized buffer.
     """
     b, c, h, w = x.shape
     if tile is None or (h <= tile and w <= tile):
         window, top, left = _window(x, 0, 0, h, w, context)
-        return forward(window)[:, :, top * scale : (top + h) * scale, left * scale : (left + w) * scale].to(x.device)
+        emit(0, forward(window)[:, :, top * scale : (top + h) * scale, left * scale : (left + w) * scale].to(x.device))
+        return
     overlap = min(overlap, tile // 2)
     stride = tile - overlap
-    out = torch.zeros(b, c, h * scale, w * scale, device=x.device)
-    row_weight = torch.zeros(h * scale, device=x.device)
-    col_weight = torch.zeros(w * scale, device=x.device)
     ys, xs = _tile_starts(h, tile, stride), _tile_starts(w, tile, stride)
     th, tw = min(tile, h), min(tile, w)
-    for y0 in ys:
-        wy = _ramp(th * scale, overlap * scale, lead=y0 > 0, trail=y0 + th < h).to(x.device)
+    row_ramps = [_ramp(th * scale, overlap * scale, lead=y0 > 0, trail=y0 + th < h).to(x.device) for y0 in ys]
+    col_ramps = [_ramp(tw * scale, overlap * scale, lead=x0 > 0, trail=x0 + tw < w).to(x.device) for x0 in xs]
+    row_weight = torch.zeros(h * scale, device=x.device)
+    col_weight = torch.zeros(w * scale, device=x.device)
+    for y0, wy in zip(ys, row_ramps):
         row_weight[y0 * scale : (y0 + th) * scale] += wy
-        for x0 in xs:
-            wx = _ramp(tw * scale, overlap * scale, lead=x0 > 0, trail=x0 + tw < w).to(x.device)
-            if y0 == ys[0]:
-                col_weight[x0 * scale : (x0 + tw) * scale] += wx
+    for x0, wx in zip(xs, col_ramps):
+        col_weight[x0 * scale : (x0 + tw) * scale] += wx
+    band = torch.zeros(b, c, th * scale, w * scale, device=x.device)  # output rows y0*s .. (y0 + th)*s
+    for i, (y0, wy) in enumerate(zip(ys, row_ramps)):
+        for x0, wx in zip(xs, col_ramps):
             window, top, left = _window(x, y0, x0, th, tw, context)
             y = forward(window)[:, :, top * scale : (top + th) * scale, left * scale : (left + tw) * scale]
-            region = (slice(None), slice(None), slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
-            out[region] += y.to(x.device) * (wy[:, None] * wx[None, :])  # (B, C, th*s, tw*s)
-    return out.div_(row_weight[:, None]).div_(col_weight)  # in place: no temporary as large as the output
+            band[:, :, :, x0 * scale : (x0 + tw) * scale] += y.to(x.device) * (wy[:, None] * wx[None, :])
+        done = ((ys[i + 1] if i + 1 < len(ys) else h) - y0) * scale  # rows no later row of tiles reaches
+        rows = slice(y0 * scale, y0 * scale + done)
+        emit(y0 * scale, band[:, :, :done].div_(row_weight[rows, None]).div_(col_weight))  # (B, C, done, sW)
+        if i + 1 < len(ys):
+            shared = band[:, :, done:].clone()  # what the next row of tiles adds to
+            band.zero_()
+            band[:, :, : shared.shape[-2]] = shared
 
 
 def _estimate_bytes(model: BSRModel, b: int, h: int, w: int) -> int:
@@ -545,11 +604,37 @@ def super_resolve(
     channels_last: bool | None = None,
     backend: str = AUTO,
 ) -> torch.Tensor:
-    """The network on a (B, 3, h, w) float RGB batch in [0, 1] -> (B, 3, sh, sw), clamped, on x's device.
+    """The network on a (B, 3, h, w) float RGB batch in [0, 1] -> (B, 3, sh, sw) float32, clamped, on x's device.
 
     Runs on the model's device and dtype; `tile` and `backend` as in `upscale`. On an out-of-memory error the
     tile is halved and the image retried (down to MIN_TILE), with a warning, instead of failing.
     """
+    b, _, h, w = x.shape
+    out = torch.empty(b, 3, h * model.scale, w * model.scale, device=x.device)
+
+    def keep(row: int, band: torch.Tensor) -> None:
+        out[:, :, row : row + band.shape[-2]] = band
+
+    super_resolve_bands(model, x, keep, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
+                        channels_last=channels_last, backend=backend)
+    return out
+
+
+def super_resolve_bands(
+    model: BSRModel,
+    x: torch.Tensor,
+    emit: Callable[[int, torch.Tensor], None],
+    *,
+    tile: int | str | None = AUTO,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    self_ensemble: bool = False,
+    channels_last: bool | None = None,
+    backend: str = AUTO,
+) -> None:
+    """`super_resolve` without the output-sized float buffer: the result goes to `emit(row, band)` band by band from
+    the top, each (B, 3, n, sw) float, clamped, on x's device, emit's to spend until it returns. After an
+    out-of-memory retry the bands start again from row 0, so a writer that places them by row ends up with the
+    retry's result."""
     check_precision(model)
     device, dtype = model.device, model.dtype
     tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
@@ -583,7 +668,8 @@ def super_resolve(
             with torch.no_grad():
                 # An out-of-memory retry tiles too, so it takes the tiles' layout: the same result as asking for it.
                 run = functools.partial(forward, memory_format=layout(whole=size is None))
-                return _run_tiled(run, x, model.scale, size, tiling.overlap).clamp_(0, 1)
+                _run_tiled(run, x, model.scale, size, tiling.overlap, lambda row, band: emit(row, band.clamp_(0, 1)))
+                return
         except torch.cuda.OutOfMemoryError:
             current = size or max(x.shape[-2:])
             smaller = current // 2
@@ -616,16 +702,6 @@ def _prepare(image: Any) -> tuple[torch.Tensor, _Restore]:
 def _network_input(x: torch.Tensor, spec: _Restore) -> torch.Tensor:
     colour = x[:, :1] if spec.grey else x[:, :3]
     return colour.expand(-1, 3, -1, -1) if spec.grey else colour  # the network is RGB; grey is replicated
-
-
-def _finish(y: torch.Tensor, x: torch.Tensor, spec: _Restore, scale: int) -> Any:
-    """Network output (B, 3, sH, sW) + the prepared input -> the caller's kind (grey folded, alpha added)."""
-    if spec.grey:
-        y = y.mean(dim=1, keepdim=True)  # (B, 1, sH, sW)
-    if spec.alpha:
-        alpha = F.interpolate(x[:, -1:], scale_factor=scale, mode="bicubic", align_corners=False)
-        y = torch.cat([y, alpha.clamp(0, 1).to(y.device)], dim=1)
-    return _restore(y, spec)
 
 
 def _check_options(tile: Any, tile_overlap: Any, backend: Any) -> None:
@@ -666,11 +742,12 @@ def upscale(
     """
     _check_options(tile, tile_overlap, backend)
     x, spec = _prepare(image)
-    y = super_resolve(
-        model, _network_input(x, spec), tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble,
-        channels_last=channels_last, backend=backend,
-    )  # (B, 3, sH, sW)
-    return _finish(y, x, spec, model.scale)
+    output = _Output(spec, x, model.scale, counts=[x.shape[0]])
+    super_resolve_bands(
+        model, _network_input(x, spec), output.write, tile=tile, tile_overlap=tile_overlap,
+        self_ensemble=self_ensemble, channels_last=channels_last, backend=backend,
+    )
+    return output.finished()[0]
 
 
 def upscale_many(model: BSRModel, images: Sequence[Any], *, batch_size: int = 1, **options: Any) -> list[Any]:
@@ -691,8 +768,8 @@ def upscale_many(model: BSRModel, images: Sequence[Any], *, batch_size: int = 1,
                and prepared[j][0].shape == x0.shape and prepared[j][1] == spec0):
             j += 1
         xs = torch.cat([x for x, _ in prepared[i:j]]) if j - i > 1 else x0  # (n, C, H, W)
-        y = super_resolve(model, _network_input(xs, spec0), **options)
-        for k in range(i, j):
-            results[k] = _finish(y[k - i : k - i + 1], xs[k - i : k - i + 1], spec0, model.scale)
+        output = _Output(spec0, xs, model.scale, counts=[x.shape[0] for x, _ in prepared[i:j]])
+        super_resolve_bands(model, _network_input(xs, spec0), output.write, **options)
+        results[i:j] = output.finished()
         i = j
     return results
