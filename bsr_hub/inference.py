@@ -730,9 +730,9 @@ def upscale(
             on the CPU, cache-sized tiles for large images, the whole image for small ones; on a GPU, the whole
             image unless it would not fit. None or 0: one pass over the whole image, always. n > 0: tiles of
             n x n LR pixels (a tile at the image's border also gets BORDER_CONTEXT mirrored pixels beyond it):
-            the tile bounds the network's memory; the image buffers still grow with the image
-            (about 25 bytes per output pixel for 8-bit RGB, bench/results/tiling_memory.md). Tiled output is
-            within one 8-bit grey level of one pass.
+            the tile bounds the network's memory, and the result is assembled band by band in its own sample type,
+            so what grows with the image is the input, the output and little else (bench/results/tiling_memory.md).
+            Tiled output is within one 8-bit grey level of one pass.
         tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
         self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
         channels_last: use the channels_last memory format (None: on CUDA, and on the CPU for tiles).

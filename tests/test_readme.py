@@ -61,16 +61,29 @@ def exported(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("tile", [256, 48], ids=["one-tile", "tiles"])
 @pytest.mark.parametrize("marker", ["onnxruntime as ort", "cv2.dnn.readNetFromONNX"], ids=["onnxruntime", "opencv"])
-def test_onnx_runtime_blocks_run(exported, marker):
+def test_onnx_runtime_blocks_run_in_tiles_and_agree_with_pytorch(exported, marker, tile):
+    """The blocks as written (the OpenCV one after the `tiled` it borrows from the block above), and with tiles
+    small enough that the photo is cut into several: within one grey level of PyTorch's one pass."""
+    import numpy as np
+
+    from bsr_hub import BSRModel
+
     if marker.startswith("cv2"):
         pytest.importorskip("cv2", reason="opencv is not installed (pip install opencv-python-headless)")
+    helper = block("python", "onnxruntime as ort").split("session =")[0]
+    code = block("python", marker) if marker.startswith("onnx") else helper + block("python", marker)
+    assert code.count("scale=2)") == 1
     out = exported / "photo_x2.png"
     out.unlink(missing_ok=True)
-    run = run_python(block("python", marker), exported)
+    run = run_python(code.replace("scale=2)", f"scale=2, tile={tile})"), exported)
     assert run.returncode == 0, run.stderr
     with Image.open(exported / "photo.png") as src, Image.open(out) as result:
         assert result.size == (src.width * 2, src.height * 2) and result.mode == "RGB"
+        expected = BSRModel.from_pretrained("bsr-lite-x2").upscale(src, tile=None, backend="eager")
+        difference = np.abs(np.asarray(result).astype(int) - np.asarray(expected).astype(int))
+    assert difference.max() <= 1, f"{marker} at tile={tile}: {difference.max()} grey levels from PyTorch"
 
 
 # ---------------------------------------------------------------------------------------------- the Command line block
