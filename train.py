@@ -59,7 +59,7 @@ def training_data(cfg: TrainConfig):
         held = [ImageRecord(name=p.stem, path=str(p)) for p in photos if p.stem == HELD_OUT_PHOTO]
         validation = Benchmark(name=f"{HELD_OUT_PHOTO} (bundled, held out)", images=held)
     else:
-        source = cfg.data.train_dir or cfg.data.dataset_name
+        source = cfg.data.train_dir or cfg.data.dataset_name  # several folders: the sampler draws from their union
         validation = None
     if cfg.validation.dir is not None:
         folder = Path(cfg.validation.dir)
@@ -72,7 +72,7 @@ def validation_notice(cfg: TrainConfig) -> str | None:
     the start, not discovered in a card that reads "Not evaluated yet" at the end. None when nothing is missing."""
     if cfg.data.uses_bundled_photos or cfg.validation.dir is not None:
         return None
-    data = (f"--data.train_dir {cfg.data.train_dir}" if cfg.data.train_dir
+    data = (f"--data.train_dir {' '.join(cfg.data.train_dirs)}" if cfg.data.train_dir
             else f"--data.dataset_name {cfg.data.dataset_name}")
     if cfg.validation.eval_dirs:
         missing = ("nothing is validated while it trains (the evaluation at the end, on --validation.eval_dirs, "
@@ -124,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtraError as err:
         raise SystemExit(f"error: {err}") from None
     cfg, _ = load_train_config(argv)
-    if cfg.data.train_dir is not None:
-        try:  # an empty or mistyped folder is said here, naming it, not as a traceback from `datasets`
-            check_train_dir(cfg.data.train_dir)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+    try:  # an empty or mistyped folder is said here, naming it, not as a traceback from `datasets`
+        for folder in cfg.data.train_dirs:
+            check_train_dir(folder)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     args = sys.argv[1:] if argv is None else argv
     command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
 

@@ -640,8 +640,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _add_setting(group: Any, cls: type, name: str, dotted: str, aliases: tuple[str, ...], doc: str | None) -> None:
-    """One flag per setting, parsed by its annotation: bool -> --x/--no-x, list -> several values, a mapping or
-    a nested section (degradation_mix) -> JSON, `| None` -> also accepts "none"."""
+    """One flag per setting, parsed by its annotation: bool -> --x/--no-x, list -> several values (a repeated
+    flag adds to them), a mapping or a nested section (degradation_mix) -> JSON, `| None` -> also accepts "none".
+    A union is parsed as its first type (`list[str] | str`: a list, which the section may turn back into one
+    string)."""
     import dataclasses
     import typing
 
@@ -654,7 +656,8 @@ def _add_setting(group: Any, cls: type, name: str, dotted: str, aliases: tuple[s
         group.add_argument(*flags, dest=dotted, action=argparse.BooleanOptionalAction, help=doc)
     elif origin in (list, tuple):
         item = typing.get_args(kind)[0]
-        group.add_argument(*flags, dest=dotted, nargs="*", type=item, metavar=item.__name__.upper(), help=doc)
+        group.add_argument(*flags, dest=dotted, nargs="*", action="extend", type=item, metavar=item.__name__.upper(),
+                           help=doc)
     elif origin is dict or dataclasses.is_dataclass(kind):
         group.add_argument(*flags, dest=dotted, type=_none_or(json.loads) if optional else json.loads,
                            metavar="JSON", help=f"(a JSON object) {doc or ''}")

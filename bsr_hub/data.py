@@ -127,8 +127,9 @@ def load_image_source(source: Any, split: str = "train", streaming: bool = False
     """A `datasets.Dataset` or `IterableDataset` from a local folder, a Hub dataset id, or a dataset object.
 
     Args:
-        source: a folder of images (read with `imagefolder`, `drop_labels=True`, recursively), a Hub dataset id,
-            a `datasets.Dataset`/`IterableDataset` (returned as is), or a `DatasetDict` (its `split`).
+        source: a folder of images (read with `imagefolder`, `drop_labels=True`, recursively), a list of folders
+            (one dataset of all their images), a Hub dataset id, a `datasets.Dataset`/`IterableDataset` (returned
+            as is), or a `DatasetDict` (its `split`).
         split: the split of a folder, Hub dataset or DatasetDict.
         streaming: stream instead of downloading/preparing (folders and Hub ids).
     """
@@ -139,23 +140,36 @@ def load_image_source(source: Any, split: str = "train", streaming: bool = False
         if split not in source:
             raise ValueError(f"the DatasetDict has no split {split!r}; it has {list(source)}")
         return source[split]
+    if isinstance(source, (list, tuple)):
+        folders = [Path(s).expanduser() for s in source]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if not folders or missing:
+            raise FileNotFoundError(f"no such folder: {', '.join(missing)}" if missing else "an empty list of folders")
+        return _image_folders(datasets, folders, split, streaming)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_dir():
-            # drop_labels: a folder with sub-folders would otherwise get a `label` column of None values.
-            # data_files, not data_dir: with data_dir, a sub-folder named like a split ("BSDS500_test200")
-            # makes imagefolder split the folder by name, and split="train" then fails or silently shrinks.
-            return datasets.load_dataset(
-                "imagefolder", data_files={split: str(path / "**")}, drop_labels=True, split=split,
-                streaming=streaming,
-            )
+            return _image_folders(datasets, [path], split, streaming)
         if path.exists():
             raise ValueError(f"{path} is a file; give a folder of images or a 🤗 dataset id")
         if str(source).startswith((".", "/", "~")):
             raise FileNotFoundError(f"no such folder: {path}")
         return datasets.load_dataset(str(source), split=split, streaming=streaming)
     raise TypeError(
-        f"source must be a folder, a Hub dataset id or a datasets.Dataset/IterableDataset, got {type(source).__name__}"
+        "source must be a folder (or a list of folders), a Hub dataset id or a datasets.Dataset/IterableDataset, "
+        f"got {type(source).__name__}"
+    )
+
+
+def _image_folders(datasets: Any, folders: list[Path], split: str, streaming: bool) -> Any:
+    """One dataset of every image in or below `folders` (their union, in the order given)."""
+    # drop_labels: a folder with sub-folders would otherwise get a `label` column of None values.
+    # data_files, not data_dir: with data_dir, a sub-folder named like a split ("BSDS500_test200")
+    # makes imagefolder split the folder by name, and split="train" then fails or silently shrinks.
+    patterns = [str(f / "**") for f in folders]
+    return datasets.load_dataset(  # one folder as a string, as before: the datasets cache keeps its fingerprint
+        "imagefolder", data_files={split: patterns if len(patterns) > 1 else patterns[0]}, drop_labels=True,
+        split=split, streaming=streaming,
     )
 
 
@@ -240,9 +254,10 @@ class DataConfig:
     """Where training images come from and how their LR is made: the `data` section of a training recipe, and
     what the sampler reads its images with."""
 
-    train_dir: str | None = None
-    """A folder of HR images (read with datasets' imagefolder). None with no dataset_name: train.py trains on the
-    photos bundled with the package."""
+    train_dir: list[str] | str | None = None
+    """A folder of HR images (read with datasets' imagefolder), or several (a YAML list; on the command line
+    several values or a repeated flag): the sampler draws from their union. None with no dataset_name: train.py
+    trains on the photos bundled with the package."""
     dataset_name: str | None = None
     """A Hub dataset id with an image column (instead of train_dir)."""
     split: str = "train"
@@ -276,6 +291,18 @@ class DataConfig:
             raise ValueError(f"DataConfig.degradation must be one of {DEGRADATIONS}, got {self.degradation!r}")
         if self.transparent not in ("skip", "drop_alpha"):
             raise ValueError(f"DataConfig.transparent must be 'skip' or 'drop_alpha', got {self.transparent!r}")
+        if isinstance(self.train_dir, (list, tuple)):
+            folders = [os.fspath(d) if isinstance(d, os.PathLike) else d for d in self.train_dir]
+            if not folders or not all(isinstance(d, str) and d for d in folders):
+                raise ValueError(
+                    f"data.train_dir must be a folder or a non-empty list of folders, got {self.train_dir!r}"
+                )
+            if len(set(folders)) != len(folders):
+                raise ValueError(f"data.train_dir names a folder twice: {folders}")
+            # One folder is kept as a string, so that a recipe, its record and the resume guard read as before.
+            self.train_dir = folders[0] if len(folders) == 1 else folders
+        elif isinstance(self.train_dir, os.PathLike):
+            self.train_dir = os.fspath(self.train_dir)
         if self.train_dir is not None and self.dataset_name is not None:
             raise ValueError("give data.train_dir or data.dataset_name, not both")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -284,6 +311,13 @@ class DataConfig:
             from .resizers import DegradationMix
 
             self.degradation_mix = DegradationMix.from_value(self.degradation_mix)
+
+    @property
+    def train_dirs(self) -> list[str]:
+        """The training folders, as a list (empty without train_dir)."""
+        if self.train_dir is None:
+            return []
+        return [self.train_dir] if isinstance(self.train_dir, str) else list(self.train_dir)
 
     @property
     def uses_bundled_photos(self) -> bool:

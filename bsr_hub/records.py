@@ -123,9 +123,14 @@ class DatasetInfo:
 
     name: str
     images: int | None = None
+    licence: str | None = None
+    """The licence(s) of its images where a manifest states them (a set made by bench/make_photo_set.py)."""
 
     def describe(self) -> str:
-        return self.name if self.images is None else f"{self.name} ({self.images} images)"
+        details = [f"{self.images} images"] if self.images is not None else []
+        if self.licence:
+            details.append(f"licence {self.licence}")
+        return f"{self.name} ({'; '.join(details)})" if details else self.name
 
 
 @dataclass

@@ -663,11 +663,19 @@ def check_train_dir(folder: str | os.PathLike) -> None:
                          f"{', '.join(sorted(IMAGE_SUFFIXES))} files)")
 
 
+PHOTO_SET_MANIFEST = "manifest.csv"
+"""The manifest of a set made by bench/make_photo_set.py: a row per source image with its package and licence, and
+whether it was kept."""
+
+
 def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[DatasetInfo]:
-    """The training data as named datasets with image counts, not a local path.
+    """The training data as named datasets with image counts, not a local path; several train_dirs one after the
+    other.
 
     A train_dir's subfolders are its datasets (../shared/data/train: T91/, BSD200/, BSDS500_test200/); images
-    directly in it count as one dataset named after the folder. A Hub dataset is named by its id and split.
+    directly in it count as one dataset named after the folder. A folder with a photo-set manifest
+    (`PHOTO_SET_MANIFEST`) is one dataset named by its packages, with the licences of its kept images. A Hub
+    dataset is named by its id and split.
     """
     if cfg.data.uses_bundled_photos:
         count = len(source) if source is not None and hasattr(source, "__len__") else None
@@ -675,7 +683,24 @@ def describe_training_data(cfg: TrainConfig, source: Any = None) -> list[Dataset
     if cfg.data.dataset_name is not None:
         count = len(source) if source is not None and hasattr(source, "__len__") else None
         return [DatasetInfo(f"{cfg.data.dataset_name} (Hugging Face Hub, split {cfg.data.split})", count)]
-    root = Path(cfg.data.train_dir)
+    return [info for folder in cfg.data.train_dirs for info in _describe_folder(Path(folder))]
+
+
+def _describe_photo_set(root: Path) -> DatasetInfo:
+    """A folder made by bench/make_photo_set.py: its packages and licences, from the kept rows of its manifest."""
+    import csv
+
+    with (root / PHOTO_SET_MANIFEST).open(newline="") as f:
+        kept = [row for row in csv.DictReader(f) if row.get("status") == "kept"]
+    packages = sorted({row["package"] for row in kept if row.get("package")})
+    licences = sorted({row["licence"] for row in kept if row.get("licence")})
+    return DatasetInfo(f"{root.name}: photographs from Debian packages {', '.join(packages) or '(none listed)'}",
+                       _count_images(root), ", ".join(licences) or "not stated")
+
+
+def _describe_folder(root: Path) -> list[DatasetInfo]:
+    if (root / PHOTO_SET_MANIFEST).is_file():
+        return [_describe_photo_set(root)]
     found = []
     loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
