@@ -87,3 +87,21 @@ def test_two_cpu_processes_share_the_files(tmp_path, tiny_checkpoint):
     assert one.keys() == two.keys() and len(one) == 7
     for name in one:
         assert np.array_equal(one[name], two[name]), name
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_a_batched_tensor_keeps_every_image_at_every_batch_size(batch_size):
+    """Issue 23 (6): a (2, 3, H, W) tensor among the inputs came back as (1, 3, sH, sW), its second image dropped."""
+    import torch
+    from conftest import tiny_config
+
+    from bsr_hub import BSRModel
+    from bsr_hub.inference import upscale_many
+
+    torch.manual_seed(0)
+    model = BSRModel(tiny_config(2)).eval()
+    inputs = [torch.rand(2, 3, 16, 12), torch.rand(3, 16, 12), torch.rand(2, 3, 16, 12), torch.rand(1, 3, 8, 8)]
+    results = upscale_many(model, inputs, batch_size=batch_size, backend="eager")
+    assert [tuple(r.shape) for r in results] == [(2, 3, 32, 24), (3, 32, 24), (2, 3, 32, 24), (1, 3, 16, 16)]
+    for x, y in zip(inputs, results):
+        assert torch.allclose(y, model.upscale(x, backend="eager"), atol=1e-5)
