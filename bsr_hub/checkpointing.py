@@ -69,7 +69,15 @@ class OutputLock:
 
         host = socket.gethostname()
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # O_NOFOLLOW: a symlink planted as the lock would have us write our JSON over its target
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as err:
+                if not self.path.is_symlink():
+                    raise
+                raise OutputBusyError(
+                    f"{self.path} is a symbolic link (to {os.readlink(self.path)}); a trainer's lock is a plain file "
+                    "it makes itself, so it will not write through it. Delete the link, or use another --output.dir."
+                ) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

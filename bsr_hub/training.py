@@ -890,6 +890,12 @@ class TrainingRun:
         if not left:
             return
         if not self.cfg.output.overwrite:
+            if self.cfg.resume == "latest":  # nothing to resume, and starting over would replace what is there
+                raise ValueError(
+                    f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} to resume, and {self.output} "
+                    f"holds another run: {'; '.join(left)}. Starting from step 0 would replace it. Start over in "
+                    "this folder (--output.overwrite deletes those files first) or choose another --output.dir."
+                )
             raise ValueError(
                 f"{self.output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
                 "folder (--output.overwrite deletes those files first), or choose another --output.dir."
@@ -901,8 +907,8 @@ class TrainingRun:
         """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
         if self.cfg.resume is None:
             return False
-        if self.cfg.resume == "latest":
-            return True
+        if self.cfg.resume == "latest":  # only with a checkpoint: with none, the run starts from step 0
+            return bool(list_checkpoints(self.output))
         return checkpoints_dir(self.output).resolve() in Path(self.cfg.resume).resolve().parents
 
     def _read_resume_point(self) -> dict[str, Any]:

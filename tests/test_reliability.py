@@ -233,6 +233,37 @@ def test_rotation_never_deletes_this_runs_checkpoints_for_another_runs(tmp_path)
     assert _steps(tmp_path) == [2, 6, 8]
 
 
+def test_resume_latest_without_a_checkpoint_does_not_replace_a_finished_model(tmp_path):
+    """Issue 23 (1): with checkpoints/ gone, `--resume latest` started from step 0 and replaced model/."""
+    import shutil
+
+    out = tmp_path / "run"
+    assert _train(out, "--max_steps", "2", "--checkpointing_steps", "2") == 0
+    shutil.rmtree(out / "checkpoints")
+    weights = (out / "model" / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match=r"--resume latest: no checkpoint in .* to resume, and .* holds another run: "
+                                         r"history\.jsonl; model/\. Starting from step 0 would replace it"):
+        _train(out, "--max_steps", "4", "--seed", "1", "--resume", "latest")
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
+    assert _train(tmp_path / "fresh", "--max_steps", "1", "--resume", "latest") == 0  # an empty folder: from step 0
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
+    """Issue 23 (2): a link planted as OUTPUT/.train.lock had the trainer write its JSON over the link's target."""
+    from bsr_hub.checkpointing import OutputBusyError, OutputLock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(target)
+    with pytest.raises(OutputBusyError, match=r"is a symbolic link .*precious\.txt"):
+        OutputLock(out).acquire()
+    with pytest.raises(SystemExit, match=r"\.train\.lock is a symbolic link"):
+        _train(out, "--max_steps", "1")
+    assert target.read_text() == "keep me"
+
+
 def test_a_second_trainer_fails_at_start_and_a_killed_trainers_lock_is_taken_over(tmp_path, capsys):
     import subprocess
     import sys
