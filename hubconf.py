@@ -2,7 +2,8 @@
 
     model = torch.hub.load("<owner>/bsr_hub", "bsr_lite_x2")          # from GitHub
     model = torch.hub.load("path/to/bsr_hub", "bsr_lite_x2", source="local")
-    torch.hub.list("path/to/bsr_hub", source="local")                 # ['bsr_lite_x2', ...]
+    torch.hub.list("<owner>/bsr_hub")                                  # ['bsr_lite_x2', ...] (GitHub only:
+                                                                       # torch.hub.list takes no source=)
 
 The entry points are made from `bsr_hub.bundled_checkpoints()` (a bundled "bsr-lite-x3" becomes
 `bsr_lite_x3`), so a checkpoint added to `bsr_hub/checkpoints/` gets its entry point without an edit here.

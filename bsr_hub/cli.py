@@ -140,6 +140,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
+    same = [i for i in args.inputs if Path(i).is_dir() and Path(i).resolve() == out_dir.resolve()]
+    if same:  # its images would be skipped as outputs; said as what it is, not as "no input files"
+        print(f"error: the output folder is the input folder ({same[0]}): give another -o, so that the results "
+              "neither mix with nor replace the originals", file=sys.stderr)
+        return 2
     jobs = plan_jobs(args.inputs, out_dir, "." + args.format, args.overwrite)
     if not jobs:
         print("error: no input files", file=sys.stderr)

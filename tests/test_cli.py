@@ -66,6 +66,17 @@ def test_upscale_never_overwrites_an_input(tmp_path, tiny_checkpoint, capsys):
     assert "would overwrite an input" in capsys.readouterr().err
 
 
+def test_upscale_into_its_own_input_folder_says_so(tmp_path, tiny_checkpoint, capsys):
+    """Issue 23 (12): `bsr-hub upscale d -o d` said "no input files"."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (4, 4)).save(folder / "x.png")
+    for output in (folder, tmp_path / "photos" / "."):
+        assert main(["upscale", str(folder), "-o", str(output), "--model", str(tiny_checkpoint), "-q"]) == 2
+        assert "the output folder is the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["x.png"]
+
+
 def test_missing_model_and_cpu_half_precision_are_clear_errors(tmp_path, tiny_checkpoint, capsys):
     Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
     assert main(["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none")]) == 2

@@ -51,3 +51,16 @@ def test_pretrained_false_gives_the_architecture_untrained(name):
 def test_unknown_entry_point_is_a_clear_error():
     with pytest.raises(RuntimeError, match="Cannot find callable bsr_nope"):
         torch.hub.load(str(REPO_ROOT), "bsr_nope", source="local")
+
+
+def test_the_docstrings_local_examples_run_as_written():
+    """Issue 23 (12): the docstring showed torch.hub.list(path, source="local"), a TypeError (list is GitHub-only).
+    Every example line that names a local checkout is run here with this checkout's path."""
+    import re
+
+    text = (REPO_ROOT / "hubconf.py").read_text().split('"""')[1]
+    calls = [m.group(1) for m in re.finditer(r"^\s+(?:\w+ = )?(torch\.hub\.\w+\(.*\))", text, re.MULTILINE)]
+    local = [c for c in calls if '"path/to/bsr_hub"' in c]
+    assert local, "the docstring shows no local example"
+    for call in local:
+        eval(call.replace('"path/to/bsr_hub"', repr(str(REPO_ROOT))), {"torch": torch})
