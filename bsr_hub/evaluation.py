@@ -93,11 +93,15 @@ class BenchmarkResult:
     per_image: list[dict[str, Any]]
     failed: list[dict[str, str]] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
+    identical: list[str] = field(default_factory=list)
+    """Images reconstructed exactly (MSE 0, PSNR infinite): listed, and left out of both means, since one of them
+    would make the mean PSNR infinite and hide every other image's score [ours; the image is flagged, not capped]."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if not out["failed"]:
-            del out["failed"]
+        for key in ("failed", "identical"):
+            if not out[key]:
+                del out[key]
         return out
 
 
@@ -231,8 +235,9 @@ def evaluate_benchmark(
         timing = {k: float(v) for k, v in timing.items()}  # this process's share only
 
     rows.sort()
+    identical = [benchmark.images[i].name for i, p, _ in rows if math.isinf(p)]
     per_image = [
-        {"name": benchmark.images[i].name, "psnr": p, "ssim": s} for i, p, s in rows if not math.isnan(p)
+        {"name": benchmark.images[i].name, "psnr": p, "ssim": s} for i, p, s in rows if math.isfinite(p)
     ]
     if len({r[0] for r in rows}) != n:
         raise RuntimeError(f"{benchmark.name}: scored {len(rows)} results for {n} images; the split lost images")
@@ -249,7 +254,16 @@ def evaluate_benchmark(
         per_image=per_image,
         failed=sorted(failed, key=lambda f: f["name"]),
         timing_s={k: round(v, 4) for k, v in timing.items()},
+        identical=identical,
     )
+
+
+def _images(result: dict[str, Any]) -> str:
+    """The table's image count, naming what was left out of the means."""
+    identical = result.get("identical") or []
+    if not identical:
+        return str(result["num_images"])
+    return f"{result['num_images']} (+{len(identical)} reconstructed exactly, not in the means: {', '.join(identical)})"
 
 
 def markdown_table(model_name: str, results: Sequence[dict[str, Any]]) -> str:
@@ -264,7 +278,7 @@ def markdown_table(model_name: str, results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         line = (
             f"| {model_name} | {r['benchmark']} | x{r['scale']} | {r['degradation']} | "
-            f"{'yes' if r['self_ensemble'] else 'no'} | {r['num_images']} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
+            f"{'yes' if r['self_ensemble'] else 'no'} | {_images(r)} | {r['psnr']:.2f} | {r['ssim']:.4f} |"
         )
         if has_bicubic:
             bp, bs = r.get("bicubic_psnr"), r.get("bicubic_ssim")

@@ -374,6 +374,9 @@ def update_card(
         if r.get("failed"):
             names = ", ".join(f["name"] for f in r["failed"])
             raise RecordError(f"not writing {r['benchmark']} into the card: unreadable images ({names})")
+        if not r.get("num_images"):  # every image reconstructed exactly: no finite mean to publish
+            raise RecordError(f"not writing {r['benchmark']} into the card: no image of it has a finite PSNR "
+                              f"(reconstructed exactly: {', '.join(r.get('identical') or []) or 'none'})")
         if int(r["scale"]) != model.scale:
             raise RecordError(f"{r['benchmark']} was measured at x{r['scale']}, but {folder} is a x{model.scale} model")
     if robustness is not None and int(robustness["scale"]) != model.scale:  # checked before anything is written

@@ -336,3 +336,28 @@ def test_update_card_refuses_another_models_numbers(bench_dir: Path, tiny_ckpt: 
     assert "is not that checkpoint" in capsys.readouterr().err
     assert (tiny_ckpt / "README.md").read_text() == card_before
     assert not (tiny_ckpt / "eval_results.json").exists()
+
+
+def test_an_image_reconstructed_exactly_is_flagged_and_kept_out_of_the_means(tmp_path):
+    """Issue 23 (9): one flat image gave the benchmark an infinite mean PSNR (`.inf` in the model-index,
+    `Infinity` in eval_results.json, which is not JSON), hiding every other image's score."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from bsr_hub.benchmarks import load_benchmark
+    from bsr_hub.bicubic import BicubicModel
+    from bsr_hub.evaluation import evaluate_benchmark, markdown_table
+
+    folder = tmp_path / "Flat"
+    folder.mkdir()
+    Image.new("RGB", (48, 48), (120, 130, 140)).save(folder / "flat.png")  # bicubic gives it back exactly
+    textured = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(textured).save(folder / "noise.png")
+    result = evaluate_benchmark(BicubicModel(2), load_benchmark("Flat", tmp_path), 2, progress=False).to_dict()
+    assert result["identical"] == ["flat"] and result["num_images"] == 1
+    assert [r["name"] for r in result["per_image"]] == ["noise"]
+    assert np.isfinite(result["psnr"]) and result["psnr"] == result["per_image"][0]["psnr"]
+    json.loads(json.dumps(result, allow_nan=False))  # valid JSON: no Infinity
+    assert "(+1 reconstructed exactly, not in the means: flat)" in markdown_table("bicubic", [result])
