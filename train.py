@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         require("accelerate", "datasets", "yaml", "matplotlib", extra="train", what="train.py")
     except MissingExtraError as err:
         raise SystemExit(f"error: {err}") from None
-    cfg, _ = load_train_config(argv)
-    try:  # an empty or mistyped folder is said here, naming it, not as a traceback from `datasets`
+    try:  # a bad setting, or an empty or mistyped folder: one line naming it, not a traceback
+        cfg, _ = load_train_config(argv)
         for folder in cfg.data.train_dirs:
             check_train_dir(folder)
     except ValueError as err:

@@ -2,7 +2,7 @@
 
     nice -n 15 python bench/make_photo_set.py                    # the four default packages -> ../extra_data/debian_photos
     python bench/make_photo_set.py --packages mate-backgrounds --out /tmp/photos --work /tmp/photo_work
-    accelerate launch train.py --config configs/lite_x2_photos_probe.yaml   # train on it beside ../shared/data/train
+    accelerate launch train.py --config configs/tiny_x2_probe_photos.yaml  # train on it beside ../shared/data/train
 
 What it does, in order, printing every decision with its numbers:
 

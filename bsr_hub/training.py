@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -87,6 +88,18 @@ class OptimSection:
         for name in ("max_steps", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be an integer >= 0, got {self.warmup_steps!r} (a negative "
+                             "warm-up gives a negative learning rate)")
+        for name, low, high, closed in (("learning_rate", 0, 1, True), ("adam_beta2", 0, 1, False),
+                                        ("lr_decay_factor", 0, 1, True)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low < value
+                    and (value <= high if closed else value < high)):
+                raise ValueError(f"optim.{name} must be in ({low}, {high}{']' if closed else ')'}, got {value!r}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"optim.max_grad_norm must be > 0 (or none: no clipping), got {self.max_grad_norm!r}; "
+                             "a negative norm flips the gradient's sign")
         if not all(0 < f < 1 for f in self.lr_decay_at):
             raise ValueError(f"optim.lr_decay_at are fractions of max_steps in (0, 1), got {self.lr_decay_at}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -226,6 +239,25 @@ class TrainConfig:
         return out
 
 
+def _unique_keys_loader(yaml: Any) -> type:
+    """yaml.SafeLoader that refuses a key repeated in one mapping (two `optim:` sections): plain YAML keeps the
+    last one silently, and the settings of the first are lost."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice in one mapping (the second would replace the first)",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def section_from_mapping(name: str, values: dict[str, Any], run: TrainConfig) -> Any:
     """One recipe section as its typed object; a run-wide value set inside it must agree with the top's."""
     for f in RUN_WIDE.get(name, ()):
@@ -334,7 +366,7 @@ def resolve_config(recipe: str | os.PathLike | None, flags: dict[str, Any]) -> T
 
         yaml = require("yaml", extra="train", what="a YAML recipe (--config)")
         try:
-            loaded = yaml.safe_load(Path(recipe).read_text()) or {}
+            loaded = yaml.load(Path(recipe).read_text(), Loader=_unique_keys_loader(yaml)) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"cannot read the recipe {recipe}: {err}") from err
         if not isinstance(loaded, dict):

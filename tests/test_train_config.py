@@ -138,3 +138,53 @@ def test_the_sampler_and_the_loss_take_the_configs_own_sections():
 def test_each_section_checks_its_values(values, match):
     with pytest.raises(ValueError, match=match):
         config_from_dict(values)
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"optim": {"warmup_steps": -3}}, r"optim.warmup_steps must be an integer >= 0, got -3"),
+    ({"optim": {"lr_decay_factor": -2.0}}, r"optim.lr_decay_factor must be in \(0, 1\], got -2.0"),
+    ({"optim": {"max_grad_norm": -1}}, r"optim.max_grad_norm must be > 0"),
+    ({"optim": {"max_steps": True}}, r"max_steps must be an integer, got True"),
+    ({"optim": {"max_steps": 2.7}}, r"max_steps must be an integer, got 2.7"),
+    ({"optim": {"learning_rate": "1e-3"}}, r"learning_rate must be a finite number, got '1e-3' \(text, not a number"),
+    ({"optim": {"learning_rate": float("inf")}}, r"learning_rate must be a finite number, got inf"),
+    ({"optim": {"learning_rate": float("nan")}}, r"learning_rate must be a finite number, got nan"),
+    ({"optim": {"learning_rate": 0.0}}, r"optim.learning_rate must be in \(0, 1\]"),
+    ({"optim": {"adam_beta2": 1.0}}, r"optim.adam_beta2 must be in \(0, 1\)"),
+    ({"validation": {"eval_dirs": "../shared/data/benchmarks/Set5"}}, r"eval_dirs must be a list of strings"),
+    ({"rfs": {"batch_size": "16"}}, r"batch_size must be an integer, got '16'"),
+    ({"seed": 1.5}, r"seed must be an integer"),
+    ({"output": {"push_to_hub": "yes"}}, r"push_to_hub must be true or false"),
+])
+def test_recipe_values_of_the_wrong_type_or_range_are_refused_at_load(values, match):
+    """Issue 23 (7): these trained silently to exit 0 (or failed deep inside Adam, or after training)."""
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(values)
+
+
+def test_a_recipe_with_a_section_given_twice_is_refused(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("optim:\n  max_steps: 10\nvalidation:\n  steps: 5\noptim:\n  learning_rate: 1.0e-4\n")
+    with pytest.raises(ValueError, match=r"'optim' is given twice in one mapping"):
+        load_train_config(["--config", str(recipe)])
+
+
+def test_the_yaml_hint_names_the_spelling_that_works(tmp_path):
+    recipe = tmp_path / "lr.yaml"
+    recipe.write_text("optim:\n  learning_rate: 1e-3\n")
+    with pytest.raises(ValueError, match=r"write 1.0e-3"):
+        load_train_config(["--config", str(recipe)])
+    recipe.write_text("optim:\n  learning_rate: 1.0e-3\n")
+    assert load_train_config(["--config", str(recipe)])[0].optim.learning_rate == 1e-3
+
+
+def test_train_py_says_a_bad_setting_in_one_line(tmp_path):
+    """Issue 23 (11): a configuration error was a 30-line traceback."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "train.py", "--config", "configs/debug_cpu.yaml", "--optim.warmup_steps",
+                          "-3", "--output.dir", str(tmp_path / "out")], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("error: optim.warmup_steps must be an integer >= 0")
+    assert "Traceback" not in run.stderr
