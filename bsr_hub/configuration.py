@@ -112,6 +112,10 @@ def _hint(value: Any) -> str:
 # Bounds far above any sensible BSR network (bsr-base is 64 x 16 x 5), so that a config.json cannot make
 # `from_pretrained` allocate gigabytes before anything is checked.
 SIZE_LIMITS = {"num_features": 1024, "num_groups": 256, "num_blocks": 256, "num_channels": 4}
+MAX_BODY_WEIGHTS = 100_000_000
+"""The bound on the sizes together: the body's 3x3 convolutions hold about groups x blocks x 18 x features^2
+weights (bsr-base: 5.9 M), and a config.json within every per-field limit (1024 x 256 x 256) would otherwise
+spend a minute and gigabytes building the skeleton before its weights are refused."""
 
 
 @dataclass
@@ -158,6 +162,13 @@ class BSRConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
                 raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+        body = self.num_groups * self.num_blocks * 18 * self.num_features**2
+        if body > MAX_BODY_WEIGHTS:
+            raise ConfigError(
+                f"{self.num_groups} groups x {self.num_blocks} blocks x {self.num_features} features is about "
+                f"{body / 1e9:.1f} G weights in the body, above the {MAX_BODY_WEIGHTS / 1e6:.0f} M this package builds "
+                f"(bsr-base: 16 x 5 x 64, 5.9 M)"
+            )
         for name in ("use_attention", "use_group_forwarding"):
             if not isinstance(getattr(self, name), bool):  # "no" would otherwise count as true
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

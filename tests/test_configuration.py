@@ -61,3 +61,20 @@ def test_json_round_trip_is_exact():
     back = BSRConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert back == config
     assert isinstance(back.rgb_mean, tuple)
+
+
+def test_a_config_huge_in_total_is_refused_before_anything_is_built(tmp_path):
+    """Issue 23 (10): 1024 features x 256 groups x 256 blocks passed every per-field limit and spent a minute and
+    1.2 GB building the skeleton before the weights were refused."""
+    import json
+
+    from bsr_hub import BSRModel
+    from bsr_hub.configuration import MAX_BODY_WEIGHTS
+
+    (tmp_path / "config.json").write_text(json.dumps({"scale": 2, "num_features": 1024, "num_groups": 256,
+                                                      "num_blocks": 256}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"256 groups x 256 blocks x 1024 features is about 1237.0 G weights"):
+        BSRModel.from_pretrained(tmp_path)  # refused from config.json's numbers: nothing is built
+    base = BSRConfig.from_preset("bsr-base")
+    assert base.num_groups * base.num_blocks * 18 * base.num_features**2 < MAX_BODY_WEIGHTS / 10
