@@ -452,18 +452,22 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         benchmarks = [load_benchmark(n, args.data_dir) for n in names]
         suite, skipped = robustness_suite()
         started = time.perf_counter()
-        rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet)
+        skipped_images: list[dict[str, str]] = []
+        rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet,
+                                   skipped_images=skipped_images)
     except (EvaluationError, RecordError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     words = ["--suite", "robustness", "--model", args.model, "--benchmarks", *names, "--data-dir", str(args.data_dir),
              "--scale", str(scale)]
     command = " ".join([prog, *map(shlex.quote, words)])
-    document = results_document(args.model, scale, rows, skipped, command)
+    document = results_document(args.model, scale, rows, skipped, command, skipped_images)
     document["wall_time_s"] = round(time.perf_counter() - started, 1)
     print(markdown_table(document))
     for resizer, why in skipped.items():
         print(f"skipped {resizer}: {why}", file=sys.stderr)
+    for image in skipped_images:
+        print(f"skipped {image['benchmark']}/{image['name']}: {image['error']}", file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(document, indent=2) + "\n")

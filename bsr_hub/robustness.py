@@ -119,34 +119,49 @@ class RobustnessRow:
 
 def evaluate_robustness(
     model: torch.nn.Module, benchmarks: Sequence[Any], scale: int, suite: Sequence[InputDegradation],
-    *, tile: Any = "auto", progress: bool = True,
+    *, tile: Any = "auto", progress: bool = True, skipped_images: list[dict[str, str]] | None = None,
 ) -> list[RobustnessRow]:
     """Mean PSNR and blockiness of the model and of bicubic per (benchmark, degradation), over every image of
-    each benchmark."""
+    each benchmark that can be scored. An image that cannot (unreadable, or too small to score at this scale) is
+    left out of the means and appended to `skipped_images` ({"benchmark", "name", "error"}), as the published
+    protocol's evaluator names it and goes on; a benchmark with no image left is an EvaluationError."""
     from tqdm.auto import tqdm
 
-    from .benchmarks import read_hr
+    from .benchmarks import EvaluationError, read_hr
 
     rows = []
     for bench in benchmarks:
-        scores = np.zeros((len(bench.images), len(suite), len(InputScore._fields)))
-        for i, record in enumerate(tqdm(bench.images, desc=f"{bench.name} x{scale} robustness", disable=not progress)):
-            scores[i] = score_inputs(model, read_hr(record), scale, suite, tile)
+        scores = []
+        for record in tqdm(bench.images, desc=f"{bench.name} x{scale} robustness", disable=not progress):
+            try:
+                hr = read_hr(record)
+                if min(hr.shape[:2]) < 2 * scale + 11:  # SSIM's 11x11 window after the shave, as evaluation
+                    raise EvaluationError(f"{hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale}")
+                scores.append(score_inputs(model, hr, scale, suite, tile))
+            except (EvaluationError, ValueError, OSError) as err:
+                if skipped_images is not None:
+                    skipped_images.append({"benchmark": bench.name, "name": record.name, "error": str(err)})
+        if not scores:
+            raise EvaluationError(f"{bench.name}: no image could be scored")
+        table = np.array(scores)  # (images, degradations, InputScore fields)
         for k, d in enumerate(suite):
             rows.append(RobustnessRow(
-                bench.name, d.name, d.resizer, d.jpeg_quality, len(bench.images),
-                *(float(mean) for mean in scores[:, k].mean(axis=0)),  # in InputScore's order
+                bench.name, d.name, d.resizer, d.jpeg_quality, len(scores),
+                *(float(mean) for mean in table[:, k].mean(axis=0)),  # in InputScore's order
             ))
     return rows
 
 
 def results_document(model_name: str, scale: int, rows: Sequence[RobustnessRow], skipped: dict[str, str],
-                     command: str | None) -> dict[str, Any]:
+                     command: str | None, skipped_images: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     """What `robustness_results.json` holds."""
-    return {
+    document = {
         "model": model_name, "scale": scale, "command": command,
         "rows": [asdict(r) for r in rows], "skipped_resizers": skipped,
     }
+    if skipped_images:
+        document["skipped_images"] = list(skipped_images)
+    return document
 
 
 def markdown_table(document: dict[str, Any]) -> str:

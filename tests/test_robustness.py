@@ -116,3 +116,20 @@ def test_bsr_hub_list_says_what_each_checkpoint_is_for(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("bsr-")}
     assert lines["bsr-lite-x2-robust"].rstrip().endswith("real")
     assert lines["bsr-lite-x2"].rstrip().endswith("benchmark")
+
+
+def test_a_tiny_image_is_named_and_skipped_and_the_rest_scored(bench_dir, tiny_checkpoint, capsys):
+    """Issue 23 (12): a 3x3 image aborted the whole suite without naming the file."""
+    from PIL import Image
+
+    before = evaluate_robustness(BicubicModel(2), [load_benchmark("Syn", bench_dir)], 2,
+                                 robustness_suite(with_opencv=False)[0], progress=False)
+    Image.new("RGB", (3, 3), (10, 20, 30)).save(bench_dir / "Syn" / "speck.png")
+    skipped: list[dict[str, str]] = []
+    rows = evaluate_robustness(BicubicModel(2), [load_benchmark("Syn", bench_dir)], 2,
+                               robustness_suite(with_opencv=False)[0], progress=False, skipped_images=skipped)
+    assert skipped == [{"benchmark": "Syn", "name": "speck", "error": "3x3 is too small to score at x2"}]
+    assert [(r.num_images, r.psnr) for r in rows] == [(r.num_images, r.psnr) for r in before]  # the others, as before
+    assert eval_main(["--suite", "robustness", "--model", str(tiny_checkpoint), "--benchmarks", "Syn", "--data-dir",
+                      str(bench_dir), "--quiet"]) == 0
+    assert "skipped Syn/speck: 3x3 is too small to score at x2" in capsys.readouterr().err
