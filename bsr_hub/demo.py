@@ -371,6 +371,8 @@ def detail_views(
     each enlarged with nearest-neighbour pixels. `upload` is the input, `result` the model's output."""
     shown, out = display_copy(upload).convert("RGB"), display_copy(result).convert("RGB")
     scale = out.width // max(shown.width, 1)
+    if scale < 1 or out.size != (shown.width * scale, shown.height * scale):
+        raise ValueError(f"a {out.width}x{out.height} result is not this {shown.width}x{shown.height} upload upscaled")
     side = min(region, shown.width, shown.height) * scale  # in output pixels
     left = min(max(round(x * out.width - side / 2), 0), out.width - side)
     top = min(max(round(y * out.height - side / 2), 0), out.height - side)
@@ -499,7 +501,10 @@ def build_demo(
         if image is None or result is None:
             return None, None
         with open_upload(image, settings.max_pixels) as upload:
-            return publish_details(detail_views(ImageOps.exif_transpose(upload), result, x / 100, y / 100))
+            try:  # a result left from another upload (clear_result empties it; this is the guard behind that)
+                return publish_details(detail_views(ImageOps.exif_transpose(upload), result, x / 100, y / 100))
+            except ValueError:
+                return None, None
 
     def locate_detail(image: Any, result: Any) -> tuple[float, float, Any, Any]:
         if image is None or result is None:
@@ -507,8 +512,16 @@ def build_demo(
         with open_upload(image, settings.max_pixels) as upload:
             upload = ImageOps.exif_transpose(upload)
             x, y = most_structured_point(upload)
-            bicubic, bsr = publish_details(detail_views(upload, result, x, y))
+            try:
+                bicubic, bsr = publish_details(detail_views(upload, result, x, y))
+            except ValueError:
+                return 50.0, 50.0, None, None
         return round(100 * x, 1), round(100 * y, 1), bicubic, bsr
+
+    def clear_result() -> tuple[None, None, str, None, None]:
+        """A new upload empties the previous result and its details: shown beside the new image's bicubic, they
+        would pass for its own."""
+        return None, None, "", None, None
 
     with gr.Blocks(title="BSR super-resolution", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(
@@ -611,6 +624,8 @@ def build_demo(
             outputs=[detail_x, detail_y, detail_bicubic, detail_bsr],
             api_visibility="private",
         )
+        image.change(clear_result, outputs=[output, slider, info, detail_bicubic, detail_bsr],
+                     api_visibility="private", queue=False)
         for moved in (detail_x, detail_y):
             moved.release(
                 detail,

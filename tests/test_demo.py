@@ -537,6 +537,24 @@ def test_detail_of_grey_and_tiny_images(tiny_model):
     assert bicubic.size == bsr.size and bicubic.width >= 8
 
 
+def test_a_result_of_another_upload_gives_no_detail_and_a_new_upload_clears_it(checkpoints):
+    """Issue 23 (8): after a new upload, moving the detail control paired the new image's bicubic with the old
+    image's result (same size), or failed with ZeroDivisionError (another size)."""
+    upload = _flat_with_texture()
+    for other in (Image.new("RGB", (upload.width * 2, upload.height * 2 + 2)),  # not this upload upscaled
+                  Image.new("RGB", (upload.width // 2, upload.height // 2))):  # smaller than it: scale 0
+        with pytest.raises(ValueError, match="is not this 160x120 upload upscaled"):
+            detail_views(upload, other, 0.5, 0.5)
+    demo = build_demo(DemoSettings(models=(str(checkpoints[2]),)))
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    upload_id = next(b._id for fn in demo.fns.values() if fn.api_name == "upscale" for b in fn.inputs[:1])
+    (clear,) = [fn for fn in demo.fns.values() if (upload_id, "change") in [(t[0], t[1]) for t in fn.targets]]
+    cleared = {b.elem_id for b in clear.outputs}
+    assert {"bsr-detail-bicubic", "bsr-detail-bsr"} <= cleared and "bsr-info" in cleared
+    assert len(clear.outputs) == 5 and all(v in (None, "") for v in clear.fn())
+    assert blocks["bsr-detail-bicubic"] in clear.outputs
+
+
 def test_the_api_has_one_public_endpoint(served):
     _, client = served
     assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/upscale"]
