@@ -223,6 +223,42 @@ def requirements_txt(wheel_name: str) -> str:
     )
 
 
+MANIFEST = ".bsr-space-export.json"
+"""What an export wrote into its folder: a later `--overwrite` replaces those names and nothing else."""
+
+
+def check_wheel(wheel: str | os.PathLike) -> Path:
+    """A bsr_hub wheel to ship: a file named bsr_hub-*.whl that is a wheel of the package (not any file)."""
+    import zipfile
+
+    path = Path(wheel)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such wheel: {wheel}")
+    if not (path.name.startswith("bsr_hub-") and path.suffix == ".whl"):
+        raise ValueError(f"{wheel} is not a bsr_hub wheel (expected bsr_hub-VERSION-py3-none-any.whl)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{wheel} is not a wheel (not a zip archive: {err})") from None
+    if "bsr_hub/__init__.py" not in names:
+        raise ValueError(f"{wheel} does not hold the bsr_hub package")
+    return path
+
+
+def _ours(out: Path) -> set[str]:
+    """The names a previous export recorded in `out`'s manifest (none if it has no readable one)."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text()).get("written", [])
+    except (OSError, ValueError, AttributeError):
+        try:  # an export from before the manifest: its app.py is ours, word for word
+            legacy = (out / "app.py").read_text() == APP_PY
+        except (OSError, ValueError):
+            legacy = False
+        return ({*WRITTEN, *(p.name for p in out.glob("bsr_hub-*.whl"))} if legacy else set())
+    return {name for name in listed if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+
+
 def export_space(
     out_dir: str | os.PathLike,
     models: tuple[str, ...] | list[str] = (),
@@ -231,7 +267,10 @@ def export_space(
     overwrite: bool = False,
 ) -> SpaceExport:
     """Write the Space folder. An existing non-empty `out_dir` is an error unless `overwrite`, which replaces
-    what this function writes (app.py, README.md, requirements.txt, the wheel, checkpoints/) and nothing else."""
+    what an earlier export recorded writing there (its manifest) and nothing else: a name of ours that exists
+    but was not written by an export (a training folder's checkpoints/, a model's own README.md) is refused.
+    Everything is made in a temporary folder beside `out_dir` first and moved in at the end, so an interrupted
+    or failed export (Ctrl-C while the wheel builds, a full disk) leaves `out_dir` as it was."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; give a folder for the Space")
@@ -242,26 +281,45 @@ def export_space(
     except metadata.PackageNotFoundError:
         raise ImportError("the Space pins the Gradio version it is tested with: pip install 'bsr-hub[demo]'") from None
     served = resolve_models(tuple(models))
-    if wheel is not None and not Path(wheel).is_file():
-        raise FileNotFoundError(f"no such wheel: {wheel}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    for name in WRITTEN:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    for old in out.glob("bsr_hub-*.whl"):
-        old.unlink()
-    wheel_path = Path(shutil.copy2(wheel, out)) if wheel is not None else build_wheel(out)
+    wheel = check_wheel(wheel) if wheel is not None else None
+    resolved = out.resolve()
     for model in served:
-        dest = out / "checkpoints" / model.name
-        dest.mkdir(parents=True)
-        for name in CHECKPOINT_FILES:
-            if (model.folder / name).is_file():
-                shutil.copy2(model.folder / name, dest / name)
-    (out / "app.py").write_text(APP_PY)
-    (out / "requirements.txt").write_text(requirements_txt(wheel_path.name))
-    (out / "README.md").write_text(space_readme(served, gradio_version))
-    return SpaceExport(out, wheel_path, tuple(served))
+        folder = model.folder.resolve()
+        if folder == resolved or resolved in folder.parents:
+            raise ValueError(f"the model {model.folder} is inside the Space folder {out}: exporting would replace "
+                             "its files; export into another folder")
+    ours = _ours(out) if out.is_dir() else set()
+    present = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    foreign = sorted(n for n in present & (set(WRITTEN) | {MANIFEST}) if n not in ours and n != MANIFEST)
+    foreign += sorted(n for n in present if n.startswith("bsr_hub-") and n.endswith(".whl") and n not in ours)
+    if foreign:
+        raise FileExistsError(f"{out} holds {', '.join(foreign)}, which no Space export wrote there: not replacing "
+                              "them (move them, or export into another folder)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        wheel_path = Path(shutil.copy2(wheel, staging)) if wheel is not None else build_wheel(staging)
+        for model in served:
+            dest = staging / "checkpoints" / model.name
+            dest.mkdir(parents=True)
+            for name in CHECKPOINT_FILES:
+                if (model.folder / name).is_file():
+                    shutil.copy2(model.folder / name, dest / name)
+        (staging / "app.py").write_text(APP_PY)
+        (staging / "requirements.txt").write_text(requirements_txt(wheel_path.name))
+        (staging / "README.md").write_text(space_readme(served, gradio_version))
+        written = sorted(p.name for p in staging.iterdir())
+        (staging / MANIFEST).write_text(json.dumps({"written": written}, indent=2) + "\n")
+        out.mkdir(exist_ok=True)
+        for name in sorted(ours):  # what the previous export wrote, and only that
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        for name in [*written, MANIFEST]:  # the manifest last: it lists only what is in place
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return SpaceExport(out, out / wheel_path.name, tuple(served))

@@ -143,3 +143,58 @@ def test_installed_like_a_space_it_serves_the_bundled_model(space, tmp_path):
         assert out.format == "PNG"
         want = BSRModel.from_pretrained(name).upscale(img.convert("RGB"))
         np.testing.assert_array_equal(np.asarray(out.convert("RGB")), np.asarray(want))
+
+
+def test_overwrite_replaces_only_what_an_export_wrote(space, tmp_path, capsys):
+    """Issue 23 (3): --overwrite deleted a training folder's checkpoints/ and, with --model DIR, that model's own
+    card; --wheel took any file."""
+    wheel = str(next(space.glob("*.whl")))
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_10").mkdir(parents=True)
+    (run / "checkpoints" / "step_10" / "trainer.json").write_text("{}")
+    assert main(["space", "export", str(run), "--overwrite", "--wheel", wheel]) == 2
+    assert "holds checkpoints, which no Space export wrote there" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step_10" / "trainer.json").is_file() and not (run / "app.py").exists()
+
+    model = tmp_path / "my-model"
+    BSRModel(tiny_config(scale=2)).save_pretrained(model)
+    card = (model / "README.md").read_text()
+    assert main(["space", "export", str(model), "--model", str(model), "--overwrite", "--wheel", wheel]) == 2
+    assert "is inside the Space folder" in capsys.readouterr().err
+    assert (model / "README.md").read_text() == card
+
+    fake, other = tmp_path / "bsr_hub-0-py3-none-any.whl", tmp_path / "hostname"  # as /etc/hostname was taken
+    fake.write_bytes(b"not a zip")
+    other.write_text("box\n")
+    for bad, message in ((str(other), "is not a bsr_hub wheel"), (str(fake), "is not a wheel")):
+        assert main(["space", "export", str(tmp_path / "s"), "--wheel", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+    out = tmp_path / "space"  # an export, then one over it: the second replaces the first's files, keeps others
+    assert main(["space", "export", str(out), "--wheel", wheel]) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "stray.txt").write_text("inside a folder the export wrote: replaced with it")
+    assert main(["space", "export", str(out), "--overwrite", "--wheel", wheel, "--model", "bsr-tiny-x2"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["bsr-tiny-x2"]
+    assert not list(tmp_path.glob(".space.export-*"))  # the staging folder is gone
+
+
+def test_a_failed_export_leaves_the_folder_as_it_was(space, tmp_path, monkeypatch):
+    """Issue 23 (3): SIGINT during the wheel build left the folder empty, the old Space gone."""
+    from bsr_hub import space as space_module
+
+    out = tmp_path / "space"
+    assert main(["space", "export", str(out), "--wheel", str(next(space.glob("*.whl")))]) == 0
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(dest):
+        (Path(dest) / "bsr_hub-0.0.0-py3-none-any.whl").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(space_module, "build_wheel", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        space_module.export_space(out, overwrite=True)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".space.export-*"))
