@@ -69,6 +69,15 @@ class OnnxExport:
     max_abs_diff: float | None
 
 
+def _is_export_metadata(path: Path) -> bool:
+    """Whether `path` is a sidecar an export wrote (export_metadata's keys), not some other JSON file."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and found.get("format") == "onnx" and "opset" in found and "input" in found
+
+
 def export_metadata(model: BSRModel, source: str) -> dict[str, Any]:
     """The facts a runtime user needs, written as `model.json` and into the graph's metadata."""
     from . import __version__
@@ -152,6 +161,10 @@ def export_onnx(
     existing = [p for p in (onnx_path, metadata_path) if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists (pass overwrite=True, or --overwrite)")
+    if metadata_path.exists() and not _is_export_metadata(metadata_path):
+        # `-o CHECKPOINT/config.onnx` would put its sidecar over the checkpoint's config.json.
+        raise FileExistsError(f"{metadata_path} is not an earlier export's {metadata_path.name}: --overwrite replaces "
+                              f"only what an export wrote; name the .onnx file otherwise")
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
 
     # A copy: the caller's model keeps its device, dtype and mode.

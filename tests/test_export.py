@@ -123,6 +123,19 @@ def test_existing_output_is_not_replaced_without_overwrite(exported, capsys):
     assert exported.stat().st_mtime_ns == before
 
 
+def test_overwrite_never_puts_the_sidecar_over_another_json(tmp_path, capsys):
+    """Issue 23 (3): `export m -o m/config.onnx --overwrite` replaced the checkpoint's config.json."""
+    checkpoint = tmp_path / "m"
+    BSRModel(tiny_config(scale=2)).save_pretrained(checkpoint)
+    config = (checkpoint / "config.json").read_bytes()
+    assert main(["export", str(checkpoint), "-o", str(checkpoint / "config.onnx"), "--overwrite"]) == 2
+    assert "config.json is not an earlier export's config.json" in capsys.readouterr().err
+    assert (checkpoint / "config.json").read_bytes() == config and not (checkpoint / "config.onnx").exists()
+    out = tmp_path / "m.onnx"  # an export over an export is still replaced
+    assert main(["export", str(checkpoint), "-o", str(out)]) == 0
+    assert main(["export", str(checkpoint), "-o", str(out), "--overwrite"]) == 0
+
+
 def test_bad_output_name_and_unknown_model_are_clear_errors(tmp_path, capsys):
     assert main(["export", MODEL, "-o", str(tmp_path / "model.bin")]) == 2
     assert "should end in .onnx" in capsys.readouterr().err
