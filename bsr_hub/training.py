@@ -141,6 +141,9 @@ class OutputSection:
     hub_private: bool = False
 
     def __post_init__(self) -> None:
+        if not str(self.dir).strip():
+            raise ValueError('output.dir must name a folder (an empty one means the current folder: write "." '
+                             "if that is meant)")
         for name in ("checkpointing_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"output.{name} must be >= 1, got {getattr(self, name)}")
@@ -552,13 +555,39 @@ def previous_run(output_dir: str | Path) -> list[str]:
     return found
 
 
-def clear_previous_run(output_dir: str | Path) -> None:
-    """Delete what `previous_run` finds: an explicit --output.overwrite starts the folder over."""
+RUN_MODEL_FILES = frozenset({
+    "config.json", "model.safetensors", "README.md", "eval_results.json", "training.json", "training_config.yaml",
+    "training_curve.png", "training_history.jsonl", "robustness_results.json",
+})
+"""What a run (and a later evaluation or robustness run) writes into OUTPUT/model/."""
+
+
+def clear_previous_run(output_dir: str | Path) -> list[Path]:
+    """Delete what a run wrote there, as `previous_run` finds it: an explicit --output.overwrite starts the folder
+    over. Only the run's own files go (checkpoint folders step_N, model/'s RUN_MODEL_FILES, history.jsonl): a file
+    of the user's in model/ or checkpoints/ stays, with its folder. Returns what was kept."""
     output = Path(output_dir)
-    for folder in (checkpoints_dir(output), output / "model"):
-        if folder.is_dir():
-            shutil.rmtree(folder)
+    kept = []
+    root = checkpoints_dir(output)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and (CHECKPOINT_PATTERN.match(entry.name)
+                                                               or entry.name.startswith(".tmp-step_")):
+                shutil.rmtree(entry)
+            else:
+                kept.append(entry)
+    model = output / "model"
+    if model.is_dir():
+        for entry in model.iterdir():
+            if entry.name in RUN_MODEL_FILES and (entry.is_file() or entry.is_symlink()):
+                entry.unlink()
+            else:
+                kept.append(entry)
+    for folder in (root, model):
+        with contextlib.suppress(OSError):  # left in place when something of the user's is in it
+            folder.rmdir()
     (output / "history.jsonl").unlink(missing_ok=True)
+    return kept
 
 
 def finalize_checkpoint(tmp: Path, final: Path) -> None:
@@ -932,8 +961,10 @@ class TrainingRun:
                 f"{self.output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
                 "folder (--output.overwrite deletes those files first), or choose another --output.dir."
             )
-        clear_previous_run(self.output)
+        kept = clear_previous_run(self.output)
         self.accelerator.print(f"--output.overwrite: deleted the previous run's {'; '.join(left)} in {self.output}")
+        if kept:
+            self.accelerator.print(f"kept what no run wrote there: {', '.join(str(p) for p in kept)}")
 
     def _continues_this_folder(self) -> bool:
         """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""

@@ -248,6 +248,22 @@ def test_resume_latest_without_a_checkpoint_does_not_replace_a_finished_model(tm
     assert _train(tmp_path / "fresh", "--max_steps", "1", "--resume", "latest") == 0  # an empty folder: from step 0
 
 
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path, capsys):
+    """Issue 23 (3): `--output.dir ""` with --output.overwrite deleted an unrelated model/notes.txt in the current
+    folder: the whole model/ and checkpoints/ folders went."""
+    out = tmp_path / "run"
+    assert _train(out, "--max_steps", "2", "--checkpointing_steps", "2") == 0
+    (out / "model" / "notes.txt").write_text("mine")
+    (out / "checkpoints" / "README.txt").write_text("mine too")
+    assert _train(out, "--max_steps", "1", "--seed", "1", "--output.overwrite") == 0
+    assert (out / "model" / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoints" / "README.txt").read_text() == "mine too"
+    assert _steps(out) == [1] and (out / "model" / "model.safetensors").is_file()
+    assert "kept what no run wrote there" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"output.dir must name a folder"):
+        _train("", "--max_steps", "1", "--output.overwrite")
+
+
 def test_a_symlinked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
     """Issue 23 (2): a link planted as OUTPUT/.train.lock had the trainer write its JSON over the link's target."""
     from bsr_hub.checkpointing import OutputBusyError, OutputLock
