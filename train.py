@@ -39,6 +39,7 @@ from bsr_hub.training import (
     fp32_forward,
     ignore_stop_signals,
     launched_by_a_launcher,
+    non_finite_message,
     step_decay,
 )
 
@@ -243,7 +244,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            meter.add(loss, terms)  # detached, on the device: no host sync here
+            meter.add(loss, terms, run.step + 1)  # detached, on the device: no host sync here
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -252,6 +253,13 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
             bar.update(1)
 
             at_log = run.step % cfg.output.logging_steps == 0 or run.step == cfg.optim.max_steps
+            at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps
+            if at_log or at_checkpoint or (accelerator.num_processes == 1 and stop.requested):
+                # The sync points (the same steps on every process): a loss that is no longer a number is never
+                # logged as one, and its weights are never saved over the last good checkpoint.
+                bad = meter.first_non_finite(accelerator)
+                if bad is not None:
+                    raise SystemExit(f"error: {non_finite_message(cfg, bad, saved or run.resumed_from)}")
             if at_log:
                 losses = meter.mean()  # the sync point of the interval
                 now = time.perf_counter()
@@ -268,7 +276,6 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
                     val_psnr, val_ssim = validate(shippable, validation, cfg, accelerator)
                 run.record({"step": run.step, "val_psnr": val_psnr, "val_ssim": val_ssim})
                 model.train()
-            at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps
             # One process alone reads its flag for free; several agree at the logging interval and checkpoints.
             requested = stop.requested
             if accelerator.num_processes > 1:

@@ -835,6 +835,17 @@ def check_resume(saved: dict[str, Any], current: TrainConfig, checkpoint: Path) 
 # ---------------------------------------------------------------------------------------------- the run's life
 
 
+def non_finite_message(cfg: TrainConfig, step: int, checkpoint: Path | None) -> str:
+    """What to say when the loss stops being a number: where it happened, what was kept, what to change."""
+    kept = (f"the last good checkpoint, {checkpoint}, is kept" if checkpoint is not None
+            else "no checkpoint was written before it")
+    clipping = "" if cfg.optim.max_grad_norm else ", or set optim.max_grad_norm (clipping is off)"
+    return (f"the loss became inf or nan at step {step}; training stopped without saving the weights, which are "
+            f"no longer finite ({kept}). The usual cause is a learning rate too high for this model and batch: "
+            f"lower optim.learning_rate (now {cfg.optim.learning_rate:g}){clipping}, and resume from the checkpoint "
+            "with --resume_allow_changes, or start over")
+
+
 class LossMeter:
     """Loss terms summed as detached tensors on the device, so that a step makes no host sync; `mean()` is the
     one sync per logging interval."""
@@ -843,12 +854,28 @@ class LossMeter:
         self.names: list[str] = []
         self._sum: torch.Tensor | None = None
         self.count = 0
+        self._first_bad: torch.Tensor | None = None  # () int64 on the device: the first non-finite step, or -1
 
-    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    def add(self, total: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+        """`step`: the optimiser step this loss belongs to (1-based), named if the loss is not finite."""
         self.names = ["loss", *terms]
         values = torch.stack([total.detach().float(), *(t.detach().float() for t in terms.values())])  # (1 + T,)
         self._sum = values if self._sum is None else self._sum + values
         self.count += 1
+        bad = ~torch.isfinite(values[0])  # on the device, no sync
+        first = self._first_bad if self._first_bad is not None else torch.full((), -1, device=values.device)
+        self._first_bad = torch.where(bad & (first < 0), torch.full_like(first, step), first)
+
+    def first_non_finite(self, accelerator: Any = None) -> int | None:
+        """The first step whose loss was inf or nan on any process, or None: a host sync (and, with several
+        processes, a gather that every process must reach at the same step)."""
+        if self._first_bad is None:
+            return None
+        flags = self._first_bad[None]  # (1,)
+        if accelerator is not None and accelerator.num_processes > 1:
+            flags = accelerator.gather(flags)  # (processes,)
+        bad = [int(v) for v in flags.tolist() if v >= 0]
+        return min(bad) if bad else None
 
     def mean(self) -> dict[str, float]:
         if self._sum is None:

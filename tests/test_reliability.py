@@ -264,6 +264,29 @@ def test_overwrite_deletes_only_what_a_run_wrote(tmp_path, capsys):
         _train("", "--max_steps", "1", "--output.overwrite")
 
 
+def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Issue 23 (7): a learning rate of inf or nan trained NaN checkpoints to the end. The loss turns nan at step
+    3 here (the loss function is the one stand-in): the run stops at the next sync point naming step 3, with
+    step_2 kept and no model written."""
+    from bsr_hub.losses import HybridLoss
+
+    real, calls = HybridLoss.forward, []
+
+    def turning_nan(self, sr, hr):
+        calls.append(1)
+        loss, terms = real(self, sr, hr)
+        return (loss * float("nan"), terms) if len(calls) >= 3 else (loss, terms)
+
+    monkeypatch.setattr(HybridLoss, "forward", turning_nan)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"the loss became inf or nan at step 3; .*the last good checkpoint, "
+                                         r".*step_2, is kept.*lower optim.learning_rate"):
+        _train(out, "--max_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "4")
+    assert _steps(out) == [2] and not (out / "model").exists()
+    weights = load_file(out / "checkpoints" / "step_2" / "model" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def test_a_symlinked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
     """Issue 23 (2): a link planted as OUTPUT/.train.lock had the trainer write its JSON over the link's target."""
     from bsr_hub.checkpointing import OutputBusyError, OutputLock

@@ -466,14 +466,18 @@ def test_loss_terms_stay_on_the_device_until_the_logging_interval():
     sr, hr = torch.rand(2, 3, 8, 8, requires_grad=True), torch.rand(2, 3, 8, 8)
     meter = LossMeter()
     totals = []
-    for _ in range(3):
+    for step in range(1, 4):
         total, terms = HybridLoss()(sr, hr)
         assert all(isinstance(t, torch.Tensor) and not t.requires_grad for t in terms.values())
-        meter.add(total, terms)
+        meter.add(total, terms, step)
         totals.append(total.item())
     mean = meter.mean()
     assert set(mean) == {"loss", "l2", "l1", "lp"} and mean["loss"] == pytest.approx(sum(totals) / 3)
     assert meter.mean() == {}  # reset after reading
+    assert meter.first_non_finite() is None
+    for step, value in ((4, float("inf")), (5, float("nan")), (6, 1.0)):
+        meter.add(torch.tensor(value), terms, step)
+    assert meter.first_non_finite() == 4  # the first, kept across later steps
 
 
 def test_weights_check_is_skipped_with_a_message_under_sharding(capsys):
