@@ -9,11 +9,14 @@ parses arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -489,7 +492,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser = add_eval_arguments(
         argparse.ArgumentParser(prog="evaluate.py", description="Score a model on SR benchmarks (PSNR/SSIM on Y).")
     )
-    return cmd_eval(parser.parse_args(argv), prog="python evaluate.py")
+    args = parser.parse_args(argv)
+    with sigterm_as_exit():
+        return cmd_eval(args, prog="python evaluate.py")
 
 
 # ---------------------------------------------------------------------------------------------- pic-stats
@@ -792,9 +797,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler, a container stopping) ends a command through its `finally` blocks, as
+    Ctrl-C does, instead of killing it where it stands: a file being written is then removed, not left behind as
+    a hidden .NAME.xxxx.tmp. Exit status 143, as a process ended by SIGTERM reports."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with sigterm_as_exit():
+        return args.func(args)
 
 
 if __name__ == "__main__":

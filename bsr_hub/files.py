@@ -4,9 +4,12 @@ graphs, a checkpoint's records). One place, so every command refuses the same da
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,48 @@ def write_atomically(target: str | os.PathLike, write: Callable[[str], Any]) -> 
 
 def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has run, then act as they would have (main thread only; elsewhere
+    the block runs as it is): a few renames that belong together are not split by Ctrl-C or a kill."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
+def write_texts_together(texts: dict[Path, str], check: Callable[[dict[Path, Path]], None] | None = None) -> None:
+    """Several files that describe one thing (a card and the records it is rendered from): each is written in full
+    under a temporary name first, `check(temporaries)` may refuse them, and then all are renamed into place with
+    SIGINT and SIGTERM deferred, so that an interruption leaves either the old set or the new one, never a mix and
+    never a temporary file."""
+    temporaries: dict[Path, Path] = {}
+    try:
+        for target, text in texts.items():
+            fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=f".{Path(target).name}.", suffix=".tmp")
+            os.close(fd)
+            temporaries[Path(target)] = Path(tmp)
+            Path(tmp).write_text(text, encoding="utf-8")
+            os.chmod(tmp, _default_mode())
+        if check is not None:
+            check(temporaries)
+        with signals_deferred():
+            for target, tmp in temporaries.items():
+                os.replace(tmp, target)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def encode_png_16bit(pixels) -> bytes:

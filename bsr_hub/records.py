@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import write_text_atomically
+from .files import write_text_atomically, write_texts_together
 
 if TYPE_CHECKING:
     import torch
@@ -72,10 +72,11 @@ class EvalResults:
         data = json.loads(store.read_text())
         return cls(model=data.get("model"), results=list(data.get("results", [])))
 
+    def to_text(self) -> str:
+        return json.dumps({"model": self.model, "results": self.results}, indent=2) + "\n"
+
     def save(self, folder: str | os.PathLike) -> Path:
-        return write_text_atomically(
-            Path(folder) / EVAL_RESULTS_NAME, json.dumps({"model": self.model, "results": self.results}, indent=2) + "\n"
-        )
+        return write_text_atomically(Path(folder) / EVAL_RESULTS_NAME, self.to_text())
 
 
 def _result_key(r: dict[str, Any]) -> tuple:
@@ -390,10 +391,11 @@ def update_card(
             entry["command"] = evaluation_command
         new.append(entry)
     merged = merge_results(previous.results, new)
-    EvalResults(model=name, results=merged).save(folder)
+    texts = {folder / EVAL_RESULTS_NAME: EvalResults(model=name, results=merged).to_text()}
     if robustness is not None:
-        write_text_atomically(folder / ROBUSTNESS_RESULTS_NAME, json.dumps(robustness, indent=2) + "\n")
-    robustness = read_robustness(folder)
+        texts[folder / ROBUSTNESS_RESULTS_NAME] = json.dumps(robustness, indent=2) + "\n"
+    else:
+        robustness = read_robustness(folder)
     training = read_training(folder)
 
     commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
@@ -403,11 +405,17 @@ def update_card(
         **how_to_load(folder, name), robustness=robustness, trained_for=_trained_for(training),
         robustness_table=robustness_table(robustness) if robustness else "",
     )
-    target = write_text_atomically(folder / CARD_NAME, str(card))
-    # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured.
-    problems = model_index_mismatches(target, merged)
-    if problems:
-        raise RuntimeError("the rendered card's model-index does not match the results: " + "; ".join(problems))
+    target = folder / CARD_NAME
+    texts[target] = str(card)
+
+    def check(temporaries: dict[Path, Path]) -> None:
+        # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured,
+        # before anything is replaced.
+        problems = model_index_mismatches(temporaries[target], merged)
+        if problems:
+            raise RuntimeError("the rendered card's model-index does not match the results: " + "; ".join(problems))
+
+    write_texts_together(texts, check)  # the records and the card: all replaced, or none
     return target
 
 

@@ -465,3 +465,75 @@ def test_sigterm_to_the_accelerate_launcher_stops_train_py_with_a_checkpoint(tmp
     assert 3 <= stopped_at < 2000
     assert "resume with:" in output
     assert not (out / "model").exists() and not (out / ".train.lock").exists()
+
+
+SLOW_SAVE = r"""
+import sys, time
+from PIL import Image
+real = Image.Image.save
+def slow_save(self, fp, *args, **kwargs):
+    real(self, fp, *args, **kwargs)  # the temporary file is there, complete or not
+    print("writing", flush=True)
+    time.sleep(120)
+Image.Image.save = slow_save
+from bsr_hub.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_an_upscale_writes_leaves_no_temporary_file(tmp_path, tiny_checkpoint):
+    """Issue 23 (5): SIGTERM during upscale or export left hidden .NAME.xxxx.tmp files that no later run removed."""
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (12, 10), (50, 100, 150)).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, "upscale", str(tmp_path / "in.png"), "-o", str(out),
+                              "--model", str(tiny_checkpoint), "-q"], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # what a kill would have left
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 143
+    finally:
+        child.kill()
+    assert sorted(p.name for p in out.iterdir()) == []  # no temporary file, and no half image
+
+
+def test_a_kill_during_a_card_update_leaves_its_records_and_card_agreeing(bench_dir, tiny_checkpoint, monkeypatch):
+    """Issue 23 (4): SIGTERM just after `evaluate.py --update-card` wrote eval_results.json left a benchmark in it
+    that the card's table and model-index lacked. The kill arrives right after the first file is replaced."""
+    import signal
+    from types import SimpleNamespace
+
+    from bsr_hub import files
+    from bsr_hub.card import model_index_mismatches
+    from bsr_hub.cli import eval_main
+
+    real_replace, replaced = os.replace, []
+
+    def replace_then_killed(src, dst):
+        real_replace(src, dst)
+        replaced.append(dst)
+        if len(replaced) == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "replace": replace_then_killed}))
+    previous = signal.signal(signal.SIGTERM, stop)  # the test's own, so that the parent commit fails, not dies
+    try:
+        with pytest.raises(SystemExit):
+            eval_main(["--model", str(tiny_checkpoint), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "-q",
+                       "--update-card", str(tiny_checkpoint)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    records = json.loads((tiny_checkpoint / "eval_results.json").read_text())["results"]
+    assert [r["benchmark"] for r in records] == ["Syn"]
+    assert model_index_mismatches(tiny_checkpoint / "README.md", records) == []
+    assert not [p for p in tiny_checkpoint.iterdir() if p.name.endswith(".tmp")]
