@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import plan_jobs, save_image_atomic
+from .files import plan_jobs, save_image_atomic, write_text_atomically
 
 OUTPUT_FORMATS = {"png": "PNG", "tiff": "TIFF", "webp": "WEBP", "jpg": "JPEG"}
 
@@ -410,7 +410,7 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
     print(markdown_table(args.model, results))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"model": args.model, "results": results}, indent=2) + "\n")
+        write_text_atomically(args.output, json.dumps({"model": args.model, "results": results}, indent=2) + "\n")
     status = 0
     for r in results:
         for f in r.get("failed", []):
@@ -473,7 +473,7 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         print(f"skipped {image['benchmark']}/{image['name']}: {image['error']}", file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
+        write_text_atomically(args.output, json.dumps(document, indent=2) + "\n")
     if args.update_card:
         try:
             path = update_card(args.update_card, [], robustness=document)
@@ -541,7 +541,7 @@ def cmd_pic_stats(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+        write_text_atomically(args.json, json.dumps(stats, indent=1) + "\n")
     if args.plot:
         plot_pic_stats(stats, args.plot)
     return 0

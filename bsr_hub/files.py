@@ -100,6 +100,14 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def append_text(target: str | os.PathLike, text: str) -> None:
+    """Append to a log file (history.jsonl) without following a symlink planted under its name, which would have
+    us append to whatever file it points at."""
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _default_mode())
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block has run, then act as they would have (main thread only; elsewhere

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomically
+
 
 def compute_pic_stats(
     source: Any,
@@ -129,7 +131,7 @@ def plot_pic_stats(stats: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # never through a link
     plt.close(fig)
 
 

@@ -34,6 +34,7 @@ from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, lo
 from .configuration import BSRConfig, from_mapping
 from .cpu import describe_cpu
 from .data import DataConfig
+from .files import append_text, write_atomically, write_text_atomically
 from .losses import LossConfig
 from .records import TRAINING_INFO_NAME, DatasetInfo, Stage, TrainingRecord, lineage_of
 from .resizers import DegradationMix
@@ -631,7 +632,7 @@ def plot_curves(history: list[dict[str, Any]], target: Path) -> None:
         ax2.set_ylabel("validation PSNR, Y (dB)", color="tab:red")
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target)
+    write_atomically(target, lambda tmp: fig.savefig(tmp, format="png"))  # a new file, never through a link
     plt.close(fig)
 
 
@@ -1053,7 +1054,7 @@ class TrainingRun:
         history_file = self.output / "history.jsonl"
         if self.accelerator.is_main_process and history_file.is_file():
             self.history = self._read_history(history_file)
-            history_file.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            write_text_atomically(history_file, "".join(json.dumps(h) + "\n" for h in self.history))
         if self.parent_lineage is None and self.accelerator.is_main_process:
             self.parent_lineage = lineage_of(self.cfg.model.init_from)
 
@@ -1099,8 +1100,7 @@ class TrainingRun:
     def record(self, entry: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             self.history.append(entry)
-            with (self.output / "history.jsonl").open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+            append_text(self.output / "history.jsonl", json.dumps(entry) + "\n")
         if self.cfg.output.report_to != "none":
             self.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=entry["step"])
 

@@ -537,3 +537,18 @@ def test_a_kill_during_a_card_update_leaves_its_records_and_card_agreeing(bench_
     assert [r["benchmark"] for r in records] == ["Syn"]
     assert model_index_mismatches(tiny_checkpoint / "README.md", records) == []
     assert not [p for p in tiny_checkpoint.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_run_log_is_never_appended_through_a_planted_link(tmp_path):
+    """Issue 23 (2, beyond the lock): history.jsonl was opened for appending through whatever link stood there."""
+    from bsr_hub.files import append_text
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "history.jsonl").symlink_to(target)
+    with pytest.raises(OSError):
+        append_text(tmp_path / "history.jsonl", '{"step": 1}\n')
+    assert target.read_text() == "keep me"
+    append_text(tmp_path / "log.jsonl", "a\n")
+    append_text(tmp_path / "log.jsonl", "b\n")
+    assert (tmp_path / "log.jsonl").read_text() == "a\nb\n"
