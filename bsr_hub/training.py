@@ -756,8 +756,9 @@ def _describe_photo_set(root: Path) -> DatasetInfo:
         kept = [row for row in csv.DictReader(f) if row.get("status") == "kept"]
     packages = sorted({row["package"] for row in kept if row.get("package")})
     licences = sorted({row["licence"] for row in kept if row.get("licence")})
-    return DatasetInfo(f"{root.name}: photographs from Debian packages {', '.join(packages) or '(none listed)'}",
-                       _count_images(root), ", ".join(licences) or "not stated")
+    # "Not flat", not "photographs": the rule also keeps renders with noisy gradients (bench/results/photo_set.md).
+    name = f"{root.name}: Debian wallpapers, not flat by a PIC rule, from {', '.join(packages) or '(none listed)'}"
+    return DatasetInfo(name, _count_images(root), ", ".join(licences) or "not stated")
 
 
 def _describe_folder(root: Path) -> list[DatasetInfo]:

@@ -105,7 +105,7 @@ def test_the_record_lists_every_folder_and_a_photo_sets_licences(tmp_path):
     data = describe_training_data(config_from_dict({"data": {"train_dir": [str(plain), str(photos)]}}))
     assert [d.describe() for d in data] == [
         "mine (3 images)",
-        "debian_photos: photographs from Debian packages pkg-a (2 images; licence CC-BY-SA-3.0)",
+        "debian_photos: Debian wallpapers, not flat by a PIC rule, from pkg-a (2 images; licence CC-BY-SA-3.0)",
     ]
 
 
@@ -116,7 +116,7 @@ def test_train_py_trains_on_two_folders_and_its_card_lists_both(tmp_path):
     assert train.main(["--config", DEBUG, "--output.dir", str(out), "--optim.max_steps", "2",
                        "--data.train_dir", str(plain), str(photos)]) == 0
     card = (out / "model" / "README.md").read_text()
-    assert ("| training data | mine (3 images), debian_photos: photographs from Debian packages pkg-a (2 images; "
+    assert ("| training data | mine (3 images), debian_photos: Debian wallpapers, not flat by a PIC rule, from pkg-a (2 images; "
             "licence CC-BY-SA-3.0) |") in card
     from bsr_hub.records import TrainingRecord
 
