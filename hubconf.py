@@ -14,7 +14,6 @@ returns the same architecture freshly initialised.
 from __future__ import annotations
 
 # Every public callable here is an entry point (torch.hub.list lists them all): imports keep a leading "_".
-
 from collections.abc import Callable as _Callable
 from pathlib import Path as _Path
 

@@ -47,3 +47,17 @@ def cpu_description() -> str:
     from bsr_hub.cpu import describe_cpu
 
     return describe_cpu()
+
+
+def in_child(target, *args):
+    """`target(*args, queue)` in a fresh spawned process (its own thread pool and allocator); what it puts on the
+    queue. A benchmark's settings then do not inherit each other's warm caches or thread settings."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result

@@ -16,7 +16,6 @@ credited for the overlap it recomputes. The ceiling is a plain 3x3 convolution t
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import conv_flops, machine_load, write_result
+from common import conv_flops, in_child, machine_load, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fast_path.md"
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks" / "Set14" / "baboon.png"
@@ -116,16 +115,6 @@ def _conv_ceiling(threads: int, queue) -> None:
     queue.put(results)
 
 
-def _in_child(target, *args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="input side in pixels (default 1024)")
@@ -141,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python bench/fast_path.py --size {args.size} --repeats {args.repeats} --rows {args.rows}"
                + (f" --threads {args.threads}" if args.threads else ""))
     load_before = machine_load()
-    ceiling = _in_child(_conv_ceiling, threads)
+    ceiling = in_child(_conv_ceiling, threads)
     rows = [r for r in ROWS if args.rows == "all" or r.group == args.rows]
     if rows[0] is not ROWS[0]:
         rows.insert(0, ROWS[0])  # the reference every max |diff| is taken against
@@ -149,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         reference = os.path.join(tmp, "one_pass.npy")
         for row in rows:
-            r = _in_child(_run_row, row, args.size, args.repeats, threads, reference)
+            r = in_child(_run_row, row, args.size, args.repeats, threads, reference)
             results.append((row, r))
             print(row.name, r, flush=True)
     load_after = machine_load()

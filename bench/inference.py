@@ -12,7 +12,6 @@ Random-initialised weights: speed and memory do not depend on the values.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import platform
 import resource
 import sys
@@ -20,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import conv_flops, write_result
+from common import conv_flops, in_child, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.md"
 
@@ -94,16 +93,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _in_child(target, *args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def cases(quick: bool) -> list[Case]:
     presets = ["bsr-lite"] if quick else ["bsr-lite", "bsr-base"]
     sizes = [256] if quick else [256, 1024]
@@ -132,17 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     command = "python bench/inference.py" + (" --quick" if args.quick else "") + f" --repeats {args.repeats}"
-    peak = _in_child(_conv_peak)
+    peak = in_child(_conv_peak)
     rows = []
     for case in cases(args.quick):
         # bsr-base on 1024x1024 costs minutes per run: timed once.
-        r = _in_child(_run_case, case, 1 if case.preset == "bsr-base" and case.size > 256 else args.repeats)
+        r = in_child(_run_case, case, 1 if case.preset == "bsr-base" and case.size > 256 else args.repeats)
         rows.append((case, r))
         print(f"{case.size:>5} {case.name:38} {r['mp_per_s']:8.3f} MP/s {r['peak_mib']:8.0f} MiB", flush=True)
 
     # The 2000x2000 photo at x4 with tiling: the memory bar of the issue (under 3 GiB).
     big = Case("bsr-lite x4 tiled 256, 2000x2000 input", "bsr-lite", 4, 2000, tile=256)
-    big_r = _in_child(_run_case, big, 1)
+    big_r = in_child(_run_case, big, 1)
     print(f"2000x2000 x4 tiled: {big_r['seconds']:.1f} s, peak {big_r['peak_mib']:.0f} MiB", flush=True)
 
     lines = [

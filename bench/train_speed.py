@@ -17,14 +17,13 @@ the CPU model and flags, and the load.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import cpu_description, machine_load, write_result
+from common import cpu_description, in_child, machine_load, write_result
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 RESULTS = Path(__file__).resolve().parent / "results" / "train_speed.md"
@@ -106,16 +105,6 @@ def _loader_child(steps: int, queue) -> None:
     queue.put({"setup_s": setup, "batch_s": in_process, "worker_batch_s": (time.perf_counter() - start) / steps})
 
 
-def _in_child(target, *args) -> dict:
-    ctx = mp.get_context("spawn")  # a fresh thread pool and allocator per setting
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def settings_for(preset: str, native_bf16: bool, compile_: bool) -> list[Setting]:
     out = [Setting(preset, "fp32", cl, threads) for cl in (False, True) for threads in (1, 2)]
     out += [Setting(preset, "bf16", cl, 2) for cl in (False, True)]
@@ -148,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             if s.compiled and round_ > 0:
                 continue  # one build and one timing: the build alone takes minutes on a CPU
             steps = 1 if (s.precision == "bf16" and not native) else args.steps
-            r = _in_child(_step_child, s, steps)
+            r = in_child(_step_child, s, steps)
             times[s].append(r["step_s"])
             if s.compiled:
                 builds[s] = r["first_s"]
             print(f"round {round_ + 1}: {s.preset:8} {s.label():40} {r['step_s']:.3f} s/step", flush=True)
-    loader = _in_child(_loader_child, 20) if DATA.is_dir() else None
+    loader = in_child(_loader_child, 20) if DATA.is_dir() else None
 
     command = "python bench/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [

@@ -50,8 +50,7 @@ def _load_model(name: str, device: str, dtype: str):
 def _open_image(src: Path):
     """The decoded image, or the reason it cannot be read. A PNG with 16 bits per colour sample comes as a uint16
     array (Pillow would narrow it to 8 bits), upscaled and written at full depth."""
-    from .images import ImageReadError, open_image
-    from .images import read_png_16bit
+    from .images import ImageReadError, open_image, read_png_16bit
 
     try:
         deep = read_png_16bit(src)

@@ -51,7 +51,8 @@ def _field_types(cls: Any) -> dict[str, Any]:
     types_: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         try:
-            types_[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type  # noqa: S307 (annotations)
+            # Postponed annotations are strings; this evaluates our own dataclasses' annotations, nothing read in.
+            types_[f.name] = eval(f.type, namespace) if isinstance(f.type, str) else f.type
         except NameError:
             types_[f.name] = Any
     return types_

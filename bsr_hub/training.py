@@ -22,15 +22,21 @@ import signal
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpointing import CheckpointStateError, OutputBusyError, OutputLock, load_training_state, save_run_state
+from .checkpointing import (
+    CheckpointStateError,
+    OutputBusyError,
+    OutputLock,
+    load_training_state,
+    save_run_state,
+)
 from .configuration import BSRConfig, from_mapping
 from .cpu import describe_cpu
 from .data import DataConfig

@@ -170,9 +170,9 @@ def test_bf16_on_cpu_trains_and_is_recorded(tmp_path, capsys, how):
     CPU without native bf16 the run warns that fp32 is faster there."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    from bsr_hub.cpu import has_native_bf16
-
     import yaml
+
+    from bsr_hub.cpu import has_native_bf16
 
     out = tmp_path / "run"
     args = ["--optim.max_steps", "2", "--output.checkpointing_steps", "100", "--validation.steps", "100"]

@@ -13,7 +13,14 @@ import yaml
 from conftest import REPO_ROOT
 
 from bsr_hub.cli import load_train_config, train_parser
-from bsr_hub.training import FLAT_NAMES, SECTIONS, TrainConfig, config_from_dict, config_to_yaml, resolve_config
+from bsr_hub.training import (
+    FLAT_NAMES,
+    SECTIONS,
+    TrainConfig,
+    config_from_dict,
+    config_to_yaml,
+    resolve_config,
+)
 
 RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
@@ -104,7 +111,6 @@ def test_help_says_what_each_setting_means():
 def test_the_sampler_and_the_loss_take_the_configs_own_sections():
     sys.path.insert(0, str(REPO_ROOT))
     import train
-
     from bsr_hub.data import ImagePairs
     from bsr_hub.losses import HybridLoss
 
