@@ -36,6 +36,7 @@ from bsr_hub.training import (
     TrainingRun,
     check_train_dir,
     describe_training_data,
+    end_data_workers_at_exit,
     fp32_forward,
     ignore_stop_signals,
     launched_by_a_launcher,
@@ -193,6 +194,8 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     source, validation = training_data(cfg)
     sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.optim.gradient_accumulation_steps)
     on_gpu = accelerator.device.type == "cuda"
+    if cfg.data.num_workers > 0:
+        end_data_workers_at_exit()  # they ignore SIGTERM, which is how multiprocessing ends them at exit
     loader = DataLoader(sampler, batch_size=None, num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                         worker_init_fn=ignore_stop_signals,  # the trainer alone answers Ctrl-C and SIGTERM
                         pin_memory=on_gpu)  # pinned pages make the non_blocking copies below asynchronous

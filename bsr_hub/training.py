@@ -700,10 +700,29 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
     Ctrl-C reaches the whole process group and accelerate 1.16's launcher signals the whole process tree. A data
     worker that died of the signal would make PyTorch raise "DataLoader worker exited unexpectedly" in the
-    trainer mid-step, before it could write its stop checkpoint; the workers end when the trainer does.
+    trainer mid-step, before it could write its stop checkpoint. The trainer ends its workers itself at exit
+    (`end_data_workers_at_exit`, which the trainer must register).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def end_data_workers_at_exit() -> None:
+    """In the trainer, once its DataLoader exists: at interpreter exit, kill the daemonic child processes still
+    running (the data workers, when their iterator was not collected first).
+
+    multiprocessing's own exit hook ends daemonic children with SIGTERM and then joins them; the workers ignore
+    SIGTERM (`ignore_stop_signals`), so that join waited forever: a finished run printed "saved ..." and never
+    exited. atexit runs hooks last-registered first, so this one runs before multiprocessing's."""
+    import atexit
+    import multiprocessing
+
+    def end() -> None:
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+
+    atexit.register(end)
 
 
 # ---------------------------------------------------------------------------------------------- the training data

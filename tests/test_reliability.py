@@ -552,3 +552,21 @@ def test_the_run_log_is_never_appended_through_a_planted_link(tmp_path):
     append_text(tmp_path / "log.jsonl", "a\n")
     append_text(tmp_path / "log.jsonl", "b\n")
     assert (tmp_path / "log.jsonl").read_text() == "a\nb\n"
+
+
+def test_a_finished_run_with_a_data_worker_exits(tmp_path):
+    """The data workers ignore SIGTERM (so that a launcher's signal reaches the trainer alone), and
+    multiprocessing's exit hook ends daemonic children with SIGTERM and then joins them: a finished run with
+    data.num_workers 1 printed "saved ..." and then waited forever. A real process, as the recipes run it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    run = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/debug_cpu.yaml", "--data.num_workers", "1",
+         "--optim.max_steps", "2", "--output.dir", str(tmp_path / "run")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # a hang ends in TimeoutExpired
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "saved" in run.stdout + run.stderr
