@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --optim.mixed_precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
     if not torch.cuda.is_available() and cfg.optim.mixed_precision == "bf16" and not has_native_bf16():
         print(f"warning: this CPU ({describe_cpu()}) has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs "
-              "10 to 200 times slower than fp32 on such CPUs (bench/results/train_speed.md); "
+              "10 to 200 times slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
               "--optim.mixed_precision no is faster here", file=sys.stderr)
     if cfg.optim.deterministic:
         # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.

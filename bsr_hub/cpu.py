@@ -1,7 +1,7 @@
 """What this CPU has, read at run time: the machines a model trains and runs on are not all the same CPU.
 
 On CPUs with AVX2 only, bf16 has no native instructions and runs 10 to 200 times slower than fp32; CPUs with
-`avx512_bf16` (or AMX) run bf16 convolutions natively and faster than fp32 (bench/results/train_speed.md). A choice
+`avx512_bf16` (or AMX) run bf16 convolutions natively and faster than fp32 (`python bench/train_speed.py`). A choice
 that depends on this is made from these flags on the machine at hand, never hard-coded from one measurement.
 """
 
