@@ -1024,8 +1024,10 @@ class TrainingRun:
         """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
         if self.cfg.resume is None:
             return False
-        if self.cfg.resume == "latest":  # only with a checkpoint: with none, the run starts from step 0
-            return bool(list_checkpoints(self.output))
+        if self.cfg.resume == "latest":
+            # With no checkpoint the run starts from step 0, which must not replace a finished model (a run killed
+            # before its first checkpoint, which left only its history, just starts again).
+            return bool(list_checkpoints(self.output)) or not (self.output / "model").exists()
         return checkpoints_dir(self.output).resolve() in Path(self.cfg.resume).resolve().parents
 
     def _read_resume_point(self) -> dict[str, Any]:

@@ -224,7 +224,7 @@ def test_recipe_errors_are_clear(tmp_path, capsys):
         ("[1, 2]\n", "must be a mapping of settings"),
     ]:
         bad.write_text(text)
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(SystemExit, match=f"^error: .*{match}"):  # one line, not a traceback
             train.main(["--config", str(bad)])
     with pytest.raises(SystemExit):
         run(tmp_path / "x", "--rfs.mode", "rfs")
