@@ -41,8 +41,17 @@ from .configuration import BSRConfig, from_mapping
 from .cpu import describe_cpu
 from .data import DataConfig
 from .files import append_text, write_atomically, write_text_atomically
+from .hub import CONFIG_NAME, WEIGHTS_NAME
 from .losses import LossConfig
-from .records import TRAINING_INFO_NAME, DatasetInfo, Stage, TrainingRecord, lineage_of
+from .records import (
+    CARD_NAME,
+    CARRIED_RECORDS,
+    TRAINING_INFO_NAME,
+    DatasetInfo,
+    Stage,
+    TrainingRecord,
+    lineage_of,
+)
 from .resizers import DegradationMix
 from .sampling import RFSConfig
 
@@ -562,16 +571,17 @@ def previous_run(output_dir: str | Path) -> list[str]:
     return found
 
 
-RUN_MODEL_FILES = frozenset({
-    "config.json", "model.safetensors", "README.md", "eval_results.json", "training.json", "training_config.yaml",
-    "training_curve.png", "training_history.jsonl", "robustness_results.json",
-})
-"""What a run (and a later evaluation or robustness run) writes into OUTPUT/model/."""
+def _written_by_a_run(name: str) -> bool:
+    """A file a run (and a later evaluation or robustness run) writes into OUTPUT/model/: the checkpoint's own
+    files and the records `records.CARRIED_RECORDS` names."""
+    import fnmatch
+
+    return name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) or any(fnmatch.fnmatch(name, p) for p in CARRIED_RECORDS)
 
 
 def clear_previous_run(output_dir: str | Path) -> list[Path]:
     """Delete what a run wrote there, as `previous_run` finds it: an explicit --output.overwrite starts the folder
-    over. Only the run's own files go (checkpoint folders step_N, model/'s RUN_MODEL_FILES, history.jsonl): a file
+    over. Only the run's own files go (checkpoint folders step_N, model/'s own files, history.jsonl): a file
     of the user's in model/ or checkpoints/ stays, with its folder. Returns what was kept."""
     output = Path(output_dir)
     kept = []
@@ -586,7 +596,7 @@ def clear_previous_run(output_dir: str | Path) -> list[Path]:
     model = output / "model"
     if model.is_dir():
         for entry in model.iterdir():
-            if entry.name in RUN_MODEL_FILES and (entry.is_file() or entry.is_symlink()):
+            if _written_by_a_run(entry.name) and (entry.is_file() or entry.is_symlink()):
                 entry.unlink()
             else:
                 kept.append(entry)
