@@ -6,9 +6,9 @@
 
 The order is Accelerate's canonical one: accelerator, model, optimizer, data, scheduler, prepare, resume,
 loop (accumulate, clip, step, EMA), checkpoint, validate, save, evaluate, push. The run's life (resume point,
-resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training's
+resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training.run's
 TrainingRun; the other reusable parts live in bsr_hub too (sampling.py, evaluation.py, records.py, losses.py);
-its flags are bsr_hub.cli's (`load_train_config`).
+its flags are bsr_hub.commands.main's (`load_train_config`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from bsr_hub import BSRModel
-from bsr_hub.cli import load_train_config
-from bsr_hub.cpu import describe_cpu, has_native_bf16
-from bsr_hub.losses import HybridLoss
-from bsr_hub.records import format_duration
-from bsr_hub.training import (
+from bsr_hub.commands.main import load_train_config
+from bsr_hub.core.cpu import describe_cpu, has_native_bf16
+from bsr_hub.training.losses import HybridLoss
+from bsr_hub.models.records import format_duration
+from bsr_hub.training.run import (
     LossMeter,
     StopRequest,
     TrainConfig,
@@ -51,8 +51,8 @@ def training_data(cfg: TrainConfig):
     """The training source and the validation benchmark (or None)."""
     import datasets
 
-    from bsr_hub.benchmarks import Benchmark, ImageRecord, load_benchmark
-    from bsr_hub.examples import example_images
+    from bsr_hub.data.benchmarks import Benchmark, ImageRecord, load_benchmark
+    from bsr_hub.core.examples import example_images
 
     if cfg.data.uses_bundled_photos:
         photos = example_images()
@@ -91,7 +91,7 @@ def validation_notice(cfg: TrainConfig) -> str | None:
 
 
 def build_sampler(cfg: TrainConfig, source, accelerator, start_batch: int):
-    from bsr_hub.sampling import RFSSampler
+    from bsr_hub.data.sampling import RFSSampler
 
     return RFSSampler(source, cfg.rfs, cfg.data, rank=accelerator.process_index,
                       world_size=accelerator.num_processes, start_batch=start_batch)
@@ -112,14 +112,14 @@ def check_hub_access(cfg: TrainConfig) -> None:
 
 
 def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, float]:
-    from bsr_hub.evaluation import evaluate_benchmark
+    from bsr_hub.evaluation.protocol import evaluate_benchmark
 
     result = evaluate_benchmark(model, benchmark, cfg.scale, cfg.data.degradation, accelerator=accelerator, progress=False)
     return result.psnr, result.ssim
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bsr_hub.extras import MissingExtraError, require
+    from bsr_hub.core.extras import MissingExtraError, require
 
     try:  # everything the run will need, checked now rather than first at the end (matplotlib draws the curve)
         require("accelerate", "datasets", "yaml", "matplotlib", extra="train", what="train.py")
@@ -308,8 +308,8 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
 
     results = final_evaluation(cfg, validation, accelerator)
     if accelerator.is_main_process:
-        from bsr_hub.card import below_bicubic
-        from bsr_hub.records import update_card
+        from bsr_hub.models.card import below_bicubic
+        from bsr_hub.models.records import update_card
 
         update_card(model_dir, results, model_name=cfg.model_name,
                     evaluation_command=command + " (evaluation at the end)")
@@ -347,9 +347,9 @@ def leave(accelerator, run: TrainingRun) -> None:
 
 def final_evaluation(cfg: TrainConfig, validation, accelerator) -> list[dict]:
     """The saved model and bicubic on the evaluation benchmarks (or the validation set), for the card."""
-    from bsr_hub.benchmarks import load_benchmark
-    from bsr_hub.bicubic import BicubicModel
-    from bsr_hub.evaluation import evaluate_benchmark
+    from bsr_hub.data.benchmarks import load_benchmark
+    from bsr_hub.evaluation.bicubic import BicubicModel
+    from bsr_hub.evaluation.protocol import evaluate_benchmark
 
     benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.validation.eval_dirs]
     if not benchmarks and validation is not None:

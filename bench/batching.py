@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from bsr_hub import BSRModel
-    from bsr_hub.inference import upscale_many
+    from bsr_hub.inference.api import upscale_many
 
     model = BSRModel.from_pretrained("bsr-lite-x2")
     photo = Image.open(PHOTO).convert("RGB")

@@ -5,7 +5,7 @@
 
 The figures are made by the robustness suite (`python evaluate.py --suite robustness --model NAME ...
 --update-card bsr_hub/checkpoints/NAME`, the command each record carries, repeated in the table's notes):
-`bsr_hub.metrics.blockiness` is the mean luma step across the LR's 8x8 JPEG block borders over that across its
+`bsr_hub.evaluation.metrics.blockiness` is the mean luma step across the LR's 8x8 JPEG block borders over that across its
 other pixel borders, in the output (1.00 = no grid). This script only gathers them, per model, for the rows with
 JPEG, so the bundled zoo can be compared and tracked in one place.
 """
@@ -32,7 +32,7 @@ def _above(row: str) -> bool:
 def main() -> None:
     lines = ["# JPEG blockiness of the bundled models, against bicubic", "",
              "`python bench/blockiness.py`: gathered from each bundled checkpoint's robustness_results.json; the",
-             "command that made each record is listed under the table. Blockiness: `bsr_hub.metrics.blockiness`,",
+             "command that made each record is listed under the table. Blockiness: `bsr_hub.evaluation.metrics.blockiness`,",
              "mean over the benchmark's images (1.00 = no 8x8 grid; higher = a stronger grid). PSNR: Y channel, dB.",
              "",
              "| model | benchmark | LR made by | bicubic PSNR | model PSNR | bicubic blockiness | model blockiness |",

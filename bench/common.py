@@ -44,7 +44,7 @@ def write_result(path, lines: list[str]) -> None:
 
 def cpu_description() -> str:
     """The CPU model and the flags that decide which paths are fast on it, for a result file."""
-    from bsr_hub.cpu import describe_cpu
+    from bsr_hub.core.cpu import describe_cpu
 
     return describe_cpu()
 

@@ -5,7 +5,7 @@
 
 The model is `BSRModel.from_preset("bsr-lite", scale=2)` with a fixed seed and random weights: timing does not
 depend on the weights (PSNR of a random net is meaningless and is not reported). The evaluation is exactly what
-`evaluate.py` runs (`bsr_hub.evaluation.evaluate_benchmark`), whose per-stage clocks give the split:
+`evaluate.py` runs (`bsr_hub.evaluation.protocol.evaluate_benchmark`), whose per-stage clocks give the split:
 model = `upscale` (tiling included); overhead = reading PNGs + mod-crop/degradation + metrics (PSNR/SSIM on Y)
 + the rest of the loop, as a share of the total. Results go to bench/results/evaluate.md with the command.
 """
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bsr_hub import BSRModel
-    from bsr_hub.benchmarks import load_benchmark
-    from bsr_hub.evaluation import evaluate_benchmark
+    from bsr_hub.data.benchmarks import load_benchmark
+    from bsr_hub.evaluation.protocol import evaluate_benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)

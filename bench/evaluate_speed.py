@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bsr_hub import BSRModel
-    from bsr_hub.benchmarks import load_benchmark
-    from bsr_hub.bicubic import BicubicModel
-    from bsr_hub.evaluation import evaluate_benchmark
+    from bsr_hub.data.benchmarks import load_benchmark
+    from bsr_hub.evaluation.bicubic import BicubicModel
+    from bsr_hub.evaluation.protocol import evaluate_benchmark
 
     command = "python bench/evaluate_speed.py --benchmarks " + " ".join(args.benchmarks)
     load_before = machine_load()

@@ -65,7 +65,8 @@ def _run_row(row: Row, size: int, repeats: int, threads: int, reference: str, qu
     import torch
 
     torch.set_num_threads(threads)
-    from bsr_hub import BSRModel, inference
+    from bsr_hub import BSRModel
+    from bsr_hub.inference import api as inference
 
     model = BSRModel.from_pretrained("bsr-lite-x2")
     image = _photo(size)

@@ -21,7 +21,7 @@ ROUND = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from bsr_hub import BSRModel
-from bsr_hub.examples import example_images
+from bsr_hub.core.examples import example_images
 from PIL import Image
 t1 = time.perf_counter()
 model = BSRModel.from_pretrained(sys.argv[1])

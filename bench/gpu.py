@@ -219,7 +219,7 @@ def train_throughput(device: str, preset: str, bf16: bool, channels_last: bool, 
     import torch
 
     from bsr_hub import BSRModel
-    from bsr_hub.losses import HybridLoss
+    from bsr_hub.training.losses import HybridLoss
 
     torch.manual_seed(0)
     model = BSRModel.from_preset(preset, scale=2).to(device).train()
@@ -479,7 +479,7 @@ def unpack(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from bsr_hub.training import resolve_config
+    from bsr_hub.training.run import resolve_config
 
     data = device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():

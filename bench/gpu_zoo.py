@@ -49,7 +49,7 @@ ZOO = [  # name, preset, scale, LR patch, fallback init, learning rate
 
 
 def init_for(name: str, fallback: str | None) -> str | None:
-    from bsr_hub.hub import bundled_checkpoints
+    from bsr_hub.models.hub import bundled_checkpoints
 
     bundled = bundled_checkpoints()
     if name in bundled:
@@ -90,7 +90,7 @@ def _steps(cpu: bool, seconds: float, batch: int) -> tuple[dict[str, int], str]:
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from bsr_hub.training import resolve_config
+    from bsr_hub.training.run import resolve_config
 
     data = gpu.device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():
@@ -179,7 +179,7 @@ def _scores(results: list[dict], scale: int) -> dict[str, tuple[float, float]]:
 def adopt(args: argparse.Namespace) -> int:
     """Unpack each returned model, evaluate it with evaluate.py --update-card, compare with the bundled one of
     its name, and (with --replace) replace the bundled one only where it is better on all three benchmarks."""
-    from bsr_hub.hub import bundled_checkpoints
+    from bsr_hub.models.hub import bundled_checkpoints
 
     returned = Path(args.returned)
     summary_file = returned / "gpu_zoo_device.json"

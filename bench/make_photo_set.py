@@ -25,7 +25,7 @@ What it does, in order, printing every decision with its numbers:
    The folder loads with `datasets.load_dataset("imagefolder", data_dir=OUT, drop_labels=True)`: the manifest is
    not named `metadata.csv`, which imagefolder would read as per-image metadata.
 
-The photo/render rule (bsr_hub.pic, docs/METHOD.md section 2). PIC is measured as the sampler measures it, on LR
+The photo/render rule (bsr_hub.data.pic, docs/METHOD.md section 2). PIC is measured as the sampler measures it, on LR
 patches: the downsized image is reduced x2 (Pillow's 2x2 box, a fast stand-in for the MATLAB bicubic of training)
 and the PIC of every 48x48 patch on a 24-pixel grid is computed (`dense_pic`). A render (vector art, a gradient, a
 smooth 3-D scene) is mostly patches with no texture at all: sensor noise, grain and fine detail, which every
@@ -93,7 +93,7 @@ class PhotoRule:
         """PIC statistics of an (H, W) or (H, W, 3) uint8 image, on its x2 box-reduced LR."""
         import torch
 
-        from bsr_hub.pic import dense_pic
+        from bsr_hub.data.pic import dense_pic
 
         lr = np.asarray(Image.fromarray(image).reduce(2))
         lr = lr[:, :, None] if lr.ndim == 2 else lr  # (h, w, C)
@@ -320,7 +320,7 @@ def target_size(width: int, height: int, max_side: int, min_shrink: float) -> tu
 
 def load_pixels(path: Path) -> tuple[np.ndarray | None, str, Image.Image]:
     """(H, W) or (H, W, 3) uint8 (grey stays grey), or (None, why); and the opened image (for its JPEG tables)."""
-    from bsr_hub.images import MODES, ImageReadError, straight_mode, to_uint8
+    from bsr_hub.core.images import MODES, ImageReadError, straight_mode, to_uint8
 
     img = Image.open(path)
     try:

@@ -48,7 +48,7 @@ def interpolate_model(scale: int):
     import torch
     import torch.nn.functional as F
 
-    from bsr_hub.upscaler import PixelMemory
+    from bsr_hub.inference.protocol import PixelMemory
 
     class Interpolate(torch.nn.Module):
         def __init__(self):
@@ -72,7 +72,7 @@ def measure(width: int, height: int, tile: int, model_name: str, scale: int | No
 
     import bsr_hub
     from bsr_hub import BSRModel, bundled_checkpoints
-    from bsr_hub.inference import upscale
+    from bsr_hub.inference.api import upscale
 
     if model_name == "interpolate":
         model = interpolate_model(scale or 2)

@@ -48,7 +48,7 @@ def _step_child(setting: Setting, steps: int, queue) -> None:
     import torch
 
     from bsr_hub import BSRModel
-    from bsr_hub.losses import HybridLoss
+    from bsr_hub.training.losses import HybridLoss
 
     torch.set_num_threads(setting.threads)
     torch.manual_seed(0)
@@ -83,8 +83,8 @@ def _loader_child(steps: int, queue) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from bsr_hub.data import DataConfig
-    from bsr_hub.sampling import RFSConfig, RFSSampler
+    from bsr_hub.data.sources import DataConfig
+    from bsr_hub.data.sampling import RFSConfig, RFSSampler
 
     torch.set_num_threads(1)
     config = RFSConfig(mode="indexed", patch_size=PATCH, scale=SCALE, batch_size=BATCH)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bsr_hub.cpu import has_native_bf16
+    from bsr_hub.core.cpu import has_native_bf16
 
     native = has_native_bf16()
     settings = [s for p in args.presets for s in settings_for(p, native, not args.no_compile)]

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from bsr_hub import BSRModel, bundled_checkpoints
-    from bsr_hub.examples import example_images
+    from bsr_hub.core.examples import example_images
 
     photo = np.asarray(Image.open(example_images()[0]).convert("RGB"))
     names = list(bundled_checkpoints())

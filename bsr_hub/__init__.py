@@ -4,11 +4,11 @@ The core import needs only torch, huggingface_hub, safetensors, numpy and Pillow
 datasets) and the demo (gradio) are optional extras imported where they are used.
 """
 
-from .configuration import BSRConfig, ConfigError, list_presets
-from .hub import CheckpointError, bundled_checkpoints, default_checkpoint, list_checkpoints
-from .modeling import BSRModel
+from .models.configuration import BSRConfig, ConfigError, list_presets
+from .models.hub import CheckpointError, bundled_checkpoints, default_checkpoint, list_checkpoints
+from .models.modeling import BSRModel
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 __all__ = [
     "BSRConfig",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bsr_hub.data import ImagePairs, make_lr
+from bsr_hub.data.sources import ImagePairs, make_lr
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -84,7 +84,7 @@ def test_half_precision_upscale_matches_fp32(dtype):
     from PIL import Image
 
     from bsr_hub import BSRModel
-    from bsr_hub.examples import example_images
+    from bsr_hub.core.examples import example_images
 
     photo = Image.open(next(p for p in example_images() if p.stem == "chelsea")).convert("RGB")  # a real photo
     model = BSRModel.from_pretrained("bsr-lite-x2", map_location="cuda")
@@ -98,7 +98,7 @@ def test_out_of_memory_falls_back_to_tiles_matching_untiled():
     from PIL import Image
 
     from bsr_hub import BSRModel
-    from bsr_hub.examples import example_images
+    from bsr_hub.core.examples import example_images
 
     model = BSRModel.from_pretrained("bsr-lite-x2", map_location="cuda")
     photo = Image.open(next(p for p in example_images() if p.stem == "chelsea")).convert("RGB")

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
-from bsr_hub.cli import main
+from bsr_hub.commands.main import main
 
 
 def test_degrade_rerun_with_every_output_present_succeeds(tmp_path, capsys):

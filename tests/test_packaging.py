@@ -11,7 +11,7 @@ def test_core_import_and_save_need_no_optional_dependency(tmp_path):
         "for name in ('accelerate', 'datasets', 'gradio', 'matplotlib'):\n"
         "    sys.modules[name] = None\n"
         "from bsr_hub import BSRConfig, BSRModel\n"
-        "import bsr_hub.cli, bsr_hub.inference\n"
+        "import bsr_hub.commands.main, bsr_hub.inference.api\n"
         "from PIL import Image\n"
         "model = BSRModel(BSRConfig(num_features=4, num_groups=1, num_blocks=1))\n"
         "model.save_pretrained(sys.argv[1])\n"
@@ -27,7 +27,7 @@ def test_missing_extra_is_named_in_the_error(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['gradio'] = None\n"
-        "from bsr_hub.cli import main\n"
+        "from bsr_hub.commands.main import main\n"
         "sys.exit(main(['demo', '--model', sys.argv[1]]))\n"
     )
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,

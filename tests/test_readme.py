@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 # A real photo, with a fallback that is one too (shipped with the package) when ../shared is absent.
 PHOTO = SHARED_DATA / "reference_LR" / "RCAN_Set5_x2" / "bird_LRBI_x2.png"
 if not PHOTO.is_file():
-    from bsr_hub.examples import example_images
+    from bsr_hub.core.examples import example_images
 
     PHOTO = example_images()[2]
 
@@ -96,7 +96,7 @@ def cli_lines() -> list[str]:
 
 
 def _crop(index: int, size: tuple[int, int], at: tuple[int, int] = (60, 40)) -> Image.Image:
-    from bsr_hub.examples import example_images
+    from bsr_hub.core.examples import example_images
 
     with Image.open(example_images()[index]) as img:
         return img.convert("RGB").crop((*at, at[0] + size[0], at[1] + size[1]))
@@ -140,7 +140,7 @@ def _size(path: Path) -> tuple[int, int]:
 def test_command_line_block_runs(cli_workspace):
     import torch
 
-    from bsr_hub.cli import build_parser, cmd_demo
+    from bsr_hub.commands.main import build_parser, cmd_demo
 
     work = cli_workspace
     lines = cli_lines()
@@ -178,7 +178,7 @@ def test_command_line_block_runs(cli_workspace):
             assert run.returncode == 0, run.stderr
             assert _size(work / "pic.png")[0] > 100
         else:
-            # The demo runs until stopped (tests/test_demo.py launches it and calls its API); here its flags
+            # The demo runs until stopped (tests/demo/test_demo.py launches it and calls its API); here its flags
             # must be the command's.
             argv = shlex.split(line.replace("[--model PATH_OR_ID ...]", "--model a --model b"))[1:]
             args = build_parser().parse_args(argv)

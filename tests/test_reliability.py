@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bsr_hub import BSRModel, CheckpointError, ConfigError, bundled_checkpoints, modeling
-from bsr_hub.cli import main as cli_main
+from bsr_hub import BSRModel, CheckpointError, ConfigError, bundled_checkpoints
+from bsr_hub.models import modeling
+from bsr_hub.commands.main import main as cli_main
 
 
 def test_nan_or_infinite_weights_are_refused_by_name(tiny_checkpoint):
@@ -107,8 +108,8 @@ def _png_bit_depth_and_colour_type(path) -> tuple[int, int]:
 def test_16bit_colour_pngs_round_trip_at_full_depth(tmp_path, channels):
     import numpy as np
 
-    from bsr_hub.files import save_image_atomic
-    from bsr_hub.inference import read_png_16bit
+    from bsr_hub.core.files import save_image_atomic
+    from bsr_hub.inference.api import read_png_16bit
 
     pixels = np.random.default_rng(channels).integers(0, 65536, (7, 9, channels)).astype(np.uint16)
     save_image_atomic(pixels, tmp_path / "deep.png")
@@ -120,8 +121,8 @@ def test_a_48bit_png_is_upscaled_and_written_at_16_bits_never_narrowed(tmp_path,
     import numpy as np
     from PIL import Image
 
-    from bsr_hub.files import save_image_atomic
-    from bsr_hub.inference import read_png_16bit, upscale
+    from bsr_hub.core.files import save_image_atomic
+    from bsr_hub.inference.api import read_png_16bit, upscale
 
     # A ramp whose 8-bit view is nearly flat (1000..1255 has high bytes 3 and 4 only).
     ramp = np.broadcast_to(np.linspace(1000, 1255, 12).astype(np.uint16)[None, :, None], (10, 12, 3)).copy()
@@ -156,14 +157,14 @@ def test_a_flat_colour_comes_out_flat_to_its_corners(name, tile):
 
 
 def test_an_empty_tensor_batch_is_a_clear_error(tiny_model):
-    from bsr_hub.inference import upscale
+    from bsr_hub.inference.api import upscale
 
     with pytest.raises(ValueError, match=r"the batch is empty: a tensor of shape \(0, 3, 8, 8\)"):
         upscale(tiny_model, torch.zeros(0, 3, 8, 8))
 
 
 def test_tiling_allocates_no_buffer_beside_the_output_that_grows_with_the_image(tiny_model, monkeypatch):
-    from bsr_hub.inference import upscale
+    from bsr_hub.inference.api import upscale
 
     allocated = []
     real_zeros = torch.zeros
@@ -219,7 +220,7 @@ def test_an_output_folder_holding_another_run_is_refused_unless_resumed_or_overw
 
 
 def test_rotation_never_deletes_this_runs_checkpoints_for_another_runs(tmp_path):
-    from bsr_hub.training import rotate_checkpoints
+    from bsr_hub.training.run import rotate_checkpoints
 
     def checkpoint(step: int, run_id: str) -> None:
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
@@ -269,7 +270,7 @@ def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_
     """Issue 23 (7): a learning rate of inf or nan trained NaN checkpoints to the end. The loss turns nan at step
     3 here (the loss function is the one stand-in): the run stops at the next sync point naming step 3, with
     step_2 kept and no model written."""
-    from bsr_hub.losses import HybridLoss
+    from bsr_hub.training.losses import HybridLoss
 
     real, calls = HybridLoss.forward, []
 
@@ -290,7 +291,7 @@ def test_a_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_
 
 def test_a_symlinked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
     """Issue 23 (2): a link planted as OUTPUT/.train.lock had the trainer write its JSON over the link's target."""
-    from bsr_hub.checkpointing import OutputBusyError, OutputLock
+    from bsr_hub.training.checkpoints import OutputBusyError, OutputLock
 
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
@@ -477,7 +478,7 @@ def slow_save(self, fp, *args, **kwargs):
     print("writing", flush=True)
     time.sleep(120)
 Image.Image.save = slow_save
-from bsr_hub.cli import main
+from bsr_hub.commands.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -511,9 +512,9 @@ def test_a_kill_during_a_card_update_leaves_its_records_and_card_agreeing(bench_
     import signal
     from types import SimpleNamespace
 
-    from bsr_hub import files
-    from bsr_hub.card import model_index_mismatches
-    from bsr_hub.cli import eval_main
+    from bsr_hub.core import files
+    from bsr_hub.models.card import model_index_mismatches
+    from bsr_hub.commands.main import eval_main
 
     real_replace, replaced = os.replace, []
 
@@ -542,7 +543,7 @@ def test_a_kill_during_a_card_update_leaves_its_records_and_card_agreeing(bench_
 
 def test_the_run_log_is_never_appended_through_a_planted_link(tmp_path):
     """Issue 23 (2, beyond the lock): history.jsonl was opened for appending through whatever link stood there."""
-    from bsr_hub.files import append_text
+    from bsr_hub.core.files import append_text
 
     target = tmp_path / "precious.txt"
     target.write_text("keep me")

@@ -1,0 +1,197 @@
+"""Where checkpoints come from (bundled, local folder, Hub) and strict loading of their weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Checkpoints shipped inside the package: bsr_hub/checkpoints/<name>/{config.json, model.safetensors, README.md}.
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "checkpoints"  # bsr_hub/checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read, or loaded exactly into the model."""
+
+
+def bundled_checkpoints() -> dict[str, Path]:
+    """Names of the checkpoints shipped with the package, and their folders."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(BUNDLED_DIR.iterdir())
+        if (p / CONFIG_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+    }
+
+
+def list_checkpoints(scale: int | None = None) -> list[str]:
+    """Names of the bundled checkpoints (all of them, or those of one scale), for `from_pretrained`."""
+    found = bundled_checkpoints()
+    if scale is None:
+        return list(found)
+    return [name for name, folder in found.items() if _bundled_scale(folder) == scale]
+
+
+# The checkpoint a scale gets when the user names none: the balanced bsr-lite (bsr-tiny is the fast choice, and is
+# asked for by name).
+DEFAULT_CHECKPOINTS = {2: "bsr-lite-x2", 3: "bsr-lite-x3", 4: "bsr-lite-x4"}
+
+
+def default_checkpoint(scale: int) -> str:
+    """The bundled checkpoint used for `scale` when no model is named (`bsr-hub upscale --scale 4`)."""
+    name = DEFAULT_CHECKPOINTS.get(scale)
+    if name is None or name not in bundled_checkpoints():
+        offered = ", ".join(f"{n} (x{_bundled_scale(f)})" for n, f in bundled_checkpoints().items()) or "none"
+        raise CheckpointError(f"no bundled checkpoint for x{scale}; bundled: {offered}")
+    return name
+
+
+def _bundled_scale(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))["scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_folder(folder: Path) -> Path:
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{folder} is not a BSR checkpoint: missing {' and '.join(missing)} "
+            "(a checkpoint folder is what BSRModel.save_pretrained writes)"
+        )
+    return folder
+
+
+def _looks_like_path(name: str) -> bool:
+    # A Hub repo id is "name" or "namespace/name"; anything else the user typed was meant as a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """The local folder holding `config.json` and `model.safetensors` for a name, a path or a Hub repo id.
+
+    Order: an existing local folder, then a bundled checkpoint name, then the Hub (which honours
+    HF_HUB_OFFLINE and the local cache).
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    bundled = bundled_checkpoints()
+    if path.is_dir():
+        if name in bundled and not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"a folder named {name!r} in {Path.cwd()} shadows the bundled checkpoint {name!r} and is not a "
+                "checkpoint itself: rename or move that folder, or run from another directory"
+            )
+        return _check_folder(path)
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that contains {CONFIG_NAME}")
+    if name in bundled:
+        return _check_folder(bundled[name])
+    if isinstance(name_or_path, Path) or _looks_like_path(name):
+        raise CheckpointError(f"no such checkpoint folder: {path}")
+
+    from huggingface_hub import snapshot_download
+
+    bundled_list = ", ".join(bundled) or "none in this version"
+    try:
+        folder = snapshot_download(
+            repo_id=name,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"],
+        )
+    except Exception as err:  # offline, unknown repo, invalid id, auth: all end the same way for the user
+        raise CheckpointError(
+            f"{name!r} is not a local folder or a bundled checkpoint (bundled: {bundled_list}), "
+            f"and the Hugging Face Hub could not provide it: {type(err).__name__}: {err}"
+        ) from err
+    return _check_folder(Path(folder))
+
+
+def _summarise(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _mismatch_report(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = sorted(
+        f"{k} (checkpoint {found[k]}, model {expected[k]})" for k in expected.keys() & found.keys() if found[k] != expected[k]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights: {_summarise(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights: {_summarise(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_summarise(mismatched)}")
+    return problems
+
+
+def check_weights_header(config_file: Path, weights_file: Path, expected: dict[str, tuple]) -> None:
+    """Compare the tensor shapes in a safetensors header with the ones a config describes, reading no weights.
+
+    Run before the model is built, so a config.json that describes a huge network next to small weights fails
+    here instead of allocating the huge network first.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing weights file {weights_file}")
+    try:
+        with safe_open(weights_file, framework="pt") as f:
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
+    problems = _mismatch_report(expected, found)
+    if problems:
+        raise CheckpointError(f"{weights_file} does not match the architecture in {config_file.name}; " + "; ".join(problems))
+
+
+def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str | torch.device = "cpu") -> None:
+    """Load a safetensors file into `model`, or raise CheckpointError naming every key that does not fit."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights_file.is_file():
+        raise CheckpointError(f"missing weights file {weights_file}")
+    device = torch.device(map_location)
+    try:
+        # safetensors accepts "cpu" but not "cpu:0", which is what a multi-process CPU run's device prints as.
+        state = load_file(weights_file, device="cpu" if device.type == "cpu" else str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read {weights_file} (corrupt or not a safetensors file): {err}") from err
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = _mismatch_report(expected, {k: tuple(v.shape) for k, v in state.items()})
+    if problems:
+        raise CheckpointError(
+            f"{weights_file} does not match the architecture in its config.json; "
+            + "; ".join(problems)
+        )
+    # NaN or infinite weights load fine and then turn every image black: refuse them by name.
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if broken:
+        raise CheckpointError(f"{weights_file} holds NaN or infinite values in {_summarise(broken)}; "
+                              "the checkpoint is damaged (or training diverged before it was saved)")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,142 @@
+"""Every checkpoint shipped inside the package (as timm's tests run over `list_models(pretrained=True)`): it loads
+offline by name, its config, card and records agree, and the card's numbers are reproduced by the evaluator."""
+
+import json
+import re
+
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from bsr_hub import BSRModel, bundled_checkpoints, default_checkpoint, list_checkpoints
+from bsr_hub.models.card import model_index_mismatches
+from bsr_hub.commands.main import main as cli_main
+from bsr_hub.models.records import read_robustness, trained_for
+
+from conftest import SHARED_DATA, requires_shared_data
+
+BUNDLED = list_checkpoints()
+# Published Y-PSNR (Set5, Set14, BSD100) each bundled model must reach (README table; docs/METHOD.md section 8):
+# the requirement, not the target. bsr-lite at x2 is held to today's bundled numbers, which it must not lose.
+REQUIRED = {
+    "bsr-lite-x2": ("bsr-lite-x2 as first bundled", (37.22, 32.81, 31.76)),
+    "bsr-lite-x3": ("FSRCNN", (33.18, 29.37, 28.53)),
+    "bsr-lite-x4": ("FSRCNN", (30.72, 27.61, 26.98)),
+    "bsr-tiny-x2": ("SRCNN", (36.66, 32.45, 31.36)),
+    # Issue 16: on the published protocol, within 0.5 dB of bsr-lite-x2 (37.25 / 32.86 / 31.81 on its card).
+    "bsr-lite-x2-robust": ("bsr-lite-x2 - 0.5 dB", (36.75, 32.36, 31.31)),
+}
+ROBUST = [n for n in BUNDLED if trained_for(bundled_checkpoints()[n]) == "real"]
+
+
+def test_the_zoo_has_every_scale_and_the_fast_model():
+    assert {"bsr-lite-x2", "bsr-lite-x3", "bsr-lite-x4", "bsr-tiny-x2", "bsr-lite-x2-robust"} <= set(BUNDLED)
+    assert ROBUST == ["bsr-lite-x2-robust"]
+    assert set(list_checkpoints(scale=4)) >= {"bsr-lite-x4"} and "bsr-lite-x4" not in list_checkpoints(scale=2)
+    assert [default_checkpoint(s) for s in (2, 3, 4)] == ["bsr-lite-x2", "bsr-lite-x3", "bsr-lite-x4"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_loads_offline_and_config_card_and_records_agree(name):
+    folder = bundled_checkpoints()[name]
+    model = BSRModel.from_pretrained(name)  # HF_HUB_OFFLINE=1 (conftest): no network involved
+    preset, scale = re.fullmatch(r"(bsr-[a-z]+)-x(\d)(?:-.*)?", name).groups()
+    assert (model.config.preset, model.scale) == (preset, int(scale))
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "bsr-hub"
+    assert f"| scale | x{model.scale} |" in card.text and f"| preset | `{preset}` |" in card.text
+    assert f"| parameters | {model.num_parameters():,} |" in card.text
+    stored = json.loads((folder / "eval_results.json").read_text())
+    assert stored["model"] == name
+    assert model_index_mismatches(folder / "README.md", stored["results"]) == []  # the Hub's parser agrees
+    benchmarks = {r["benchmark"] for r in stored["results"] if r["scale"] == model.scale and not r["self_ensemble"]}
+    assert {"Set5", "Set14", "BSD100"} <= benchmarks
+
+    training = json.loads((folder / "training.json").read_text())
+    assert "../" not in training["data"] and "T91 (91 images)" in training["data"]  # datasets, not a local path
+    assert training["lineage"] and all(stage["steps"] > 0 for stage in training["lineage"])
+    assert "total training" in card.text and "Lineage" in card.text
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_card_numbers_meet_the_required_published_rows(name):
+    if name not in BUNDLED:
+        pytest.fail(f"{name} is not bundled")
+    folder = bundled_checkpoints()[name]
+    results = json.loads((folder / "eval_results.json").read_text())["results"]
+    scale = BSRModel.from_pretrained(name).scale
+    psnr = {r["benchmark"]: r["psnr"] for r in results if r["scale"] == scale and not r["self_ensemble"]
+            and r["degradation"] == "BI"}
+    reference, required = REQUIRED[name]
+    for benchmark, bar in zip(("Set5", "Set14", "BSD100"), required):
+        assert round(psnr[benchmark], 2) >= bar, f"{name} on {benchmark}: {psnr[benchmark]:.2f} < {reference}'s {bar}"
+
+
+@requires_shared_data
+@pytest.mark.parametrize("name", BUNDLED)
+def test_the_cards_set5_number_is_reproduced_and_beats_bicubic(name):
+    pytest.importorskip("datasets")
+    from bsr_hub.data.benchmarks import load_benchmark
+    from bsr_hub.evaluation.bicubic import BicubicModel
+    from bsr_hub.evaluation.protocol import evaluate_benchmark
+
+    folder = bundled_checkpoints()[name]
+    model = BSRModel.from_pretrained(name)
+    stored = json.loads((folder / "eval_results.json").read_text())["results"]
+    (card_set5,) = [r for r in stored if r["benchmark"] == "Set5" and r["scale"] == model.scale
+                    and r["degradation"] == "BI" and not r["self_ensemble"]]
+    set5 = load_benchmark("Set5", SHARED_DATA / "benchmarks")
+    ours = evaluate_benchmark(model, set5, model.scale, progress=False)
+    bicubic = evaluate_benchmark(BicubicModel(model.scale), set5, model.scale, progress=False)
+    assert ours.psnr == pytest.approx(card_set5["psnr"], abs=0.005)  # the card was measured, not typed
+    assert ours.psnr > bicubic.psnr + 1.0
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_upscale_by_scale_alone_uses_the_bundled_model_of_that_scale(scale, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    Image.new("RGB", (9, 7), (120, 40, 200)).save(src)
+    assert cli_main(["upscale", str(src), "-o", str(tmp_path / "out"), "--scale", str(scale), "-q"]) == 0
+    assert Image.open(tmp_path / "out" / "in.png").size == (9 * scale, 7 * scale)
+    # A named model of another scale is refused rather than silently giving another size.
+    other = "bsr-lite-x2" if scale != 2 else "bsr-lite-x3"
+    assert cli_main(["upscale", str(src), "-o", str(tmp_path / "o2"), "--scale", str(scale), "--model", other]) == 2
+    assert f"--scale {scale}" in capsys.readouterr().err
+
+
+def test_list_prints_every_bundled_checkpoint(capsys):
+    assert cli_main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == BUNDLED
+    for row in rows:
+        assert set(row["psnr"]) >= {"Set5", "Set14", "BSD100"}
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_every_card_shows_the_robustness_suite_under_limitations(name):
+    """Issue 16: each bundled card says, measured, how the model does on LR that MATLAB did not make."""
+    folder = bundled_checkpoints()[name]
+    document = read_robustness(folder)
+    assert document is not None, f"{name} has no robustness_results.json"
+    # Set5 for each (the suite is 27 inputs per image: CPU time); Set14 too for the x2 models people compare.
+    assert {r["benchmark"] for r in document["rows"]} >= ({"Set5", "Set14"} if name.endswith(("lite-x2", "robust")) else {"Set5"})
+    card = (folder / "README.md").read_text()
+    limitations = card[card.index("## Limitations"):]
+    assert "Inputs not made by MATLAB bicubic" in limitations and document["command"] in limitations
+    for r in document["rows"]:
+        assert f"| {r['degradation']} |" in limitations
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_checkpoints_beat_bicubic_on_every_input_of_the_suite(name):
+    """Issue 16's bar on Set5 and Set14: +0.5 dB over bicubic of the same LR for every resizer alone, and at
+    least bicubic's PSNR after JPEG; every resizer of the suite measured (OpenCV installed)."""
+    document = read_robustness(bundled_checkpoints()[name])
+    assert not document["skipped_resizers"]
+    for r in document["rows"]:
+        if r["benchmark"] not in ("Set5", "Set14"):
+            continue
+        bar = 0.0 if r["jpeg_quality"] else 0.5
+        gain = r["psnr"] - r["bicubic_psnr"]
+        assert gain >= bar, f"{name}, {r['benchmark']}, {r['degradation']}: {gain:+.2f} dB over bicubic (< {bar})"
