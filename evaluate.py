@@ -5,12 +5,12 @@
         [--tile N] [--save-images DIR] [--output results.json] [--update-card MODEL_DIR]
 
 Works under `accelerate launch evaluate.py ...` too (images split across processes, then gathered).
-The same command as `bsr-hub eval`: its flags live in `bsr_hub.commands.main`, the scoring in `bsr_hub.evaluation.protocol`.
+The same command as `bsr-hub eval`: its flags live in `bsr_hub.commands.eval`, the scoring in `bsr_hub.evaluation.protocol`.
 """
 
 import sys
 
-from bsr_hub.commands.main import eval_main
+from bsr_hub.commands.eval import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -6,9 +6,9 @@
 
 The order is Accelerate's canonical one: accelerator, model, optimizer, data, scheduler, prepare, resume,
 loop (accumulate, clip, step, EMA), checkpoint, validate, save, evaluate, push. The run's life (resume point,
-resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training.run's
-TrainingRun; the other reusable parts live in bsr_hub too (sampling.py, evaluation.py, records.py, losses.py);
-its flags are bsr_hub.commands.main's (`load_train_config`).
+resume guard, history, EMA, checkpoints, the training.json record with its lineage) is bsr_hub.training's
+TrainingRun (training/run.py), its end the final evaluation and card (training/finish.py); the flags are
+bsr_hub.commands.train's (`load_train_config`). docs/ARCHITECTURE.md maps the rest.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from bsr_hub import BSRModel
-from bsr_hub.commands.main import load_train_config
+from bsr_hub.commands.train import load_train_config
 from bsr_hub.core.cpu import describe_cpu, has_native_bf16
-from bsr_hub.training.losses import HybridLoss
-from bsr_hub.models.records import format_duration
-from bsr_hub.training.run import (
+from bsr_hub.training import (
+    HybridLoss,
     LossMeter,
     StopRequest,
     TrainConfig,
@@ -37,10 +36,12 @@ from bsr_hub.training.run import (
     check_train_dir,
     describe_training_data,
     end_data_workers_at_exit,
+    final_evaluation,
     fp32_forward,
     ignore_stop_signals,
     launched_by_a_launcher,
     non_finite_message,
+    publish,
     step_decay,
 )
 
@@ -51,8 +52,8 @@ def training_data(cfg: TrainConfig):
     """The training source and the validation benchmark (or None)."""
     import datasets
 
-    from bsr_hub.data.benchmarks import Benchmark, ImageRecord, load_benchmark
     from bsr_hub.core.examples import example_images
+    from bsr_hub.data.benchmarks import Benchmark, ImageRecord, load_benchmark
 
     if cfg.data.uses_bundled_photos:
         photos = example_images()
@@ -119,30 +120,12 @@ def validate(model, benchmark, cfg: TrainConfig, accelerator) -> tuple[float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bsr_hub.core.extras import MissingExtraError, require
-
-    try:  # everything the run will need, checked now rather than first at the end (matplotlib draws the curve)
-        require("accelerate", "datasets", "yaml", "matplotlib", extra="train", what="train.py")
-    except MissingExtraError as err:
-        raise SystemExit(f"error: {err}") from None
-    try:  # a bad setting, or an empty or mistyped folder: one line naming it, not a traceback
-        cfg, _ = load_train_config(argv)
-        for folder in cfg.data.train_dirs:
-            check_train_dir(folder)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    args = sys.argv[1:] if argv is None else argv
-    command = " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
+    cfg, command = read_settings(argv)
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "fp16":
-        raise SystemExit("error: --optim.mixed_precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
-    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "bf16" and not has_native_bf16():
-        print(f"warning: this CPU ({describe_cpu()}) has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs "
-              "10 to 200 times slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
-              "--optim.mixed_precision no is faster here", file=sys.stderr)
+    check_mixed_precision(cfg)
     if cfg.optim.deterministic:
         # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -176,6 +159,35 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def read_settings(argv: list[str] | None) -> tuple[TrainConfig, str]:
+    """The run's settings, and the command line that repeats it (for its record and the resume hint). A missing
+    extra, a bad setting, or an empty or mistyped training folder stops here with one line naming it."""
+    from bsr_hub.core.extras import MissingExtraError, require
+
+    try:  # everything the run will need, checked now rather than first at the end (matplotlib draws the curve)
+        require("accelerate", "datasets", "yaml", "matplotlib", extra="train", what="train.py")
+    except MissingExtraError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:  # a bad setting, or an empty or mistyped folder: one line naming it, not a traceback
+        cfg, _ = load_train_config(argv)
+        for folder in cfg.data.train_dirs:
+            check_train_dir(folder)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    args = sys.argv[1:] if argv is None else argv
+    return cfg, " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
+
+
+def check_mixed_precision(cfg: TrainConfig) -> None:
+    """Refuse fp16 without a GPU; warn when bf16 autocast would run on a CPU without native bf16."""
+    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "fp16":
+        raise SystemExit("error: --optim.mixed_precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
+    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "bf16" and not has_native_bf16():
+        print(f"warning: this CPU ({describe_cpu()}) has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs "
+              "10 to 200 times slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
+              "--optim.mixed_precision no is faster here", file=sys.stderr)
+
+
 def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     """The run itself: model, optimizer, data, schedule, prepare, resume, the loop, and its end."""
     from accelerate.utils import gather_object
@@ -193,12 +205,7 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     # -- data: every process draws its own batches; the stream is not passed through prepare()
     source, validation = training_data(cfg)
     sampler = build_sampler(cfg, source, accelerator, start_batch=run.step * cfg.optim.gradient_accumulation_steps)
-    on_gpu = accelerator.device.type == "cuda"
-    if cfg.data.num_workers > 0:
-        end_data_workers_at_exit()  # they ignore SIGTERM, which is how multiprocessing ends them at exit
-    loader = DataLoader(sampler, batch_size=None, num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        worker_init_fn=ignore_stop_signals,  # the trainer alone answers Ctrl-C and SIGTERM
-                        pin_memory=on_gpu)  # pinned pages make the non_blocking copies below asynchronous
+    loader = data_loader(cfg, sampler, accelerator)
 
     # -- schedule: stepped once per optimizer step, whatever the number of processes (so not prepared)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -213,86 +220,16 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
         accelerator.init_trackers("bsr", config={k: str(v) for k, v in cfg.flat().items()})
 
     # -- the loop
-    from tqdm.auto import tqdm
-
-    per_step = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
-    bar = tqdm(total=cfg.optim.max_steps, initial=run.step, desc="training", disable=not accelerator.is_local_main_process)
-    fingerprint = hashlib.sha256()  # of this process's batches: shows that processes draw different ones
-    meter = LossMeter()
-    val_psnr = math.nan
-    last_log, last_step = time.perf_counter(), run.step
-    stopped = False
-    saved = None
+    progress = Progress(cfg, accelerator, run)
     model.train()
     with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
-        batches = iter(loader)
-        while run.step < cfg.optim.max_steps:
-            try:
-                batch = next(batches)
-            except Exception:
-                if not stop.requested:
-                    raise
-                # Ctrl-C reaches the data workers too; the last finished step is still worth saving.
-                saved, stopped = run.save_checkpoint(), True
-                break
-            fingerprint.update(batch["pic"].numpy().tobytes())
-            lr = batch["lr"].to(accelerator.device, non_blocking=True)  # (N, 3, P, P)
-            hr = batch["hr"].to(accelerator.device, non_blocking=True)  # (N, 3, sP, sP)
-            if cfg.optim.channels_last:
-                lr = lr.contiguous(memory_format=torch.channels_last)
-            with accelerator.accumulate(model):
-                loss, terms = criterion(model(lr), hr)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            meter.add(loss, terms, run.step + 1)  # detached, on the device: no host sync here
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            run.update_ema()
-            run.step += 1
-            bar.update(1)
-
-            at_log = run.step % cfg.output.logging_steps == 0 or run.step == cfg.optim.max_steps
-            at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps
-            if at_log or at_checkpoint or (accelerator.num_processes == 1 and stop.requested):
-                # The sync points (the same steps on every process): a loss that is no longer a number is never
-                # logged as one, and its weights are never saved over the last good checkpoint.
-                bad = meter.first_non_finite(accelerator)
-                if bad is not None:
-                    raise SystemExit(f"error: {non_finite_message(cfg, bad, saved or run.resumed_from)}")
-            if at_log:
-                losses = meter.mean()  # the sync point of the interval
-                now = time.perf_counter()
-                rate = per_step * (run.step - last_step) / (now - last_log)
-                entry = {"step": run.step, **losses, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-                run.record(entry)
-                shown = dict(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}")
-                if not math.isnan(val_psnr):  # nothing to show before the first validation
-                    shown["val_psnr"] = f"{val_psnr:.2f}"
-                bar.set_postfix(**shown)
-                last_log, last_step = now, run.step
-            if validation is not None and (run.step % cfg.validation.steps == 0 or run.step == cfg.optim.max_steps):
-                with fp32_forward(run.shippable()) as shippable:
-                    val_psnr, val_ssim = validate(shippable, validation, cfg, accelerator)
-                run.record({"step": run.step, "val_psnr": val_psnr, "val_ssim": val_ssim})
-                model.train()
-            # One process alone reads its flag for free; several agree at the logging interval and checkpoints.
-            requested = stop.requested
-            if accelerator.num_processes > 1:
-                requested = run.stop_agreed(stop.requested) if (at_log or at_checkpoint) else False
-            if at_checkpoint or requested:
-                saved = run.save_checkpoint()
-            if requested:
-                stopped = True
-                break
-    bar.close()
+        saved, stopped = loop(cfg, accelerator, run, model, optimizer, scheduler, criterion, loader, validation,
+                              stop, progress)
+    progress.bar.close()
 
     # -- the processes must have trained one model
     checksum = run.check_same_weights()
-    fingerprints = gather_object([fingerprint.hexdigest()])
+    fingerprints = gather_object([progress.fingerprint.hexdigest()])
 
     if stopped:
         accelerator.print(f"stopping: {stop.reason()}")
@@ -308,27 +245,115 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
 
     results = final_evaluation(cfg, validation, accelerator)
     if accelerator.is_main_process:
-        from bsr_hub.models.card import below_bicubic
-        from bsr_hub.models.records import update_card
-
-        update_card(model_dir, results, model_name=cfg.model_name,
-                    evaluation_command=command + " (evaluation at the end)")
-        for r in results:
-            below = " -- below bicubic: flagged in the card" if below_bicubic(r) else ""
-            accelerator.print(f"{r['benchmark']} x{cfg.scale}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} "
-                              f"(bicubic {r['bicubic_psnr']:.2f} dB){below}")
-        if not results:
-            accelerator.print(f"not evaluated (no --validation.dir or --validation.eval_dirs): `python evaluate.py "
-                              f"--model {model_dir} --scale {cfg.scale} --update-card {model_dir}` writes results "
-                              "into its card")
-        accelerator.print(f"saved {model_dir} after {run.step} steps in {format_duration(run.wall_time())}")
-        if cfg.output.push_to_hub:
-            from huggingface_hub import HfApi
-
-            url = HfApi().upload_folder(repo_id=cfg.output.hub_model_id, folder_path=model_dir,
-                                        commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
-            accelerator.print(f"pushed to {url}")
+        publish(cfg, accelerator, run, model_dir, results, command)
     return 0
+
+
+def data_loader(cfg: TrainConfig, sampler, accelerator) -> DataLoader:
+    """The sampler's batches, made by `data.num_workers` worker processes (none: in the trainer itself)."""
+    on_gpu = accelerator.device.type == "cuda"
+    if cfg.data.num_workers > 0:
+        end_data_workers_at_exit()  # they ignore SIGTERM, which is how multiprocessing ends them at exit
+    return DataLoader(sampler, batch_size=None, num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                      worker_init_fn=ignore_stop_signals,  # the trainer alone answers Ctrl-C and SIGTERM
+                      pin_memory=on_gpu)  # pinned pages make the loop's non_blocking copies asynchronous
+
+
+def loop(cfg: TrainConfig, accelerator, run: TrainingRun, model, optimizer, scheduler, criterion, loader, validation,
+         stop: StopRequest, progress: Progress) -> tuple[Path | None, bool]:
+    """Accelerate's loop: forward, loss, backward, clip, optimizer step and zero_grad under `accumulate`; then, once
+    per optimizer step, the scheduler, the EMA, logging, validation and checkpoints. Returns the last checkpoint
+    written (None: none yet) and whether a stop request ended the loop."""
+    saved = None
+    batches = iter(loader)
+    while run.step < cfg.optim.max_steps:
+        try:
+            batch = next(batches)
+        except Exception:
+            if not stop.requested:
+                raise
+            # Ctrl-C reaches the data workers too; the last finished step is still worth saving.
+            return run.save_checkpoint(), True
+        progress.fingerprint.update(batch["pic"].numpy().tobytes())
+        lr = batch["lr"].to(accelerator.device, non_blocking=True)  # (N, 3, P, P)
+        hr = batch["hr"].to(accelerator.device, non_blocking=True)  # (N, 3, sP, sP)
+        if cfg.optim.channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(model):
+            loss, terms = criterion(model(lr), hr)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        progress.meter.add(loss, terms, run.step + 1)  # detached, on the device: no host sync here
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        run.update_ema()
+        run.step += 1
+        progress.bar.update(1)
+
+        at_log = run.step % cfg.output.logging_steps == 0 or run.step == cfg.optim.max_steps
+        at_checkpoint = run.step % cfg.output.checkpointing_steps == 0 or run.step == cfg.optim.max_steps
+        if at_log or at_checkpoint or (accelerator.num_processes == 1 and stop.requested):
+            # The sync points (the same steps on every process): a loss that is no longer a number is never
+            # logged as one, and its weights are never saved over the last good checkpoint.
+            progress.check_finite(saved or run.resumed_from)
+        if at_log:
+            progress.log(scheduler.get_last_lr()[0])
+        if validation is not None and (run.step % cfg.validation.steps == 0 or run.step == cfg.optim.max_steps):
+            with fp32_forward(run.shippable()) as shippable:
+                progress.val_psnr, val_ssim = validate(shippable, validation, cfg, accelerator)
+            run.record({"step": run.step, "val_psnr": progress.val_psnr, "val_ssim": val_ssim})
+            model.train()
+        # One process alone reads its flag for free; several agree at the logging interval and checkpoints.
+        requested = stop.requested
+        if accelerator.num_processes > 1:
+            requested = run.stop_agreed(stop.requested) if (at_log or at_checkpoint) else False
+        if at_checkpoint or requested:
+            saved = run.save_checkpoint()
+        if requested:
+            return saved, True
+    return saved, False
+
+
+class Progress:
+    """The loop's progress, shown and logged: the bar, the loss summed on the device (`LossMeter`), the samples
+    per second between logs, the last validation PSNR, and a fingerprint of this process's batches."""
+
+    def __init__(self, cfg: TrainConfig, accelerator, run: TrainingRun):
+        from tqdm.auto import tqdm
+
+        self.cfg, self.accelerator, self.run = cfg, accelerator, run
+        self.per_step = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * accelerator.num_processes
+        self.bar = tqdm(total=cfg.optim.max_steps, initial=run.step, desc="training",
+                        disable=not accelerator.is_local_main_process)
+        self.fingerprint = hashlib.sha256()  # of this process's batches: shows that processes draw different ones
+        self.meter = LossMeter()
+        self.val_psnr = math.nan
+        self.last_log, self.last_step = time.perf_counter(), run.step
+
+    def check_finite(self, checkpoint: Path | None) -> None:
+        """Stop the run, naming the first step whose loss was inf or nan on any process, and `checkpoint`, the last
+        good one (a host sync: every process calls it at the same steps)."""
+        bad = self.meter.first_non_finite(self.accelerator)
+        if bad is not None:
+            raise SystemExit(f"error: {non_finite_message(self.cfg, bad, checkpoint)}")
+
+    def log(self, lr: float) -> None:
+        """The interval's entry in the history (mean loss terms, learning rate, samples per second), and on the bar."""
+        run = self.run
+        losses = self.meter.mean()  # the sync point of the interval
+        now = time.perf_counter()
+        rate = self.per_step * (run.step - self.last_step) / (now - self.last_log)
+        entry = {"step": run.step, **losses, "lr": lr, "samples_per_s": rate}
+        run.record(entry)
+        shown = dict(loss=f"{entry['loss']:.4g}", lr=f"{entry['lr']:.2g}", samples_s=f"{rate:.1f}")
+        if not math.isnan(self.val_psnr):  # nothing to show before the first validation
+            shown["val_psnr"] = f"{self.val_psnr:.2f}"
+        self.bar.set_postfix(**shown)
+        self.last_log, self.last_step = now, run.step
 
 
 def leave(accelerator, run: TrainingRun) -> None:
@@ -343,27 +368,6 @@ def leave(accelerator, run: TrainingRun) -> None:
     accelerator.free_memory()
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def final_evaluation(cfg: TrainConfig, validation, accelerator) -> list[dict]:
-    """The saved model and bicubic on the evaluation benchmarks (or the validation set), for the card."""
-    from bsr_hub.data.benchmarks import load_benchmark
-    from bsr_hub.evaluation.bicubic import BicubicModel
-    from bsr_hub.evaluation.protocol import evaluate_benchmark
-
-    benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.validation.eval_dirs]
-    if not benchmarks and validation is not None:
-        benchmarks = [validation]
-    model = BSRModel.from_pretrained(Path(cfg.output.dir) / "model", map_location=accelerator.device)
-    results = []
-    for bench in benchmarks:
-        ours = evaluate_benchmark(model, bench, cfg.scale, cfg.data.degradation, accelerator=accelerator)
-        base = evaluate_benchmark(BicubicModel(cfg.scale), bench, cfg.scale, cfg.data.degradation,
-                                  accelerator=accelerator, progress=False)
-        entry = ours.to_dict()
-        entry.update(bicubic_psnr=base.psnr, bicubic_ssim=base.ssim)
-        results.append(entry)
-    return results
 
 
 if __name__ == "__main__":

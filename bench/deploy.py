@@ -2,7 +2,7 @@
 
     python bench/deploy.py          # writes bench/results/deploy.md
 
-1. The demo's own path (`bsr_hub.demo.app.upscale_upload` with its default settings, as the Space runs it) on a
+1. The demo's own path (`bsr_hub.demo.upscaling.upscale_upload` with its default settings, as the Space runs it) on a
    1-megapixel photo (1000x1000) at each scale: the figure the Space README quotes. Speed does not depend on the
    weights, so a scale without a bundled checkpoint runs the `bsr-lite` preset at that scale, freshly initialised.
 2. One network, three runtimes: PyTorch `model(x)`, ONNX Runtime and OpenCV dnn running the graph that
@@ -36,7 +36,8 @@ PHOTO_SMALL = SHARED / "benchmarks" / "BSD100" / "101085.png"  # 481x321, croppe
 
 def space_rows(threads: int) -> tuple[list[str], list[dict]]:
     from bsr_hub import BSRModel, bundled_checkpoints
-    from bsr_hub.demo.app import ModelCache, ModelEntry, upscale_upload
+    from bsr_hub.demo.models import ModelCache, ModelEntry
+    from bsr_hub.demo.upscaling import upscale_upload
 
     bundled = {BSRModel.from_pretrained(n).scale: n for n in bundled_checkpoints() if n.startswith("bsr-lite-")}
     rows, records = [], []

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "'default' is what evaluate.py runs now: on this CPU, images with more than four 2 MiB tiles' worth of pixels",
         "(more than 256x256 LR pixels for bsr-lite) go through cache-sized tiles, and inputs of 256x256 LR pixels or",
         "more run on ONNX Runtime (its graph is exported once, on the first such image: that run's time includes it);",
-        "smaller ones run eager, whole (bsr_hub/inference.py). Most benchmark images are below both sizes.",
+        "smaller ones run eager, whole (bsr_hub/inference/). Most benchmark images are below both sizes.",
         "Timings on a loaded machine swing by 30 % or more; only ratios within one run mean anything.",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)

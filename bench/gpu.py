@@ -479,7 +479,7 @@ def unpack(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from bsr_hub.training.run import resolve_config
+    from bsr_hub.training.config import resolve_config
 
     data = device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():

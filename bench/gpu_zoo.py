@@ -90,7 +90,7 @@ def _steps(cpu: bool, seconds: float, batch: int) -> tuple[dict[str, int], str]:
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from bsr_hub.training.run import resolve_config
+    from bsr_hub.training.config import resolve_config
 
     data = gpu.device_setup(cpu=args.cpu)
     if not args.cpu and not torch.cuda.is_available():

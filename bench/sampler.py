@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from bsr_hub import BSRModel
-    from bsr_hub.data.sources import ImagePairs
-    from bsr_hub.data.sampling import RFSConfig, RFSSampler, RFSWarning
+    from bsr_hub.data.pairs import ImagePairs
+    from bsr_hub.data.rfs_config import RFSConfig, RFSWarning
+    from bsr_hub.data.sampling import RFSSampler
 
     warnings.simplefilter("ignore", RFSWarning)  # literal-mode shortfalls are counted below instead
     t0 = time.perf_counter()

@@ -39,9 +39,10 @@ def _run(case: Case, steps: int, warmup: int, queue) -> None:
     from torch.utils.data import DataLoader
 
     from bsr_hub import BSRModel
+    from bsr_hub.data.rfs_config import RFSConfig
+    from bsr_hub.data.sampling import RFSSampler
     from bsr_hub.data.sources import DataConfig
     from bsr_hub.training.losses import HybridLoss
-    from bsr_hub.data.sampling import RFSConfig, RFSSampler
 
     torch.manual_seed(0)
     t0 = time.perf_counter()

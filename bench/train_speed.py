@@ -83,8 +83,9 @@ def _loader_child(steps: int, queue) -> None:
     import torch
     from torch.utils.data import DataLoader
 
+    from bsr_hub.data.rfs_config import RFSConfig
+    from bsr_hub.data.sampling import RFSSampler
     from bsr_hub.data.sources import DataConfig
-    from bsr_hub.data.sampling import RFSConfig, RFSSampler
 
     torch.set_num_threads(1)
     config = RFSConfig(mode="indexed", patch_size=PATCH, scale=SCALE, batch_size=BATCH)

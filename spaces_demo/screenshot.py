@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    from bsr_hub.demo.app import DemoSettings, build_demo, serve
     from bsr_hub.core.examples import EXAMPLES_DIR
+    from bsr_hub.demo import DemoSettings, build_demo, serve
 
     with tempfile.TemporaryDirectory() as tmp:
         models = args.model or [str(_untrained_checkpoint(Path(tmp)))]

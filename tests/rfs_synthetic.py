@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bsr_hub.data.sources import ImagePairs, make_lr
+from bsr_hub.data.pairs import ImagePairs
+from bsr_hub.data.sources import make_lr
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

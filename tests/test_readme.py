@@ -140,7 +140,8 @@ def _size(path: Path) -> tuple[int, int]:
 def test_command_line_block_runs(cli_workspace):
     import torch
 
-    from bsr_hub.commands.main import build_parser, cmd_demo
+    from bsr_hub.commands.demo import cmd_demo
+    from bsr_hub.commands.main import build_parser
 
     work = cli_workspace
     lines = cli_lines()

@@ -220,7 +220,7 @@ def test_an_output_folder_holding_another_run_is_refused_unless_resumed_or_overw
 
 
 def test_rotation_never_deletes_this_runs_checkpoints_for_another_runs(tmp_path):
-    from bsr_hub.training.run import rotate_checkpoints
+    from bsr_hub.training.checkpoints import rotate_checkpoints
 
     def checkpoint(step: int, run_id: str) -> None:
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
@@ -514,7 +514,7 @@ def test_a_kill_during_a_card_update_leaves_its_records_and_card_agreeing(bench_
 
     from bsr_hub.core import files
     from bsr_hub.models.card import model_index_mismatches
-    from bsr_hub.commands.main import eval_main
+    from bsr_hub.commands.eval import eval_main
 
     real_replace, replaced = os.replace, []
 

@@ -5,8 +5,49 @@ dependencies named by their extra (`extras`), the CPU's capabilities (`cpu`), ty
 the bundled example images (`examples`) and the version.
 """
 
+from .cpu import describe_cpu
 from .examples import example_images
 from .extras import MissingExtraError, require
+from .files import (
+    append_text,
+    plan_jobs,
+    save_image_atomic,
+    write_atomically,
+    write_text_atomically,
+    write_texts_together,
+)
+from .images import (
+    MODES,
+    ImageReadError,
+    mode_of,
+    narrowed_png_rawmode,
+    open_image,
+    read_png_16bit,
+    straight_mode,
+    to_uint8,
+)
+from .typed import from_mapping
 from .version import __version__
 
-__all__ = ["MissingExtraError", "__version__", "example_images", "require"]
+__all__ = [
+    "ImageReadError",
+    "MODES",
+    "MissingExtraError",
+    "__version__",
+    "append_text",
+    "describe_cpu",
+    "example_images",
+    "from_mapping",
+    "mode_of",
+    "narrowed_png_rawmode",
+    "open_image",
+    "plan_jobs",
+    "read_png_16bit",
+    "require",
+    "save_image_atomic",
+    "straight_mode",
+    "to_uint8",
+    "write_atomically",
+    "write_text_atomically",
+    "write_texts_together",
+]

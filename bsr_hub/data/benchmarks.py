@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.extras import require
+from ..core import require
 
 DEFAULT_BENCHMARKS = ("Set5", "Set14", "BSD100")
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -94,7 +94,7 @@ def read_hr(record: ImageRecord) -> np.ndarray:
     Raises:
         EvaluationError: the file cannot be decoded, or is not an 8-bit image.
     """
-    from ..core.images import ImageReadError, open_image, to_uint8
+    from ..core import ImageReadError, open_image, to_uint8
 
     try:
         img = open_image(record.data if record.data else record.path)

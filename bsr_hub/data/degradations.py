@@ -283,8 +283,8 @@ def degrade_files(
     """
     from PIL import Image
 
-    from ..core.files import plan_jobs, save_image_atomic
-    from ..core.images import ImageReadError, open_image, to_uint8
+    from ..core import plan_jobs, save_image_atomic
+    from ..core import ImageReadError, open_image, to_uint8
 
     done, problems = 0, []
     for job in plan_jobs(inputs, output, ".png", overwrite):

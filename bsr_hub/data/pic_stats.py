@@ -1,5 +1,5 @@
-"""The balance report (`bsr-hub pic-stats`; its flags live in `cli.py`): PIC histograms of random patches and of
-what the sampler emits.
+"""The balance report (`bsr-hub pic-stats`; its flags live in `commands/pic_stats.py`): PIC histograms of random
+patches and of what the sampler emits.
 
 (a) the natural distribution: PIC of random patches (random image, random position), as in the paper's Figure 1;
 (b) the sampled distribution: PIC of the patches an `RFSSampler` actually emits (recomputed from the emitted LR
@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..core.files import write_atomically
+from ..core import write_atomically
 
 
 def compute_pic_stats(
@@ -99,7 +99,7 @@ def plot_pic_stats(stats: dict[str, Any], path: str | Path) -> None:
     """A PNG with two panels: the 16 raw pre-scan intervals (Figure 1 style) and natural vs sampled shares."""
     import numpy as np
 
-    from ..core.extras import require
+    from ..core import require
 
     require("matplotlib", extra="train", what="the PIC plot").use("Agg")
     import matplotlib.pyplot as plt
@@ -133,11 +133,3 @@ def plot_pic_stats(stats: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # never through a link
     plt.close(fig)
-
-
-if __name__ == "__main__":  # `python -m bsr_hub.data.pic_stats ...`, the same as `bsr-hub pic-stats ...`
-    import sys
-
-    from ..commands.main import main
-
-    raise SystemExit(main(["pic-stats", *sys.argv[1:]]))

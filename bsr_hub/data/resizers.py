@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .degradations import imresize
-from ..core.images import open_image, to_uint8
+from ..core import open_image, to_uint8
 
 
 def _pil(filter_: int) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -85,7 +85,7 @@ TRAINING_RESIZERS = tuple(name for name in RESIZERS if name not in OPENCV_RESIZE
 
 def require_opencv() -> Any:
     """cv2, or an error naming the extra that installs it (opencv-python-headless)."""
-    from ..core.extras import require
+    from ..core import require
 
     return require("cv2", extra="robustness", what="the opencv-* resizers")
 
@@ -171,7 +171,7 @@ class DegradationMix:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"degradation_mix must be a mapping of its settings (or null), got {value!r}")
-        from ..core.typed import from_mapping
+        from ..core import from_mapping
 
         return from_mapping(cls, value, "degradation_mix")
 

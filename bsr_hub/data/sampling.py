@@ -32,266 +32,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
-import math
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .sources import DataConfig, ImagePairs, crop_pair, dihedral, iter_pools, stack_patches
+from .pairs import ImagePairs, crop_pair, dihedral, iter_pools, stack_patches
+from .pic import pic
 from .resizers import DegradationMix
-from .pic import dense_pic, pic
+from .rfs_config import RFSConfig, RFSWarning, balanced_quotas, interval_index, prescan_edges
+from .rfs_picks import PositionIndex, indexed_picks, literal_picks, prescan, uniform_picks
+from .sources import DataConfig
 
-Mode = Literal["literal", "indexed", "uniform"]
-MODES: tuple[str, ...] = ("literal", "indexed", "uniform")
 _PRESCAN_STREAM = 0x5EED_9C  # second word of the pre-scan's seed, apart from every batch's [seed, rank, g]
-
-
-class RFSWarning(UserWarning):
-    """RFS could not do what was asked (intervals left unfilled, degenerate pre-scan, zero quotas)."""
-
-
-@dataclass
-class RFSConfig:
-    """Random Filter Sampling settings. [paper] and [ours] as in docs/METHOD.md section 3."""
-
-    mode: Mode = "indexed"
-    """"indexed" (fast, no rejection; the default for training), "literal" (the paper's algorithm, for fidelity
-    runs) or "uniform" (plain random crops: the "without RFS" ablation)."""
-    patch_size: int = 48
-    """LR patch side P [paper: 48 at x2, 60 at x4]; HR patches are scale * P. PIC is computed on LR patches."""
-    scale: int = 2
-    batch_size: int = 16
-    """N, patches per batch."""
-    num_candidates: int = 16
-    """M, candidate images per batch in literal mode [ours: M = N, so a batch draws on as many images as a
-    uniform batch does]."""
-    num_intervals: int = 16
-    """PIC intervals before merging [paper: 16 evenly spaced]."""
-    cap_percentile: float = 99.5
-    """The intervals span 0 .. this percentile of the pre-scan's PIC, the last one open-ended [ours]. Quantile
-    edges would be wrong: uniform sampling would already look balanced."""
-    prescan_patches: int = 4096
-    """Random patches measured to place the intervals and their natural shares [ours]."""
-    merge_threshold: float = 0.005
-    """Intervals whose pre-scan share is below this are merged into their lower neighbour [ours: 0.5%], so that
-    no quota asks for patches that hardly exist."""
-    tau: float = 0.0
-    """Quota temper: K_i proportional to share_i ** tau. 0 = fully balanced [paper's intent]; 1 = natural."""
-    max_attempts: int | None = None
-    """Crop budget per batch in literal mode; None = 64 * batch_size [ours]. Bounded work: never hang."""
-    passes_before_redraw: int = 4
-    """R: passes over the M candidates without an acceptance before drawing M new images [ours]."""
-    edges: tuple[float, ...] | None = None
-    """Explicit interval lower bounds (first 0, increasing, last interval open-ended); None = from the pre-scan."""
-    quotas: tuple[int, ...] | None = None
-    """Explicit per-interval quotas summing to batch_size; None = from the shares and tau."""
-    index_stride: int = 4
-    """Indexed mode: grid step of the indexed patch positions [ours]. 4 bytes per position, positions ~ LR pixels
-    / stride^2 (DIV2K x2 at stride 4: about 140 MB); neighbours 4 px apart have nearly the same PIC."""
-    augment: bool = True
-    """Apply a random one of the 8 flips/rotations to each accepted LR/HR pair [paper: rotations]."""
-    seed: int = 0
-    pool_size: int = 256
-    """Streaming sources only: images held in memory at a time (one pool)."""
-    batches_per_pool: int = 64
-    """Streaming sources only: batches drawn from a pool before the next pool is read."""
-
-    def __post_init__(self) -> None:
-        if self.edges is not None:
-            self.edges = tuple(float(e) for e in self.edges)  # JSON gives lists
-        if self.quotas is not None:
-            self.quotas = tuple(self.quotas)
-        if self.mode not in MODES:
-            raise ValueError(f"RFSConfig.mode must be one of {MODES}, got {self.mode!r}")
-        for name, low in (
-            ("patch_size", 3), ("scale", 2), ("batch_size", 1), ("num_candidates", 1), ("num_intervals", 1),
-            ("prescan_patches", 16), ("passes_before_redraw", 1), ("index_stride", 1), ("pool_size", 1),
-            ("batches_per_pool", 1),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"RFSConfig.{name} must be an integer >= {low}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"RFSConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)
-            or self.max_attempts < self.batch_size
-        ):
-            raise ValueError(
-                f"RFSConfig.max_attempts must be None or an integer >= batch_size ({self.batch_size}), "
-                f"got {self.max_attempts!r}"
-            )
-        if not 0.0 < self.cap_percentile <= 100.0:
-            raise ValueError(f"RFSConfig.cap_percentile must be in (0, 100], got {self.cap_percentile!r}")
-        if not 0.0 <= self.merge_threshold < 1.0:
-            raise ValueError(f"RFSConfig.merge_threshold must be in [0, 1), got {self.merge_threshold!r}")
-        if not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"RFSConfig.tau must be >= 0 (0 = balanced, 1 = natural), got {self.tau!r}")
-        if self.edges is not None:
-            e = self.edges
-            if len(e) == 0 or e[0] != 0.0 or any(not math.isfinite(v) for v in e) or any(
-                b <= a for a, b in itertools.pairwise(e)
-            ):
-                raise ValueError(
-                    f"RFSConfig.edges must be strictly increasing finite lower bounds starting at 0.0, got {e}"
-                )
-        if self.quotas is not None:
-            q = self.quotas
-            if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in q):
-                raise ValueError(f"RFSConfig.quotas must be non-negative integers, got {q}")
-            if sum(q) != self.batch_size:
-                raise ValueError(f"RFSConfig.quotas sum to {sum(q)}; they must sum to batch_size {self.batch_size}")
-            if self.edges is None:
-                raise ValueError("RFSConfig.quotas need explicit edges too (the pre-scan may merge intervals)")
-            if len(q) != len(self.edges):
-                raise ValueError(f"RFSConfig has {len(self.edges)} edges but {len(q)} quotas; give one per interval")
-
-    @property
-    def attempt_budget(self) -> int:
-        return self.max_attempts if self.max_attempts is not None else 64 * self.batch_size
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for key in ("edges", "quotas"):
-            if d[key] is not None:
-                d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RFSConfig:
-        from ..core.typed import from_mapping
-
-        return from_mapping(cls, data, "RFSConfig")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Intervals and quotas
-# ---------------------------------------------------------------------------------------------------------
-
-
-def interval_index(edges: np.ndarray | list[float], values: Any) -> np.ndarray:
-    """Interval of each PIC value: i such that edges[i] <= v < edges[i + 1] (the last interval open-ended)."""
-    v = np.asarray(values, dtype=np.float64)
-    return np.clip(np.searchsorted(np.asarray(edges, dtype=np.float64), v, side="right") - 1, 0, None)
-
-
-def prescan_edges(
-    values: np.ndarray, num_intervals: int = 16, cap_percentile: float = 99.5, merge_threshold: float = 0.005
-) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Interval lower bounds from pre-scan PIC values, with sparse intervals merged.
-
-    Returns:
-        (edges, shares, raw_edges, raw_shares): the merged lower bounds and the share of the pre-scan in each,
-        and the same before merging (``raw_edges[k] = k * cap / num_intervals``).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    cap = float(np.percentile(values, cap_percentile))
-    if not cap > 0.0:
-        warnings.warn(
-            f"RFS pre-scan: the {cap_percentile} percentile of PIC over {values.size} random patches is {cap}: the "
-            "images are flat, so there is a single interval and RFS is plain random cropping",
-            RFSWarning, stacklevel=3,
-        )
-        return [0.0], [1.0], [0.0], [1.0]
-    raw_edges = [k * cap / num_intervals for k in range(num_intervals)]
-    counts = np.bincount(interval_index(raw_edges, values), minlength=num_intervals)
-    raw_shares = (counts / values.size).tolist()
-    edges, shares = list(raw_edges), list(raw_shares)
-    # From the top down, so sparse top intervals pile into the first one below them with enough mass.
-    for i in range(len(edges) - 1, 0, -1):
-        if shares[i] < merge_threshold:
-            shares[i - 1] += shares.pop(i)
-            edges.pop(i)
-    if len(edges) > 1 and shares[0] < merge_threshold:  # no lower neighbour: merge upwards
-        shares[0:2] = [shares[0] + shares[1]]  # the merged interval starts where the lowest one did
-        edges.pop(1)
-    if len(edges) == 1:
-        # Noise-like images: PIC so concentrated that every other interval is nearly empty.
-        warnings.warn(
-            f"RFS pre-scan: PIC over {values.size} random patches is concentrated in a range too narrow for "
-            f"intervals (all but one hold under {merge_threshold:.1%} of patches): there is a single interval and "
-            "RFS is plain random cropping",
-            RFSWarning, stacklevel=3,
-        )
-    return edges, shares, raw_edges, raw_shares
-
-
-def balanced_quotas(shares: list[float], batch_size: int, tau: float = 0.0) -> list[int]:
-    """K_i proportional to share_i ** tau, rounded by largest remainder (ties to the lower interval) to sum to N."""
-    s = np.asarray(shares, dtype=np.float64)
-    w = np.where(s > 0, s, 0.0) ** tau if tau > 0 else np.ones_like(s)
-    if w.sum() <= 0:
-        raise ValueError(f"cannot set quotas: every interval has a pre-scan share of 0 ({shares})")
-    exact = batch_size * w / w.sum()
-    quotas = np.floor(exact).astype(int)
-    remainder = exact - quotas
-    order = sorted(range(len(s)), key=lambda i: (-remainder[i], i))
-    for i in order[: batch_size - int(quotas.sum())]:
-        quotas[i] += 1
-    return quotas.tolist()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Indexed mode: bucketed dense PIC
-# ---------------------------------------------------------------------------------------------------------
-
-
-class PositionIndex:
-    """Patch positions of every image on a stride grid, bucketed by PIC interval.
-
-    Per bucket b: ``pos[b]`` holds local flat grid indices (int32) grouped by image, image j's run being
-    ``pos[b][start[b][j]:start[b][j + 1]]``; ``cdf[b]`` is the cumulative weight count_j(b) / positions_j over
-    images (a draw picks image j with that probability, then a uniform position of j in b).
-    """
-
-    def __init__(self, pairs: ImagePairs, edges: list[float], patch_size: int, stride: int):
-        self.stride, self.patch_size = stride, patch_size
-        k = len(edges)
-        self.grid_width = np.empty(len(pairs), dtype=np.int64)
-        per_image: list[tuple[np.ndarray, np.ndarray]] = []
-        counts = np.zeros((k, len(pairs)), dtype=np.int64)
-        for j, lr in enumerate(pairs.lr):
-            t = torch.from_numpy(lr).permute(2, 0, 1)  # (3, h, w) uint8
-            values = dense_pic(t, patch_size, stride).numpy()  # (ny, nx) float32
-            self.grid_width[j] = values.shape[1]
-            bucket = interval_index(edges, values.ravel())  # (ny * nx,)
-            order = np.argsort(bucket, kind="stable").astype(np.int32)
-            c = np.bincount(bucket, minlength=k)
-            counts[:, j] = c
-            per_image.append((order, np.concatenate([[0], np.cumsum(c)])))
-        totals = counts.sum(axis=0)  # positions per image
-        self.pos: list[np.ndarray] = []
-        self.start: list[np.ndarray] = []
-        self.cdf: list[np.ndarray] = []
-        for b in range(k):
-            self.pos.append(
-                np.concatenate([order[bounds[b] : bounds[b + 1]] for order, bounds in per_image])
-                if per_image else np.empty(0, np.int32)
-            )
-            self.start.append(np.concatenate([[0], np.cumsum(counts[b])]))
-            self.cdf.append(np.cumsum(counts[b] / totals))
-        self.bucket_sizes = counts.sum(axis=1)
-
-    def draw(self, bucket: int, n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-        """n (image, y, x) positions from a non-empty bucket."""
-        cdf, start = self.cdf[bucket], self.start[bucket]
-        images = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
-        images = np.minimum(images, len(cdf) - 1)
-        # A zero-weight image has an empty cdf step, which searchsorted(side="right") never lands on.
-        first, count = start[images], start[images + 1] - start[images]
-        flat = self.pos[bucket][first + (rng.random(n) * count).astype(np.int64)]
-        width = self.grid_width[images]
-        return [
-            (int(j), int(f // w) * self.stride, int(f % w) * self.stride)
-            for j, f, w in zip(images, flat, width)
-        ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -499,12 +256,12 @@ class RFSSampler(IterableDataset):
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, self.rank, int(g)])
         if cfg.mode == "uniform":
-            picks, counters = _uniform_picks(pairs, cfg.batch_size, cfg.patch_size, rng), (cfg.batch_size, 0, 0)
+            picks, counters = uniform_picks(pairs, cfg.batch_size, cfg.patch_size, rng), (cfg.batch_size, 0, 0)
         elif cfg.mode == "indexed":
             assert index is not None
-            picks, counters = _indexed_picks(pairs, index, self.quotas, cfg.patch_size, rng)
+            picks, counters = indexed_picks(pairs, index, self.quotas, cfg.patch_size, rng)
         else:
-            picks, counters = _literal_picks(pairs, self.edges, self.quotas, cfg, rng)
+            picks, counters = literal_picks(pairs, self.edges, self.quotas, cfg, rng)
         attempts, redraws, spills = counters
         if spills and not self._warned:
             self._warned = True
@@ -556,86 +313,3 @@ def _check_pairs(pairs: ImagePairs, patch_size: int) -> None:
     if small:
         raise ValueError(f"ImagePairs {small[:5]}... have an LR side smaller than patch_size {patch_size}")
 
-
-def prescan(pairs: ImagePairs, n: int, patch_size: int, rng: np.random.Generator, chunk: int = 256) -> np.ndarray:
-    """PIC of n random patches (random image, then random position): the natural distribution. (n,) float64."""
-    values = []
-    for first in range(0, n, chunk):
-        picks = _uniform_picks(pairs, min(chunk, n - first), patch_size, rng)
-        values.append(_patch_pics(pairs, picks, patch_size))
-    return np.concatenate(values).astype(np.float64)
-
-
-def _patch_pics(pairs: ImagePairs, picks: list[tuple[int, int, int]], patch_size: int) -> np.ndarray:
-    p = patch_size
-    crops = np.stack([pairs.lr[j][y : y + p, x : x + p] for j, y, x in picks])  # (n, P, P, 3) uint8
-    return pic(torch.from_numpy(crops).permute(0, 3, 1, 2)).numpy()  # (n,) float32
-
-
-def _random_position(lr: np.ndarray, patch_size: int, rng: np.random.Generator) -> tuple[int, int]:
-    h, w = lr.shape[:2]
-    return int(rng.integers(h - patch_size + 1)), int(rng.integers(w - patch_size + 1))
-
-
-def _uniform_picks(pairs: ImagePairs, n: int, patch_size: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    picks = []
-    for j in rng.integers(len(pairs), size=n):
-        picks.append((int(j), *_random_position(pairs.lr[j], patch_size, rng)))
-    return picks
-
-
-def _indexed_picks(
-    pairs: ImagePairs, index: PositionIndex, quotas: list[int], patch_size: int, rng: np.random.Generator
-) -> tuple[list[tuple[int, int, int]], tuple[int, int, int]]:
-    picks: list[tuple[int, int, int]] = []
-    spills = 0
-    for b, k in enumerate(quotas):
-        if k == 0:
-            continue
-        # An empty bucket (possible with explicit edges) spills down to the nearest non-empty lower one.
-        source = next((c for c in range(b, -1, -1) if index.bucket_sizes[c] > 0), None)
-        if source is None:
-            picks += _uniform_picks(pairs, k, patch_size, rng)
-            spills += k
-            continue
-        picks += index.draw(source, k, rng)
-        spills += k if source != b else 0
-    return picks, (len(picks), 0, spills)
-
-
-def _literal_picks(
-    pairs: ImagePairs, edges: list[float], quotas: list[int], cfg: RFSConfig, rng: np.random.Generator
-) -> tuple[list[tuple[int, int, int]], tuple[int, int, int]]:
-    """The paper's RFS with a crop budget; returns (picks, (attempts, redraws, spills))."""
-    n, p, m = len(pairs), cfg.patch_size, cfg.num_candidates
-    budget = cfg.attempt_budget
-    filled = [0] * len(quotas)
-    accepted: list[tuple[int, int, int]] = []
-    rejected: list[list[tuple[int, int, int]]] = [[] for _ in quotas]  # spare patches for spill-down
-    attempts = redraws = idle_passes = 0
-    candidates = rng.choice(n, size=m, replace=m > n)
-    while len(accepted) < cfg.batch_size and attempts < budget:
-        batch_candidates = candidates[: budget - attempts]
-        picks = [(int(j), *_random_position(pairs.lr[j], p, rng)) for j in batch_candidates]
-        attempts += len(picks)
-        bins = interval_index(edges, _patch_pics(pairs, picks, p))
-        got = False
-        for pick, b in zip(picks, bins):
-            if filled[b] < quotas[b]:
-                filled[b] += 1
-                accepted.append(pick)
-                got = True
-            elif len(rejected[b]) < cfg.batch_size:
-                rejected[b].append(pick)
-        idle_passes = 0 if got else idle_passes + 1
-        if idle_passes >= cfg.passes_before_redraw and len(accepted) < cfg.batch_size:
-            candidates = rng.choice(n, size=m, replace=m > n)
-            redraws += 1
-            idle_passes = 0
-    spills = 0
-    for b, k in enumerate(quotas):
-        for _ in range(k - filled[b]):
-            donor = next((c for c in range(b - 1, -1, -1) if rejected[c]), None)
-            accepted.append(rejected[donor].pop() if donor is not None else _uniform_picks(pairs, 1, p, rng)[0])
-            spills += 1
-    return accepted, (attempts, redraws, spills)

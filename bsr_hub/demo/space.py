@@ -72,7 +72,7 @@ class SpaceExport:
 def _hub_id_from_training(folder: Path) -> str | None:
     """The `hub_model_id` a train.py run pushed to, from its resolved recipe (read without needing pyyaml): under
     `output:` in a recipe with sections, at the top in one of bsr_hub 0.1."""
-    from ..models.records import TRAINING_CONFIG_NAME
+    from ..models import TRAINING_CONFIG_NAME
 
     recipe = folder / TRAINING_CONFIG_NAME
     if not recipe.is_file():
@@ -85,8 +85,7 @@ def _hub_id_from_training(folder: Path) -> str | None:
 
 def resolve_models(names: tuple[str, ...] | list[str] = ()) -> list[ServedModel]:
     """The checkpoints to serve: the given names (bundled, folder or Hub id), or every bundled one."""
-    from ..models.configuration import BSRConfig
-    from ..models.hub import bundled_checkpoints, resolve_checkpoint
+    from ..models import BSRConfig, bundled_checkpoints, resolve_checkpoint
 
     bundled = bundled_checkpoints()
     if not names and not bundled:
@@ -145,7 +144,7 @@ def expected_times() -> tuple[list[tuple[int, float]], str] | None:
 
 
 def space_readme(models: list[ServedModel], gradio_version: str) -> str:
-    from .app import card_psnr
+    from .models import card_psnr
 
     hub_ids = sorted({m.hub_id for m in models if m.hub_id})
     scales = "/".join(f"x{s}" for s in sorted({m.scale for m in models}))

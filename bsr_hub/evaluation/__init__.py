@@ -1,3 +1,43 @@
 """The evaluation layer: the published protocol (MATLAB bicubic LR, Y-channel PSNR/SSIM), its metrics, the
 bicubic baseline, and the robustness suite. Its results go into a checkpoint's records (`models.records`).
 """
+
+from .bicubic import BicubicModel
+from .metrics import psnr, psnr_ssim, ssim
+from .protocol import (
+    BICUBIC,
+    BenchmarkResult,
+    evaluate_benchmark,
+    evaluate_benchmarks,
+    launch_accelerator,
+    load_model,
+    markdown_table,
+    resolve_device,
+    score_image,
+)
+from .robustness import (
+    DEFAULT_SUITE_BENCHMARKS,
+    evaluate_robustness,
+    results_document,
+    robustness_suite,
+)
+
+__all__ = [
+    "BICUBIC",
+    "DEFAULT_SUITE_BENCHMARKS",
+    "BenchmarkResult",
+    "BicubicModel",
+    "evaluate_benchmark",
+    "evaluate_benchmarks",
+    "evaluate_robustness",
+    "launch_accelerator",
+    "load_model",
+    "markdown_table",
+    "psnr",
+    "psnr_ssim",
+    "resolve_device",
+    "results_document",
+    "robustness_suite",
+    "score_image",
+    "ssim",
+]

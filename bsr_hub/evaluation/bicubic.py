@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..data.degradations import imresize
-from ..inference.protocol import PixelMemory
+from ..data import imresize
+from ..inference import PixelMemory
 
 
 class BicubicModel(torch.nn.Module):
@@ -53,6 +53,6 @@ class BicubicModel(torch.nn.Module):
         return imresize(x, self._scale)
 
     def upscale(self, image: Any, **kwargs: Any) -> Any:
-        from ..inference.api import upscale
+        from ..inference import upscale
 
         return upscale(self, image, **kwargs)

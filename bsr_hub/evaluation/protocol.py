@@ -4,12 +4,12 @@ The protocol (METHOD.md section 7) lives in `metrics` and `degradations`; this m
 
 - each HR is mod-cropped, degraded (BI or BD) to uint8 LR, grey LR replicated to 3 channels for the network,
   and super-resolved through `model.upscale` (so tiling and self-ensemble are the library's own); any model
-  of the `upscaler.Upscaler` contract runs, `BSRModel` and the bicubic baseline (`bicubic.py`) alike;
+  of the `inference.Upscaler` contract runs, `BSRModel` and the bicubic baseline (`bicubic.py`) alike;
 - per-image PSNR / SSIM, then the mean; unreadable images are reported by name and make the run fail;
 - under `accelerate launch` the images are split across processes and gathered with `gather_for_metrics`.
 
-Around it: the benchmarks are read by `benchmarks.py`, results go into a checkpoint's card through `records.py`,
-and the command line (`bsr-hub eval`, `python evaluate.py`) is `cli.py`'s.
+Around it: the benchmarks are read by `benchmarks.py`, results go into a checkpoint's card through `models/card.py`,
+and the command line (`bsr-hub eval`, `python evaluate.py`) is `commands/eval.py`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.benchmarks import DEFAULT_BENCHMARKS, Benchmark, EvaluationError, ImageRecord, load_benchmark, read_hr
+from ..core import require
+from ..data import (
+    DEFAULT_BENCHMARKS,
+    DEGRADATIONS,
+    Benchmark,
+    EvaluationError,
+    ImageRecord,
+    degrade,
+    load_benchmark,
+    modcrop,
+    read_hr,
+)
 from .bicubic import BicubicModel
-from ..data.degradations import DEGRADATIONS, degrade, modcrop
-from ..core.extras import require
 from .metrics import psnr_ssim, quantize
 
 __all__ = [  # the benchmark side is re-exported: scoring callers (robustness, bench/) import it from here
@@ -51,7 +60,7 @@ def load_model(name: str, scale: int | None = None, device: str | torch.device =
         if scale is None:
             raise EvaluationError("--model bicubic needs --scale (2, 3, 4, ...)")
         return BicubicModel(scale).to(device)
-    from ..models.modeling import BSRModel
+    from ..models import BSRModel
 
     model = BSRModel.from_pretrained(name, map_location=device)
     if scale is not None and model.scale != scale:
@@ -176,13 +185,7 @@ def evaluate_benchmark(
     """
     from tqdm.auto import tqdm
 
-    if degradation not in DEGRADATIONS:
-        raise EvaluationError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
-    if model.scale != scale:
-        raise EvaluationError(f"the model is x{model.scale} but scale {scale} was asked")
-    n = len(benchmark.images)
-    if n == 0:
-        raise EvaluationError(f"benchmark {benchmark.name} has no images")
+    n = _check_request(model, benchmark, scale, degradation)
     distributed = accelerator is not None and accelerator.num_processes > 1
     is_main = accelerator is None or accelerator.is_local_main_process
     timing = {"read": 0.0, "degrade": 0.0, "model": 0.0, "metrics": 0.0, "save": 0.0}
@@ -218,22 +221,62 @@ def evaluate_benchmark(
         for i in tqdm(range(n), desc=desc, unit="image", disable=not progress):
             rows.append((i, *run_one(i)))
     else:
-        from accelerate.utils import gather_object
-        from torch.utils.data import DataLoader
-
-        loader = accelerator.prepare(DataLoader(list(range(n)), batch_size=1))
-        bar = tqdm(total=n, desc=desc, unit="image", disable=not (progress and is_main))
-        for batch in loader:  # batch: (1,) image index
-            i = int(batch[0])
-            p, s = run_one(i)
-            row = torch.tensor([[i, p, s]], dtype=torch.float64, device=accelerator.device)
-            gathered = accelerator.gather_for_metrics(row)  # (<= num_processes, 3), padding duplicates dropped
-            rows.extend((int(r[0]), float(r[1]), float(r[2])) for r in gathered.cpu())
-            bar.update(len(gathered))
-        bar.close()
-        failed = list({f["name"]: f for f in gather_object(failed)}.values())  # padding may repeat one
+        rows, failed = _score_across_processes(run_one, n, accelerator, failed, desc, show_bar=progress and is_main)
         timing = {k: float(v) for k, v in timing.items()}  # this process's share only
+    return _benchmark_result(benchmark, scale, degradation, self_ensemble, rows, failed, timing)
 
+
+def _check_request(model: torch.nn.Module, benchmark: Benchmark, scale: int, degradation: str) -> int:
+    """The number of images to score; EvaluationError for a request that cannot be scored."""
+    if degradation not in DEGRADATIONS:
+        raise EvaluationError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
+    if model.scale != scale:
+        raise EvaluationError(f"the model is x{model.scale} but scale {scale} was asked")
+    n = len(benchmark.images)
+    if n == 0:
+        raise EvaluationError(f"benchmark {benchmark.name} has no images")
+    return n
+
+
+def _score_across_processes(
+    run_one: Callable[[int], tuple[float, float]],
+    n: int,
+    accelerator: Any,
+    failed: list[dict[str, str]],
+    desc: str,
+    show_bar: bool,
+) -> tuple[list[tuple[int, float, float]], list[dict[str, str]]]:
+    """Each process scores its share of the n images; every process gets all the (index, psnr, ssim) rows and
+    all the failures (`failed` being what `run_one` appended here)."""
+    from accelerate.utils import gather_object
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    rows: list[tuple[int, float, float]] = []
+    loader = accelerator.prepare(DataLoader(list(range(n)), batch_size=1))
+    bar = tqdm(total=n, desc=desc, unit="image", disable=not show_bar)
+    for batch in loader:  # batch: (1,) image index
+        i = int(batch[0])
+        p, s = run_one(i)
+        row = torch.tensor([[i, p, s]], dtype=torch.float64, device=accelerator.device)
+        gathered = accelerator.gather_for_metrics(row)  # (<= num_processes, 3), padding duplicates dropped
+        rows.extend((int(r[0]), float(r[1]), float(r[2])) for r in gathered.cpu())
+        bar.update(len(gathered))
+    bar.close()
+    return rows, list({f["name"]: f for f in gather_object(failed)}.values())  # padding may repeat one
+
+
+def _benchmark_result(
+    benchmark: Benchmark,
+    scale: int,
+    degradation: str,
+    self_ensemble: bool,
+    rows: list[tuple[int, float, float]],
+    failed: list[dict[str, str]],
+    timing: dict[str, float],
+) -> BenchmarkResult:
+    """The per-image rows (any order) as a result: exact reconstructions listed apart, the means of the rest."""
+    n = len(benchmark.images)
     rows.sort()
     identical = [benchmark.images[i].name for i, p, _ in rows if math.isinf(p)]
     per_image = [
@@ -296,7 +339,7 @@ def evaluate_benchmarks(
     with_bicubic: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """`evaluate_benchmark` over several benchmarks, as the JSON-plain entries `records.update_card` takes; with
+    """`evaluate_benchmark` over several benchmarks, as the JSON-plain entries `models.card.update_card` takes; with
     `with_bicubic`, the bicubic baseline on the same images too (`bicubic_psnr`, `bicubic_ssim`), for the card.
     `options` are `evaluate_benchmark`'s (self_ensemble, tile, save_dir, accelerator, progress)."""
     bicubic = BicubicModel(scale).to(model.device) if with_bicubic else None

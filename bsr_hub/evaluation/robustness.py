@@ -12,7 +12,7 @@ PSNR: above bicubic's on a JPEG row, the model sharpens the grid; on the other r
         --data-dir ../shared/data/benchmarks [--update-card bsr_hub/checkpoints/bsr-lite-x2]
 
 The results go to `robustness_results.json` beside the checkpoint and into its card, under Limitations
-(`records.update_card`); the command line is `cli.py`'s.
+(`models.card.update_card`); the command line is `commands/eval.py`'s.
 OpenCV is optional: without it the three opencv-* resizers are skipped, and the results say so.
 """
 
@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..data.degradations import imresize, modcrop
+from ..data import imresize, modcrop
 from .metrics import blockiness, psnr_ssim
-from ..data.resizers import OPENCV_RESIZERS, downscale, jpeg, opencv_available
+from ..data import OPENCV_RESIZERS, downscale, jpeg, opencv_available
 
 SUITE_RESIZERS = (
     "matlab-bicubic", "pil-bicubic", "pil-bilinear", "pil-box", "pil-lanczos",
@@ -127,7 +127,7 @@ def evaluate_robustness(
     protocol's evaluator names it and goes on; a benchmark with no image left is an EvaluationError."""
     from tqdm.auto import tqdm
 
-    from ..data.benchmarks import EvaluationError, read_hr
+    from ..data import EvaluationError, read_hr
 
     rows = []
     for bench in benchmarks:
@@ -162,30 +162,3 @@ def results_document(model_name: str, scale: int, rows: Sequence[RobustnessRow],
     if skipped_images:
         document["skipped_images"] = list(skipped_images)
     return document
-
-
-def markdown_table(document: dict[str, Any]) -> str:
-    """Rows: degradations; per benchmark: bicubic, the model, and the difference (dB), then the blockiness of
-    bicubic and of the model ("-" in a document written before the suite measured it)."""
-    rows = document["rows"]
-    benches = list(dict.fromkeys(r["benchmark"] for r in rows))
-    degradations = list(dict.fromkeys(r["degradation"] for r in rows))
-    by_key = {(r["benchmark"], r["degradation"]): r for r in rows}
-    head = "| LR made by | " + " | ".join(
-        f"{b} bicubic | {b} model | {b} gain | {b} blockiness bicubic | {b} blockiness model" for b in benches
-    ) + " |"
-    lines = [head, "|---|" + "---|" * (5 * len(benches))]
-    for d in degradations:
-        cells = []
-        for b in benches:
-            r = by_key[(b, d)]
-            gain = r["psnr"] - r["bicubic_psnr"]
-            mark = " **(worse)**" if gain < 0 else ""
-            cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}",
-                      _figure(r.get("bicubic_blockiness")), _figure(r.get("blockiness"))]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

@@ -1,8 +1,8 @@
 """What tiling, the out-of-memory fallback and evaluation need from a model: the `Upscaler` contract.
 
-`inference.upscale`, `inference.plan_tiling` and `evaluation.evaluate_benchmark` read nothing else from a model,
-so any module with these members runs through them: `BSRModel` and the bicubic baseline (`bicubic.BicubicModel`)
-both do, and a test's wrapper can too.
+`inference.upscale`, `plan_tiling` (tiling.py) and `evaluation.evaluate_benchmark` read nothing else from a
+model, so any module with these members runs through them: `BSRModel` and the bicubic baseline
+(`bicubic.BicubicModel`) both do, and a test's wrapper can too.
 """
 
 from __future__ import annotations

@@ -1,20 +1,79 @@
-"""The models layer: the BSR network, its config and presets, checkpoints (bundled, local, on the Hub), and a
-checkpoint folder's records and model card.
+"""The models layer: the BSR network and its config and presets, checkpoints (bundled, local, on the Hub), a
+checkpoint folder's records and model card, and the ONNX export of a model.
 
 It stands on `core` and on the `inference` engine (`BSRModel.upscale` is `inference.upscale` on itself).
 """
 
+from .card import (
+    below_bicubic,
+    card_eval_results,
+    carry_records,
+    check_card_target,
+    render_model_card,
+    robustness_table,
+    update_card,
+)
 from .configuration import BSRConfig, ConfigError, list_presets
-from .hub import CheckpointError, bundled_checkpoints, default_checkpoint, list_checkpoints
+from .export import export_onnx
+from .hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    bundled_checkpoints,
+    default_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 from .modeling import BSRModel
+from .network import BSRNetwork
+from .records import (
+    CARD_NAME,
+    CARRIED_RECORDS,
+    TRAINED_FOR,
+    TRAINING_CONFIG_NAME,
+    TRAINING_INFO_NAME,
+    DatasetInfo,
+    EvalResults,
+    RecordError,
+    Stage,
+    TrainingRecord,
+    format_duration,
+    lineage_of,
+    trained_for,
+)
 
 __all__ = [
+    "CARD_NAME",
+    "CARRIED_RECORDS",
+    "CONFIG_NAME",
+    "TRAINED_FOR",
+    "TRAINING_CONFIG_NAME",
+    "TRAINING_INFO_NAME",
+    "WEIGHTS_NAME",
     "BSRConfig",
     "BSRModel",
+    "BSRNetwork",
     "CheckpointError",
     "ConfigError",
+    "DatasetInfo",
+    "EvalResults",
+    "RecordError",
+    "Stage",
+    "TrainingRecord",
+    "below_bicubic",
     "bundled_checkpoints",
+    "card_eval_results",
+    "carry_records",
+    "check_card_target",
     "default_checkpoint",
+    "export_onnx",
+    "format_duration",
+    "lineage_of",
     "list_checkpoints",
     "list_presets",
+    "render_model_card",
+    "resolve_checkpoint",
+    "robustness_table",
+    "trained_for",
+    "update_card",
 ]

@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-if TYPE_CHECKING:
-    from .modeling import BSRModel
+from ..core import write_texts_together
+from .hub import bundled_checkpoints, load_pretrained
+from .network import BSRNetwork
+from .records import (
+    CARD_NAME,
+    CARRIED_RECORDS,
+    EVAL_RESULTS_NAME,
+    ROBUSTNESS_RESULTS_NAME,
+    EvalResults,
+    RecordError,
+    TrainingRecord,
+    _trained_for,
+    format_duration,
+    merge_results,
+    read_robustness,
+    read_training,
+    same_weights,
+)
 
 TEMPLATE_NAME = "model_card.md"
 
@@ -98,8 +118,6 @@ def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], di
     `training` is a `training.json` as `TrainingRecord` reads it (a record written before lineage was kept is a
     single stage).
     """
-    from .records import TrainingRecord, format_duration
-
     record = TrainingRecord.from_dict(training)
     stages = []
     for stage in record.lineage:
@@ -117,7 +135,7 @@ def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], di
 
 
 def render_model_card(
-    model: BSRModel,
+    model: BSRNetwork,
     *,
     model_name: str | None = None,
     results: list[dict[str, Any]] | None = None,
@@ -166,3 +184,166 @@ def render_model_card(
         **template_kwargs,
     )
     return card
+
+
+def robustness_table(document: dict[str, Any]) -> str:
+    """Rows: degradations; per benchmark: bicubic, the model, and the difference (dB), then the blockiness of
+    bicubic and of the model ("-" in a document written before the suite measured it)."""
+    rows = document["rows"]
+    benches = list(dict.fromkeys(r["benchmark"] for r in rows))
+    degradations = list(dict.fromkeys(r["degradation"] for r in rows))
+    by_key = {(r["benchmark"], r["degradation"]): r for r in rows}
+    head = "| LR made by | " + " | ".join(
+        f"{b} bicubic | {b} model | {b} gain | {b} blockiness bicubic | {b} blockiness model" for b in benches
+    ) + " |"
+    lines = [head, "|---|" + "---|" * (5 * len(benches))]
+    for d in degradations:
+        cells = []
+        for b in benches:
+            r = by_key[(b, d)]
+            gain = r["psnr"] - r["bicubic_psnr"]
+            mark = " **(worse)**" if gain < 0 else ""
+            cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}",
+                      _figure(r.get("bicubic_blockiness")), _figure(r.get("blockiness"))]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def card_eval_results(folder: str | os.PathLike) -> list[Any]:
+    """The model-index entries (`huggingface_hub.EvalResult`) of the folder's card, as the Hub reads them; empty
+    without a card. Raises what `ModelCard.load` raises for an unreadable one."""
+    card = Path(folder) / CARD_NAME
+    return (ModelCard.load(card).data.eval_results or []) if card.is_file() else []
+
+
+def update_card(
+    model_dir: str | os.PathLike,
+    results: Sequence[dict[str, Any]],
+    *,
+    model_name: str | None = None,
+    evaluation_command: str | None = None,
+    robustness: dict[str, Any] | None = None,
+) -> Path:
+    """Merge `results` into the checkpoint's `eval_results.json` and re-render its `README.md` model card.
+
+    `robustness` (a `robustness.results_document`) replaces the folder's `robustness_results.json`; the card
+    shows the folder's robustness table, when it has one, under Limitations.
+
+    Results measured before (other benchmarks, scales, degradations) are kept; an entry with the same
+    benchmark, scale, degradation and self-ensemble is replaced. The training section comes from
+    `training.json` beside the checkpoint when training wrote one. Each entry keeps the command that measured
+    it, and the card lists those commands.
+
+    Returns:
+        The path of the written README.md.
+
+    Raises:
+        RecordError: results with unreadable images, or results whose scale is not the model's.
+    """
+    folder = Path(model_dir)
+    model, _ = load_pretrained(BSRNetwork, folder)  # the card describes this network; the weights are checked
+    for r in results:
+        if r.get("failed"):
+            names = ", ".join(f["name"] for f in r["failed"])
+            raise RecordError(f"not writing {r['benchmark']} into the card: unreadable images ({names})")
+        if not r.get("num_images"):  # every image reconstructed exactly: no finite mean to publish
+            raise RecordError(f"not writing {r['benchmark']} into the card: no image of it has a finite PSNR "
+                              f"(reconstructed exactly: {', '.join(r.get('identical') or []) or 'none'})")
+        if int(r["scale"]) != model.scale:
+            raise RecordError(f"{r['benchmark']} was measured at x{r['scale']}, but {folder} is a x{model.scale} model")
+    if robustness is not None and int(robustness["scale"]) != model.scale:  # checked before anything is written
+        raise RecordError(f"the robustness suite ran at x{robustness['scale']}, but {folder} is a x{model.scale} model")
+    previous = EvalResults.load(folder)
+    name = model_name or previous.model or folder.name
+    new = []
+    for r in results:
+        entry = {k: v for k, v in r.items() if k != "timing_s"}
+        if evaluation_command:
+            entry["command"] = evaluation_command
+        new.append(entry)
+    merged = merge_results(previous.results, new)
+    texts = {folder / EVAL_RESULTS_NAME: EvalResults(model=name, results=merged).to_text()}
+    if robustness is not None:
+        texts[folder / ROBUSTNESS_RESULTS_NAME] = json.dumps(robustness, indent=2) + "\n"
+    else:
+        robustness = read_robustness(folder)
+    training = read_training(folder)
+
+    commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
+    card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
+    card = render_model_card(
+        model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
+        **how_to_load(folder, name), robustness=robustness, trained_for=_trained_for(training),
+        robustness_table=robustness_table(robustness) if robustness else "",
+    )
+    target = folder / CARD_NAME
+    texts[target] = str(card)
+
+    def check(temporaries: dict[Path, Path]) -> None:
+        # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured,
+        # before anything is replaced.
+        problems = model_index_mismatches(temporaries[target], merged)
+        if problems:
+            raise RuntimeError("the rendered card's model-index does not match the results: " + "; ".join(problems))
+
+    write_texts_together(texts, check)  # the records and the card: all replaced, or none
+    return target
+
+
+LOCAL_LOAD_NOTE = "the folder holding this card; its Hub id once pushed"
+
+
+def how_to_load(folder: str | os.PathLike, name: str) -> dict[str, str | None]:
+    """What the card's "How to use" passes to `from_pretrained` (`load_as`), with a comment on it (`load_note`): the
+    bundled name for a bundled checkpoint, a Hub id for a model that has one, and otherwise a placeholder path ending
+    in the folder's name. Never the folder's absolute path (the card travels, the path is this machine's), nor a
+    bundled name for another folder (a user's model named like a bundled one must not point its readers at the
+    bundled weights)."""
+    folder = Path(folder)
+    bundled = bundled_checkpoints()
+    if name in bundled and bundled[name].resolve() == folder.resolve():
+        return {"load_as": name, "load_note": None}
+    if name not in bundled and name.count("/") == 1:
+        return {"load_as": name, "load_note": None}
+    return {"load_as": f"path/to/{folder.resolve().name}", "load_note": LOCAL_LOAD_NOTE}
+
+
+def carry_records(source: str | os.PathLike, target: str | os.PathLike, *, model_name: str | None = None) -> list[Path]:
+    """Copy a checkpoint's records (`CARRIED_RECORDS`) into the folder its weights were saved in, and re-render the
+    card there: `from_pretrained("bsr-lite-x2").save_pretrained(folder)` keeps bsr-lite-x2's results and lineage.
+
+    The caller has checked that the weights saved in `target` are the ones in `source` (`carried_source`, before
+    saving): changed weights are not described by these records. `model_name` renames the copy (a Hub id it is
+    pushed to); by default it keeps the source's name. Returns the copied files; none when `source` has no records
+    or is `target` itself.
+    """
+    source, target = Path(source), Path(target)
+    if source.resolve() == target.resolve():
+        return []
+    found = [p for pattern in CARRIED_RECORDS for p in sorted(source.glob(pattern)) if p.is_file()]
+    copied = [Path(shutil.copyfile(p, target / p.name)) for p in found]
+    if copied:
+        update_card(target, [], model_name=model_name)
+    return copied
+
+
+def check_card_target(model_dir: str | os.PathLike, model_name: str, model: torch.nn.Module) -> None:
+    """Refuse to write one model's numbers into another checkpoint's card.
+
+    Raises:
+        RecordError: `model` is the bicubic baseline, or its weights are not those in `model_dir`.
+    """
+    if not isinstance(model, BSRNetwork):
+        raise RecordError(
+            f"--update-card {model_dir}: --model {model_name} is not that checkpoint; its numbers would be written "
+            "into the card as the checkpoint's own (the bicubic baseline is added to the card automatically)"
+        )
+    if not same_weights(model, model_dir):
+        raise RecordError(
+            f"--update-card {model_dir}: that checkpoint is not the evaluated model {model_name} (different config "
+            "or weights); pass the same checkpoint to --model and --update-card"
+        )

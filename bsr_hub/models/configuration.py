@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.typed import from_mapping
+from ..core import from_mapping
 
 SUPPORTED_SCALES = (2, 3, 4)
 

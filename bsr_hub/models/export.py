@@ -11,52 +11,27 @@ Next to `model.onnx` goes `model.json` with the scale, that convention and the c
 facts are in the graph's metadata (`InferenceSession.get_modelmeta().custom_metadata_map`), so a user of either
 runtime need not guess.
 
-Why the TorchScript-based exporter (`dynamo=False`) and opset 17: torch 2.13's default `torch.export` exporter
-writes opset-18 reductions (the attention's channel max and mean) with a shared `axes` input that OpenCV 5.0's
-dnn refuses to load, in both of its engines; the TorchScript exporter's opset-17 graph loads in OpenCV and
-ONNX Runtime alike (tests/models/test_export.py runs both).
+The graph's conventions (the names, the opset, the exporter's settings and why, `ClampedBSR`) are the inference
+layer's (bsr_hub/inference/onnx.py), shared with the ONNX Runtime backend of `upscale`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..core.extras import require
-from ..core.files import write_atomically, write_text_atomically
+from ..core import require, write_atomically, write_text_atomically
+from ..inference import INPUT_NAME, OPSET, OUTPUT_NAME, ClampedBSR, trace_to_onnx
 from .modeling import BSRModel
 
-OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 VERIFY_TOLERANCE = 1e-3
 """Largest |ONNX Runtime - PyTorch| accepted on the export-time check, in [0, 1] units (float32 reordering
 differs by about 1e-6; a wrong graph differs by far more than 1/255)."""
-
-
-
-
-class ClampedBSR(nn.Module):
-    """`BSRModel.forward` on the image with its mirrored border, cropped back and clamped to [0, 1]: what an
-    exported model's user wants as an image, the same as `upscale` in one pass."""
-
-    def __init__(self, model: BSRModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..inference.api import BORDER_CONTEXT, mirrored_border
-
-        crop = BORDER_CONTEXT * self.model.scale
-        y = self.model(mirrored_border(x))  # (B, 3, (H + 2c)*s, (W + 2c)*s)
-        return y[:, :, crop:-crop, crop:-crop].clamp(0.0, 1.0)  # (B, 3, H*s, W*s)
 
 
 @dataclass(frozen=True)
@@ -109,29 +84,6 @@ def export_metadata(model: BSRModel, source: str) -> dict[str, Any]:
         "bsr_hub_version": __version__,
         "torch_version": torch.__version__,
     }
-
-
-def trace_to_onnx(module: nn.Module, example: torch.Tensor, target: Any) -> None:
-    """`torch.onnx.export` with this project's settings (TorchScript exporter, OPSET, the input/output names, batch,
-    height and width dynamic) into a path or a file object. Shared by `export_onnx` and the ONNX Runtime backend of
-    `upscale`, so both run the same graph."""
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of dynamo=True; see the module docstring for why it is
-        # used all the same. Its warning would only confuse a command-line user.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            target,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={
-                INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
-            },
-        )
 
 
 def export_onnx(

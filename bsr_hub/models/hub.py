@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from .configuration import BSRConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -195,3 +199,24 @@ def load_weights_strict(model: nn.Module, weights_file: Path, map_location: str 
         raise CheckpointError(f"{weights_file} holds NaN or infinite values in {_summarise(broken)}; "
                               "the checkpoint is damaged (or training diverged before it was saved)")
     model.load_state_dict(state, strict=True)
+
+
+def load_pretrained(
+    cls: Callable[[BSRConfig], nn.Module], name_or_path: str | os.PathLike, *,
+    map_location: str | torch.device = "cpu", **download: Any,
+) -> tuple[nn.Module, Path]:
+    """`cls(config)` with the checkpoint's weights loaded strictly, and the folder they came from.
+
+    `cls` is the network class to build (`BSRModel`, or `network.BSRNetwork` where the Hub mixin is not needed);
+    `download` goes to `resolve_checkpoint` (revision, cache_dir, force_download, local_files_only, token). The
+    header is checked against the config's shapes before anything is allocated, so a wrong or hostile checkpoint
+    fails fast and by name.
+    """
+    folder = resolve_checkpoint(name_or_path, **download)
+    config = BSRConfig.from_json_file(folder / CONFIG_NAME)
+    with torch.device("meta"):  # the config's shapes, with no memory allocated
+        expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+    check_weights_header(folder / CONFIG_NAME, folder / WEIGHTS_NAME, expected)
+    model = cls(config)
+    load_weights_strict(model, folder / WEIGHTS_NAME, map_location=map_location)
+    return model, folder

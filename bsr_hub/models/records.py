@@ -2,16 +2,16 @@
 and the model card (`README.md`) rendered from both. Every read and write of them goes through here.
 
     folder/
-      config.json, model.safetensors    the model (`modeling.py`)
+      config.json, model.safetensors    the model (`modeling.py`, `network.py`)
       eval_results.json                 `EvalResults`: every result measured for it, merged run after run
       training.json                     `TrainingRecord`: data, recipe, cost and lineage, written by training
       training_config.yaml              that recipe as a file `train.py --config` takes
-      robustness_results.json           the robustness suite (`robustness.py`): inputs not made by MATLAB
+      robustness_results.json           the robustness suite (`evaluation/robustness.py`): inputs not made by MATLAB
       README.md                         the card, re-rendered (`card.py`) whenever a record changes
 
 Writes are atomic (`files.write_atomically`): a reader never sees half a record. `BSRModel.save_pretrained` of a
 loaded model carries these records into the new folder while its weights are still the loaded ones
-(`carry_records`).
+(`card.carry_records`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.files import write_text_atomically, write_texts_together
+from ..core import write_text_atomically
+from .hub import CheckpointError, load_pretrained, resolve_checkpoint
+from .network import BSRNetwork
 
 if TYPE_CHECKING:
     import torch
@@ -269,7 +270,7 @@ class TrainingRecord:
 def _yaml_or_empty(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
-    from ..core.extras import require
+    from ..core import require
 
     yaml = require("yaml", extra="train", what="reading a training record's recipe")
     try:
@@ -284,8 +285,6 @@ def lineage_of(init_from: str | None) -> list[Stage]:
     checkpoint has no record (a Hub model, a `save_pretrained` folder) or starts from scratch."""
     if not init_from:
         return []
-    from .hub import CheckpointError, resolve_checkpoint
-
     try:
         folder = resolve_checkpoint(init_from, local_files_only=True)
     except CheckpointError:
@@ -332,132 +331,6 @@ def read_robustness(folder: str | os.PathLike) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def card_eval_results(folder: str | os.PathLike) -> list[Any]:
-    """The model-index entries (`huggingface_hub.EvalResult`) of the folder's card, as the Hub reads them; empty
-    without a card. Raises what `ModelCard.load` raises for an unreadable one."""
-    from huggingface_hub import ModelCard
-
-    card = Path(folder) / CARD_NAME
-    return (ModelCard.load(card).data.eval_results or []) if card.is_file() else []
-
-
-def update_card(
-    model_dir: str | os.PathLike,
-    results: Sequence[dict[str, Any]],
-    *,
-    model_name: str | None = None,
-    evaluation_command: str | None = None,
-    robustness: dict[str, Any] | None = None,
-) -> Path:
-    """Merge `results` into the checkpoint's `eval_results.json` and re-render its `README.md` model card.
-
-    `robustness` (a `robustness.results_document`) replaces the folder's `robustness_results.json`; the card
-    shows the folder's robustness table, when it has one, under Limitations.
-
-    Results measured before (other benchmarks, scales, degradations) are kept; an entry with the same
-    benchmark, scale, degradation and self-ensemble is replaced. The training section comes from
-    `training.json` beside the checkpoint when training wrote one. Each entry keeps the command that measured
-    it, and the card lists those commands.
-
-    Returns:
-        The path of the written README.md.
-
-    Raises:
-        RecordError: results with unreadable images, or results whose scale is not the model's.
-    """
-    from .card import model_index_mismatches, render_model_card
-    from .modeling import BSRModel
-    from ..evaluation.robustness import markdown_table as robustness_table
-
-    folder = Path(model_dir)
-    model = BSRModel.from_pretrained(folder)
-    for r in results:
-        if r.get("failed"):
-            names = ", ".join(f["name"] for f in r["failed"])
-            raise RecordError(f"not writing {r['benchmark']} into the card: unreadable images ({names})")
-        if not r.get("num_images"):  # every image reconstructed exactly: no finite mean to publish
-            raise RecordError(f"not writing {r['benchmark']} into the card: no image of it has a finite PSNR "
-                              f"(reconstructed exactly: {', '.join(r.get('identical') or []) or 'none'})")
-        if int(r["scale"]) != model.scale:
-            raise RecordError(f"{r['benchmark']} was measured at x{r['scale']}, but {folder} is a x{model.scale} model")
-    if robustness is not None and int(robustness["scale"]) != model.scale:  # checked before anything is written
-        raise RecordError(f"the robustness suite ran at x{robustness['scale']}, but {folder} is a x{model.scale} model")
-    previous = EvalResults.load(folder)
-    name = model_name or previous.model or folder.name
-    new = []
-    for r in results:
-        entry = {k: v for k, v in r.items() if k != "timing_s"}
-        if evaluation_command:
-            entry["command"] = evaluation_command
-        new.append(entry)
-    merged = merge_results(previous.results, new)
-    texts = {folder / EVAL_RESULTS_NAME: EvalResults(model=name, results=merged).to_text()}
-    if robustness is not None:
-        texts[folder / ROBUSTNESS_RESULTS_NAME] = json.dumps(robustness, indent=2) + "\n"
-    else:
-        robustness = read_robustness(folder)
-    training = read_training(folder)
-
-    commands = list(dict.fromkeys(r["command"] for r in merged if r.get("command")))
-    card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
-    card = render_model_card(
-        model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
-        **how_to_load(folder, name), robustness=robustness, trained_for=_trained_for(training),
-        robustness_table=robustness_table(robustness) if robustness else "",
-    )
-    target = folder / CARD_NAME
-    texts[target] = str(card)
-
-    def check(temporaries: dict[Path, Path]) -> None:
-        # ModelCard.validate() posts to the Hub; offline, check that the Hub's parser reads back what we measured,
-        # before anything is replaced.
-        problems = model_index_mismatches(temporaries[target], merged)
-        if problems:
-            raise RuntimeError("the rendered card's model-index does not match the results: " + "; ".join(problems))
-
-    write_texts_together(texts, check)  # the records and the card: all replaced, or none
-    return target
-
-
-LOCAL_LOAD_NOTE = "the folder holding this card; its Hub id once pushed"
-
-
-def how_to_load(folder: str | os.PathLike, name: str) -> dict[str, str | None]:
-    """What the card's "How to use" passes to `from_pretrained` (`load_as`), with a comment on it (`load_note`): the
-    bundled name for a bundled checkpoint, a Hub id for a model that has one, and otherwise a placeholder path ending
-    in the folder's name. Never the folder's absolute path (the card travels, the path is this machine's), nor a
-    bundled name for another folder (a user's model named like a bundled one must not point its readers at the
-    bundled weights)."""
-    from .hub import bundled_checkpoints
-
-    folder = Path(folder)
-    bundled = bundled_checkpoints()
-    if name in bundled and bundled[name].resolve() == folder.resolve():
-        return {"load_as": name, "load_note": None}
-    if name not in bundled and name.count("/") == 1:
-        return {"load_as": name, "load_note": None}
-    return {"load_as": f"path/to/{folder.resolve().name}", "load_note": LOCAL_LOAD_NOTE}
-
-
-def carry_records(source: str | os.PathLike, target: str | os.PathLike, *, model_name: str | None = None) -> list[Path]:
-    """Copy a checkpoint's records (`CARRIED_RECORDS`) into the folder its weights were saved in, and re-render the
-    card there: `from_pretrained("bsr-lite-x2").save_pretrained(folder)` keeps bsr-lite-x2's results and lineage.
-
-    The caller has checked that the weights saved in `target` are the ones in `source` (`carried_source`, before
-    saving): changed weights are not described by these records. `model_name` renames the copy (a Hub id it is
-    pushed to); by default it keeps the source's name. Returns the copied files; none when `source` has no records
-    or is `target` itself.
-    """
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        return []
-    found = [p for pattern in CARRIED_RECORDS for p in sorted(source.glob(pattern)) if p.is_file()]
-    copied = [Path(shutil.copyfile(p, target / p.name)) for p in found]
-    if copied:
-        update_card(target, [], model_name=model_name)
-    return copied
-
-
 def carried_source(model: torch.nn.Module) -> Path | None:
     """The folder `model` was loaded from (`BSRModel.loaded_from`) when that folder's records describe it: it has
     records, and `model` still holds its config and weights exactly. None otherwise (changed weights, no records)."""
@@ -472,11 +345,9 @@ def same_weights(model: torch.nn.Module, folder: str | os.PathLike) -> bool:
     `folder`: the model its records describe."""
     import torch
 
-    from .modeling import BSRModel
-
-    if not isinstance(model, BSRModel):
+    if not isinstance(model, BSRNetwork):
         return False
-    target = BSRModel.from_pretrained(folder)
+    target, _ = load_pretrained(BSRNetwork, folder)
     ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     theirs = target.state_dict()
     return target.config.to_dict() == model.config.to_dict() and ours.keys() == theirs.keys() and all(
@@ -484,21 +355,3 @@ def same_weights(model: torch.nn.Module, folder: str | os.PathLike) -> bool:
     )
 
 
-def check_card_target(model_dir: str | os.PathLike, model_name: str, model: torch.nn.Module) -> None:
-    """Refuse to write one model's numbers into another checkpoint's card.
-
-    Raises:
-        RecordError: `model` is the bicubic baseline, or its weights are not those in `model_dir`.
-    """
-    from .modeling import BSRModel
-
-    if not isinstance(model, BSRModel):
-        raise RecordError(
-            f"--update-card {model_dir}: --model {model_name} is not that checkpoint; its numbers would be written "
-            "into the card as the checkpoint's own (the bicubic baseline is added to the card automatically)"
-        )
-    if not same_weights(model, model_dir):
-        raise RecordError(
-            f"--update-card {model_dir}: that checkpoint is not the evaluated model {model_name} (different config "
-            "or weights); pass the same checkpoint to --model and --update-card"
-        )

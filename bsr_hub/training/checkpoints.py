@@ -1,5 +1,10 @@
-"""What guards a training run's output folder and its checkpoints against other runs and other people's files.
+"""The checkpoint folder of a training run: its layout, what guards it against other runs and other people's
+files, and how a checkpoint's state is written and read.
 
+- The layout: OUTPUT/checkpoints/step_N/{state/, model/, trainer.json}. A checkpoint is written as .tmp-step_N
+  and gets its step_N name in one rename once whole (`finalize_checkpoint`), so "latest" is never half-written;
+  `rotate_checkpoints` deletes a run's own oldest ones; `previous_run` / `clear_previous_run` find and delete what
+  an earlier run left in the folder.
 - `OutputLock`: one trainer per output folder. OUTPUT/.train.lock is held with `flock` (the kernel releases it
   when its holder dies, however it dies) and names the holder's pid and host for the message a second trainer
   gets. A lock file left by a trainer that is gone is taken over, saying whose it was.
@@ -13,8 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -22,7 +30,10 @@ from typing import Any
 
 import torch
 
+from ..models import CARD_NAME, CARRIED_RECORDS, CONFIG_NAME, WEIGHTS_NAME
+
 LOCK_NAME = ".train.lock"
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
 EMA_WEIGHTS = "ema.safetensors"
 RUN_STATE = "run_state.json"
@@ -251,3 +262,121 @@ def load_training_state(state_dir: str | os.PathLike, accelerator: Any, model: A
         scheduler.load_state_dict(scheduler_state)
     except (KeyError, TypeError, RuntimeError, AttributeError) as err:
         raise CheckpointStateError(f"{state_dir}: the EMA or scheduler state does not fit this run ({err})") from None
+
+
+# ---------------------------------------------------------------------------------------------- the folder's layout
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. A checkpoint folder only gets its `step_N` name once it is whole."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CHECKPOINT_PATTERN.match(p.name)
+        if m and p.is_dir() and (p / "trainer.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder to resume from, or None. `latest` with no checkpoint starts fresh, with a note."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    if not (path / "trainer.json").is_file() or not (path / "state").is_dir():
+        raise ValueError(f"{path} is not a complete checkpoint (expected trainer.json and state/ inside)")
+    return path
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Leftovers of a save that was interrupted (a crash or a kill during the write)."""
+    root = checkpoints_dir(output_dir)
+    stale = [p for p in root.glob(".tmp-step_*")] if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The id of the run that wrote a checkpoint (None: written before runs had ids, or unreadable)."""
+    try:
+        return json.loads((checkpoint / "trainer.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, run_id: str | None, step: int) -> list[Path]:
+    """Delete this run's oldest checkpoints beyond `limit`; returns what was deleted.
+
+    Only checkpoints of run `run_id` up to `step` (the one just written) count: a checkpoint another run left, or
+    one ahead of a resume from an earlier step, is never the reason the newest one of this run is deleted.
+    """
+    if limit is None:
+        return []
+    found = [p for s, p in list_checkpoints(output_dir) if s <= step and checkpoint_run_id(p) == run_id]
+    doomed = found[: max(0, len(found) - limit)]
+    for p in doomed:
+        shutil.rmtree(p)
+    return doomed
+
+
+def previous_run(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in an output folder (its checkpoints, history, model), in words; [] if nothing."""
+    output = Path(output_dir)
+    root = checkpoints_dir(output)
+    left = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = [f"checkpoints/ ({', '.join(left)})"] if left else []
+    found += [name for name in ("history.jsonl", "model/") if (output / name.rstrip("/")).exists()]
+    return found
+
+
+def _written_by_a_run(name: str) -> bool:
+    """A file a run (and a later evaluation or robustness run) writes into OUTPUT/model/: the checkpoint's own
+    files and the records `records.CARRIED_RECORDS` names."""
+    import fnmatch
+
+    return name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) or any(fnmatch.fnmatch(name, p) for p in CARRIED_RECORDS)
+
+
+def clear_previous_run(output_dir: str | Path) -> list[Path]:
+    """Delete what a run wrote there, as `previous_run` finds it: an explicit --output.overwrite starts the folder
+    over. Only the run's own files go (checkpoint folders step_N, model/'s own files, history.jsonl): a file
+    of the user's in model/ or checkpoints/ stays, with its folder. Returns what was kept."""
+    output = Path(output_dir)
+    kept = []
+    root = checkpoints_dir(output)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and (CHECKPOINT_PATTERN.match(entry.name)
+                                                               or entry.name.startswith(".tmp-step_")):
+                shutil.rmtree(entry)
+            else:
+                kept.append(entry)
+    model = output / "model"
+    if model.is_dir():
+        for entry in model.iterdir():
+            if _written_by_a_run(entry.name) and (entry.is_file() or entry.is_symlink()):
+                entry.unlink()
+            else:
+                kept.append(entry)
+    for folder in (root, model):
+        with contextlib.suppress(OSError):  # left in place when something of the user's is in it
+            folder.rmdir()
+    (output / "history.jsonl").unlink(missing_ok=True)
+    return kept
+
+
+def finalize_checkpoint(tmp: Path, final: Path) -> None:
+    """Give a fully written checkpoint its real name, in one rename (atomic on a POSIX filesystem)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

@@ -53,7 +53,7 @@ class HybridLoss(nn.Module):
         """The total loss (for backward) and each term, detached (for logging).
 
         The terms stay tensors on the loss's device: reading them (`.item()`) waits for the GPU, so a training
-        loop sums them and reads the sum once per logging interval (bsr_hub.training.run.LossMeter).
+        loop sums them and reads the sum once per logging interval (bsr_hub.training.reporting.LossMeter).
         """
         e = sr.float() - hr.float()
         l2 = e.square().mean()

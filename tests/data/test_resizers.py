@@ -124,8 +124,8 @@ def test_mix_settings_are_checked(bad, match):
 def test_mix_in_a_training_config_round_trips_through_yaml(tmp_path):
     import yaml
 
-    from bsr_hub.commands.main import load_train_config as load_config
-    from bsr_hub.training.run import config_from_dict, config_to_yaml
+    from bsr_hub.commands.train import load_train_config as load_config
+    from bsr_hub.training.config import config_from_dict, config_to_yaml
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  degradation_mix:\n    jpeg_probability: 0.25\n    resizers: [pil-box, torch-bicubic]\n")
@@ -142,9 +142,11 @@ def test_mix_in_a_training_config_round_trips_through_yaml(tmp_path):
 
 def test_sampler_with_a_mix_returns_patches_of_the_claimed_size(tmp_path):
     """RFS positions come from the clean LR; the LR returned is the mix's, not the pair's."""
-    from bsr_hub.data.sources import DataConfig, ImagePairs
     from bsr_hub.data.degradations import degrade
-    from bsr_hub.data.sampling import RFSConfig, RFSSampler
+    from bsr_hub.data.pairs import ImagePairs
+    from bsr_hub.data.rfs_config import RFSConfig
+    from bsr_hub.data.sampling import RFSSampler
+    from bsr_hub.data.sources import DataConfig
 
     hrs = [_photo(96, 96, seed=s) for s in range(3)]
     pairs = ImagePairs(hr=hrs, lr=[degrade(h, 2) for h in hrs], scale=2)

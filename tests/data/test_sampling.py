@@ -10,16 +10,16 @@ import torch
 from rfs_synthetic import SHARED_DATA, synthetic_pairs
 from torch.utils.data import DataLoader
 
-from bsr_hub.data.sources import ImagePairs
+from bsr_hub.data.pairs import ImagePairs
 from bsr_hub.data.pic import pic
-from bsr_hub.data.sampling import (
+from bsr_hub.data.rfs_config import (
     RFSConfig,
-    RFSSampler,
     RFSWarning,
     balanced_quotas,
     interval_index,
     prescan_edges,
 )
+from bsr_hub.data.sampling import RFSSampler
 
 P, N = 16, 16
 
@@ -355,7 +355,7 @@ def test_resume_at_a_batch_number_is_exact(pairs):
     assert same_batch(resumed[0], full[3]) and same_batch(resumed[1], full[4])
 
 
-@pytest.mark.filterwarnings("ignore::bsr_hub.data.sampling.RFSWarning")  # tau = 0.5 leaves two small intervals at 0
+@pytest.mark.filterwarnings("ignore::bsr_hub.data.rfs_config.RFSWarning")  # tau = 0.5 leaves two small intervals at 0
 def test_resolved_config_reproduces_the_run(pairs):
     a = RFSSampler(pairs, cfg(tau=0.5))
     state = a.to_dict()
@@ -390,7 +390,7 @@ def test_lr_hr_patches_stay_aligned(pairs, augment):
 
 
 def test_augmentation_uses_all_8_transforms(pairs):
-    from bsr_hub.data.sources import dihedral
+    from bsr_hub.data.pairs import dihedral
 
     a = np.arange(12).reshape(3, 4, 1)
     assert len({dihedral(a, k).tobytes() + bytes(dihedral(a, k).shape) for k in range(8)}) == 8

@@ -30,22 +30,13 @@ from conftest import REPO_ROOT, tiny_config
 from gradio_client import Client, handle_file
 
 from bsr_hub import BSRModel
+from bsr_hub.core.examples import example_images
+from bsr_hub.demo.app import build_demo, serve
+from bsr_hub.demo.models import NO_MODEL_MESSAGE, ModelCache, discover_models
+from bsr_hub.demo.settings import DemoInputError, DemoSettings
+from bsr_hub.demo.upscaling import detail_views, most_structured_point, open_upload, parse_tile
 from bsr_hub.models import hub
 from bsr_hub.models.card import render_model_card
-from bsr_hub.demo.app import (
-    NO_MODEL_MESSAGE,
-    DemoInputError,
-    DemoSettings,
-    ModelCache,
-    build_demo,
-    detail_views,
-    discover_models,
-    most_structured_point,
-    open_upload,
-    parse_tile,
-    serve,
-)
-from bsr_hub.core.examples import example_images
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix, and noise in every report.
 pytestmark = [

@@ -18,8 +18,8 @@ pytest.importorskip("playwright.sync_api", reason="playwright is not installed (
 from conftest import REPO_ROOT, tiny_config
 
 from bsr_hub import BSRModel
-from bsr_hub.demo.app import DemoSettings, build_demo, serve
 from bsr_hub.core.examples import example_images
+from bsr_hub.demo import DemoSettings, build_demo, serve
 
 _spec = importlib.util.spec_from_file_location(
     "spaces_demo_screenshot", REPO_ROOT / "spaces_demo" / "screenshot.py"

@@ -18,11 +18,12 @@ from PIL import Image
 pytest.importorskip("datasets", reason="evaluation needs the train extra (datasets)")
 
 from bsr_hub import BSRConfig, BSRModel
+from bsr_hub.commands.eval import eval_main as main
 from bsr_hub.data.benchmarks import EvaluationError, load_benchmark
 from bsr_hub.evaluation.bicubic import BicubicModel
-from bsr_hub.commands.main import eval_main as main
 from bsr_hub.evaluation.protocol import evaluate_benchmark
-from bsr_hub.models.records import RecordError, merge_results, update_card
+from bsr_hub.models.card import update_card
+from bsr_hub.models.records import RecordError, merge_results
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BENCHMARKS = SHARED_DATA / "benchmarks"

@@ -12,7 +12,7 @@ pytest.importorskip("datasets", reason="evaluation needs the train extra (datase
 from bsr_hub import BSRModel
 from bsr_hub.data.benchmarks import load_benchmark
 from bsr_hub.evaluation.bicubic import BicubicModel
-from bsr_hub.commands.main import eval_main
+from bsr_hub.commands.eval import eval_main
 from bsr_hub.evaluation.protocol import evaluate_benchmark
 from bsr_hub.data.resizers import OPENCV_RESIZERS
 from bsr_hub.evaluation.robustness import SUITE_JPEG_QUALITIES, SUITE_RESIZERS, evaluate_robustness, robustness_suite
@@ -79,7 +79,7 @@ def test_suite_command_writes_results_and_the_cards_limitations(bench_dir, tiny_
 
 def test_a_record_written_before_blockiness_still_renders(tiny_checkpoint):
     """robustness_results.json files written before the suite measured blockiness show "-" in its columns."""
-    from bsr_hub.models.records import update_card
+    from bsr_hub.models.card import update_card
 
     old_row = {"benchmark": "Set5", "degradation": "pil-box+jpeg75", "resizer": "pil-box", "jpeg_quality": 75,
                "num_images": 5, "psnr": 31.52, "bicubic_psnr": 31.98}
@@ -99,7 +99,7 @@ def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_checkpoint, capsys)
 
 def test_the_demo_offers_both_x2_checkpoints_and_says_which_suits_photos():
     pytest.importorskip("gradio")
-    from bsr_hub.demo.app import discover_models
+    from bsr_hub.demo.models import discover_models
     from bsr_hub.models.hub import list_checkpoints
 
     if "bsr-lite-x2-robust" not in list_checkpoints():

@@ -8,8 +8,9 @@ import torch
 from conftest import SHARED_DATA, requires_shared_data
 from PIL import Image
 
-from bsr_hub import BSRModel, bundled_checkpoints, inference
+from bsr_hub import BSRModel, bundled_checkpoints
 from bsr_hub.core.examples import example_images
+from bsr_hub.inference import api, backends, tiling
 
 
 def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -252,8 +253,8 @@ def test_tiles_bound_what_the_network_sees(tiny_model):
     sizes = []
     tiny_model.head.register_forward_hook(lambda m, inp, out: sizes.append(tuple(inp[0].shape[-2:])) and None)
     tiny_model.upscale(textured(100, 70), tile=24, tile_overlap=8, backend="eager")
-    # A tile at the image's border also sees the mirrored pixels beyond it (inference.BORDER_CONTEXT per side).
-    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24 + 2 * inference.BORDER_CONTEXT
+    # A tile at the image's border also sees the mirrored pixels beyond it (tiling.BORDER_CONTEXT per side).
+    assert len(sizes) > 1 and max(max(s) for s in sizes) <= 24 + 2 * tiling.BORDER_CONTEXT
     assert min(max(s) for s in sizes) <= 24  # a tile away from the borders sees the tile alone
 
 
@@ -286,26 +287,26 @@ def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
             return self.model.dtype
 
     img = torch.rand(1, 3, 70, 90)
-    flaky = RunsOutOfMemory(tiny_model, limit=50 + 2 * inference.BORDER_CONTEXT)  # tiles at borders see more
+    flaky = RunsOutOfMemory(tiny_model, limit=50 + 2 * tiling.BORDER_CONTEXT)  # tiles at borders see more
     with pytest.warns(UserWarning, match="out of memory"):
-        out = inference.super_resolve(flaky, img)
-    expected = inference.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
+        out = api.super_resolve(flaky, img)
+    expected = api.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
     assert torch.equal(out, expected)
     with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(UserWarning, match="retrying with tile=45"):
-        inference.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
+        api.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
 
 
 def test_off_the_cpu_images_too_large_for_memory_are_tiled(tiny_model, monkeypatch):
     """On a GPU the plan is the whole image unless it would not fit; the memory rule, checked without a GPU."""
-    monkeypatch.setattr(inference, "_memory_budget", lambda device: 4 * 40 * 40 * 200)
+    monkeypatch.setattr(tiling, "_memory_budget", lambda device: 4 * 40 * 40 * 200)
     with pytest.warns(UserWarning, match="does not fit in memory untiled; using tile="):
-        tile = inference._auto_tile(tiny_model, 1, 80, 80)
-    assert tile is not None and inference._estimate_bytes(tiny_model, 1, tile, tile) <= 4 * 40 * 40 * 200
-    assert inference._auto_tile(tiny_model, 1, 20, 20) is None
+        tile = tiling._auto_tile(tiny_model, 1, 80, 80)
+    assert tile is not None and tiling._estimate_bytes(tiny_model, 1, tile, tile) <= 4 * 40 * 40 * 200
+    assert tiling._auto_tile(tiny_model, 1, 20, 20) is None
 
 
 def test_forcing_one_pass_that_will_not_fit_warns(tiny_model, monkeypatch):
-    monkeypatch.setattr(inference, "_memory_budget", lambda device: 1000)
+    monkeypatch.setattr(tiling, "_memory_budget", lambda device: 1000)
     with pytest.warns(UserWarning, match="one pass over a 12x10 image needs about"):
         tiny_model.upscale(textured(10, 12), tile=None)
 
@@ -315,7 +316,7 @@ def test_forcing_one_pass_that_will_not_fit_warns(tiny_model, monkeypatch):
 
 def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny_model):
     x = torch.rand(1, 3, 7, 9)
-    padded = inference.mirrored_border(x)  # what one pass gives the network: the image and its mirrored border
+    padded = tiling.mirrored_border(x)  # what one pass gives the network: the image and its mirrored border
     with torch.no_grad():
         outs = []
         for transpose in (False, True):
@@ -328,7 +329,7 @@ def test_self_ensemble_is_the_mean_of_the_eight_transforms(tiny_model):
                     y = y.flip(-1) if flip_w else y
                     y = y.flip(-2) if flip_h else y
                     outs.append(y.transpose(-2, -1) if transpose else y)
-        crop = inference.BORDER_CONTEXT * tiny_model.scale
+        crop = tiling.BORDER_CONTEXT * tiny_model.scale
         expected = torch.stack(outs).mean(0)[:, :, crop:-crop, crop:-crop].clamp(0, 1)
     got = tiny_model.upscale(x, self_ensemble=True, channels_last=False)
     assert torch.allclose(got, expected, atol=1e-5)
@@ -347,13 +348,13 @@ def _count_passes(model):
 @pytest.fixture
 def small_cpu_tiles(monkeypatch):
     """CPU tiles of 48 LR pixels for the 8-channel test model (72 KiB maps), so tiling shows on small images."""
-    monkeypatch.setattr(inference, "CPU_TILE_FEATURE_BYTES", 4 * 8 * 48 * 48)
+    monkeypatch.setattr(tiling, "CPU_TILE_FEATURE_BYTES", 4 * 8 * 48 * 48)
 
 
 def test_auto_tiles_large_images_and_runs_small_ones_whole(tiny_model, small_cpu_tiles):
     calls, handle = _count_passes(tiny_model)
     tiny_model.upscale(textured(40, 40), backend="eager")  # at most CPU_WHOLE_IMAGE_TILES tiles' worth of pixels: one pass
-    border = 2 * inference.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
+    border = 2 * tiling.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
     assert calls == [(1, 3, 40 + border, 40 + border)]
     calls.clear()
     tiny_model.upscale(textured(150, 120), backend="eager")
@@ -365,19 +366,19 @@ def test_auto_tiles_large_images_and_runs_small_ones_whole(tiny_model, small_cpu
 def test_none_and_zero_force_one_pass(tiny_model, small_cpu_tiles, tile):
     calls, handle = _count_passes(tiny_model)
     tiny_model.upscale(textured(150, 120), tile=tile, backend="eager")
-    border = 2 * inference.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
+    border = 2 * tiling.BORDER_CONTEXT  # the mirrored pixels beyond the image's borders
     assert calls == [(1, 3, 150 + border, 120 + border)]
     handle.remove()
 
 
 def test_plan_follows_model_width_and_splits_evenly():
     lite, base = BSRModel.from_preset("bsr-lite"), BSRModel.from_preset("bsr-base")
-    plan = inference.plan_tiling(lite, 1, 1024, 1024)
+    plan = tiling.plan_tiling(lite, 1, 1024, 1024)
     assert plan.size == 128  # 32 channels x 128 x 128 x 4 bytes = 2 MiB: 9 tiles of 128 cover 1024 exactly
-    assert inference.plan_tiling(lite, 1, 1000, 1000).size < 128  # 9 tiles still, each a little smaller
-    assert inference.plan_tiling(base, 1, 1024, 1024).size < plan.size  # 64 channels: smaller tiles
-    assert inference.plan_tiling(lite, 4, 1024, 1024).size < plan.size  # a batch of 4 shares the cache
-    assert inference.plan_tiling(lite, 1, 200, 300).whole  # BSD100-sized inputs run whole
+    assert tiling.plan_tiling(lite, 1, 1000, 1000).size < 128  # 9 tiles still, each a little smaller
+    assert tiling.plan_tiling(base, 1, 1024, 1024).size < plan.size  # 64 channels: smaller tiles
+    assert tiling.plan_tiling(lite, 4, 1024, 1024).size < plan.size  # a batch of 4 shares the cache
+    assert tiling.plan_tiling(lite, 1, 200, 300).whole  # BSD100-sized inputs run whole
 
 
 def test_models_meet_the_upscaler_contract(tiny_model):
@@ -391,23 +392,23 @@ def test_models_meet_the_upscaler_contract(tiny_model):
         assert 1 <= memory.feature_map <= memory.peak
     c, g, s = tiny_model.config.num_features, tiny_model.config.num_groups, tiny_model.scale
     assert tiny_model.memory_per_input_pixel().feature_map == 4 * c  # one float32 map per LR pixel
-    assert inference._estimate_bytes(tiny_model, 2, 10, 10) == 2 * 10 * 10 * 4 * ((g + 6) * c + 3 * c * s * s)
+    assert tiling._estimate_bytes(tiny_model, 2, 10, 10) == 2 * 10 * 10 * 4 * ((g + 6) * c + 3 * c * s * s)
     assert not hasattr(BicubicModel(3), "config")  # no fake config: the contract is all inference needs
     assert BicubicModel(3).upscale(textured(8, 8), tile=4, tile_overlap=2).shape == (24, 24, 3)
 
 
 def test_tiling_value_object_validates():
     with pytest.raises(ValueError, match="tile size"):
-        inference.Tiling(0)
+        tiling.Tiling(0)
     with pytest.raises(ValueError, match="tile_overlap"):
-        inference.Tiling(64, overlap=-2)
-    assert inference.Tiling(None).whole and not inference.Tiling(64).whole
+        tiling.Tiling(64, overlap=-2)
+    assert tiling.Tiling(None).whole and not tiling.Tiling(64).whole
 
 
 def test_tile_argument_parser():
     import argparse
 
-    from bsr_hub.commands.main import parse_tile_arg
+    from bsr_hub.commands.upscale import parse_tile_arg
 
     assert parse_tile_arg("auto") == "auto"
     assert parse_tile_arg("0") is None
@@ -469,16 +470,16 @@ def test_built_backend_does_not_keep_the_model_alive():
 
 
 def test_auto_backend_builds_only_for_large_inputs(tiny_model):
-    assert inference.resolve_backend(tiny_model, "auto", pixels=64 * 64) == "eager"
-    big = inference.resolve_backend(tiny_model, "auto", pixels=1024 * 1024)
-    assert big == next(b for b in inference.CPU_BACKEND_PREFERENCE if b != "onnxruntime"
-                       or inference._onnxruntime_available())
+    assert backends.resolve_backend(tiny_model, "auto", pixels=64 * 64) == "eager"
+    big = backends.resolve_backend(tiny_model, "auto", pixels=1024 * 1024)
+    assert big == next(b for b in backends.CPU_BACKEND_PREFERENCE if b != "onnxruntime"
+                       or backends._onnxruntime_available())
     # What an earlier call built does not change the choice: the same image gives the same result whatever came
     # before (a demo server that has seen a large photo must still answer a small one like a fresh process).
     small = torch.rand(1, 3, 16, 16)
     before = tiny_model.upscale(small)
     tiny_model.upscale(torch.rand(1, 3, 8, 8), backend=big)
-    assert inference.resolve_backend(tiny_model, "auto", pixels=64 * 64) == "eager"
+    assert backends.resolve_backend(tiny_model, "auto", pixels=64 * 64) == "eager"
     assert torch.equal(tiny_model.upscale(small), before)
 
 
@@ -487,7 +488,7 @@ def test_default_is_within_one_level_of_one_pass_for_the_bundled_model():
     """The issue's bar, on the trained bsr-lite-x2 and a real photo the default plan tiles (250x361 LR)."""
     model = BSRModel.from_pretrained("bsr-lite-x2")
     img = Image.open(SHARED_DATA / "benchmarks" / "Set14" / "comic.png").convert("RGB")
-    assert not inference.plan_tiling(model, 1, img.height, img.width).whole
+    assert not tiling.plan_tiling(model, 1, img.height, img.width).whole
     one_pass = np.asarray(model.upscale(img, tile=None, backend="eager")).astype(int)
     for backend in ("auto", "eager", "jit"):
         fast = np.asarray(model.upscale(img, backend=backend)).astype(int)
@@ -500,7 +501,7 @@ def test_default_is_within_one_level_of_one_pass_for_the_bundled_model():
 def test_upscale_many_batches_equal_sizes_and_keeps_order(tiny_model):
     images = [textured(12, 16, seed=i) for i in range(3)] + [textured(10, 10, seed=9), textured(12, 16, seed=5)]
     calls, handle = _count_passes(tiny_model)
-    batched = inference.upscale_many(tiny_model, images, batch_size=4, backend="eager")
+    batched = api.upscale_many(tiny_model, images, batch_size=4, backend="eager")
     handle.remove()
     assert [c[0] for c in calls] == [3, 1, 1]  # three of one size together; the others alone (order is kept)
     for image, out in zip(images, batched):
@@ -509,7 +510,7 @@ def test_upscale_many_batches_equal_sizes_and_keeps_order(tiny_model):
 
 def test_upscale_many_rejects_a_bad_batch_size(tiny_model):
     with pytest.raises(ValueError, match="batch_size"):
-        inference.upscale_many(tiny_model, [textured(4, 4)], batch_size=0)
+        api.upscale_many(tiny_model, [textured(4, 4)], batch_size=0)
 
 
 def test_without_onnxruntime_auto_falls_back_and_asking_for_it_names_the_extra(tiny_model, monkeypatch):
@@ -517,6 +518,6 @@ def test_without_onnxruntime_auto_falls_back_and_asking_for_it_names_the_extra(t
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert inference.resolve_backend(tiny_model, "auto", pixels=1024 * 1024) == "jit"
+    assert backends.resolve_backend(tiny_model, "auto", pixels=1024 * 1024) == "jit"
     with pytest.raises(ImportError, match=r"bsr-hub\[export\]"):
         tiny_model.upscale(textured(4, 4), backend="onnxruntime")

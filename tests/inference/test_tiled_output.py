@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, tiny_config
 from PIL import Image
 
 from bsr_hub import BSRModel
-from bsr_hub.inference import api as inference
+from bsr_hub.inference import api, tiling
 
 
 @pytest.fixture(autouse=True)
@@ -47,21 +47,21 @@ def float_buffer_result(model: BSRModel, x: torch.Tensor, tile: int | None, over
             return model(window.contiguous()).float()
 
     if tile is None or (h <= tile and w <= tile):
-        window, top, left = inference._window(x, 0, 0, h, w, inference.BORDER_CONTEXT)
+        window, top, left = tiling._window(x, 0, 0, h, w, tiling.BORDER_CONTEXT)
         return forward(window)[:, :, top * s : (top + h) * s, left * s : (left + w) * s].clamp(0, 1)
     overlap = min(overlap, tile // 2)
     out = torch.zeros(b, c, h * s, w * s)
     row_weight, col_weight = torch.zeros(h * s), torch.zeros(w * s)
-    ys, xs = inference._tile_starts(h, tile, tile - overlap), inference._tile_starts(w, tile, tile - overlap)
+    ys, xs = tiling._tile_starts(h, tile, tile - overlap), tiling._tile_starts(w, tile, tile - overlap)
     th, tw = min(tile, h), min(tile, w)
     for y0 in ys:
-        wy = inference._ramp(th * s, overlap * s, lead=y0 > 0, trail=y0 + th < h)
+        wy = tiling._ramp(th * s, overlap * s, lead=y0 > 0, trail=y0 + th < h)
         row_weight[y0 * s : (y0 + th) * s] += wy
         for x0 in xs:
-            wx = inference._ramp(tw * s, overlap * s, lead=x0 > 0, trail=x0 + tw < w)
+            wx = tiling._ramp(tw * s, overlap * s, lead=x0 > 0, trail=x0 + tw < w)
             if y0 == ys[0]:
                 col_weight[x0 * s : (x0 + tw) * s] += wx
-            window, top, left = inference._window(x, y0, x0, th, tw, inference.BORDER_CONTEXT)
+            window, top, left = tiling._window(x, y0, x0, th, tw, tiling.BORDER_CONTEXT)
             y = forward(window)[:, :, top * s : (top + th) * s, left * s : (left + tw) * s]
             out[:, :, y0 * s : (y0 + th) * s, x0 * s : (x0 + tw) * s] += y * (wy[:, None] * wx[None, :])
     return out.div_(row_weight[:, None]).div_(col_weight).clamp_(0, 1)
@@ -127,10 +127,10 @@ def test_float_outputs_are_the_float_result_and_batches_split_exactly(scale):
     expected = float_buffer_result(model, x, 12, 8)
     options = dict(tile=12, tile_overlap=8, channels_last=False, backend="eager")
     assert torch.equal(model.upscale(x, **options), expected)
-    assert torch.equal(inference.super_resolve(model, x, **options), expected)
+    assert torch.equal(api.super_resolve(model, x, **options), expected)
     assert model.upscale(x.double(), **options).dtype == torch.float64
     images = [Image.fromarray(textured(29, 41, seed=k)) for k in range(3)]
-    batched = inference.upscale_many(model, images, batch_size=3, **options)  # one batch of three, split by band
+    batched = api.upscale_many(model, images, batch_size=3, **options)  # one batch of three, split by band
     for image, result in zip(images, batched):
         x = torch.from_numpy(np.asarray(image).astype(np.float32) / 255).permute(2, 0, 1)[None]
         reference = float_buffer_result(model, torch.cat([x, x, x]), 12, 8)[:1]  # same batch shape, same kernels

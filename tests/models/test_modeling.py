@@ -4,7 +4,7 @@ from conftest import tiny_config
 from torch import nn
 
 from bsr_hub import BSRConfig, BSRModel, list_presets
-from bsr_hub.models.modeling import LightSpatialAttention
+from bsr_hub.models.network import LightSpatialAttention
 
 PRESET_SCALES = [(name, scale) for name in list_presets() for scale in (2, 3, 4)]
 

@@ -196,7 +196,7 @@ def test_validation_runs_the_fp32_network_and_gives_the_mixed_precision_wrapper_
     from accelerate import Accelerator
 
     from bsr_hub import BSRModel
-    from bsr_hub.training.run import EMA, fp32_forward
+    from bsr_hub.training.optim import EMA, fp32_forward
 
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     model = accelerator.prepare(BSRModel.from_preset("bsr-tiny", scale=2))
@@ -296,7 +296,7 @@ def test_a_run_on_your_own_images_is_named_by_the_run_and_says_what_it_does_not_
 
 
 def test_the_no_validation_notice_says_what_is_missing_and_how_to_add_it():
-    from bsr_hub.training.run import config_from_dict
+    from bsr_hub.training.config import config_from_dict
 
     notice = train.validation_notice(config_from_dict({"data": {"train_dir": "my_images"}}))
     assert notice.startswith("warning: --data.train_dir my_images with no --validation.dir")
@@ -308,7 +308,7 @@ def test_the_no_validation_notice_says_what_is_missing_and_how_to_add_it():
 
 
 def test_a_run_is_named_by_its_hub_id_else_its_output_folder():
-    from bsr_hub.training.run import config_from_dict
+    from bsr_hub.training.config import config_from_dict
 
     assert config_from_dict({"output": {"dir": "runs/faces-x2"}}).model_name == "faces-x2"
     assert config_from_dict({"output": {"dir": "runs/faces-x2", "hub_model_id": "me/faces"}}).model_name == "me/faces"
@@ -360,7 +360,8 @@ def test_resume_allow_changes_trains_with_the_new_values_and_records_them(tmp_pa
 
 
 def test_resume_guard_covers_the_batch_stream_and_schedule():
-    from bsr_hub.training.run import RESUME_GUARDED, TrainConfig, config_from_dict, resume_changes
+    from bsr_hub.training.config import TrainConfig, config_from_dict
+    from bsr_hub.training.resume import RESUME_GUARDED, resume_changes
 
     saved = TrainConfig().to_dict()
     harmless = config_from_dict({"optim": {"learning_rate": 5e-4},
@@ -381,7 +382,8 @@ def test_resume_guard_covers_the_batch_stream_and_schedule():
 
 def test_resume_guard_reads_a_checkpoint_written_with_the_flat_names():
     """A checkpoint of bsr_hub 0.1 recorded its config flat; resuming it compares the same settings."""
-    from bsr_hub.training.run import TrainConfig, config_from_dict, resume_changes
+    from bsr_hub.training.config import TrainConfig, config_from_dict
+    from bsr_hub.training.resume import resume_changes
 
     flat = {"preset": "bsr-lite", "scale": 2, "sampler": "rfs-indexed", "batch_size": 16, "learning_rate": 5e-4,
             "output_dir": "outputs/x", "seed": 0}
@@ -396,7 +398,8 @@ def test_resume_guard_reads_a_checkpoint_written_with_the_flat_names():
 def test_record_names_the_datasets_and_counts_their_images(tmp_path):
     from PIL import Image
 
-    from bsr_hub.training.run import config_from_dict, describe_training_data
+    from bsr_hub.training.config import config_from_dict
+    from bsr_hub.training.reporting import describe_training_data
 
     root = tmp_path / "train"
     for folder, n in (("T91", 3), ("BSD200", 2), ("mine", 1)):
@@ -410,7 +413,8 @@ def test_record_names_the_datasets_and_counts_their_images(tmp_path):
 
 @pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "train").is_dir(), reason="no ../shared/data/train")
 def test_record_describes_the_shared_training_images():
-    from bsr_hub.training.run import config_from_dict, describe_training_data
+    from bsr_hub.training.config import config_from_dict
+    from bsr_hub.training.reporting import describe_training_data
 
     data = describe_training_data(config_from_dict({"data": {"train_dir": str(REPO_ROOT.parent / "shared" / "data" / "train")}}))
     assert {d.name: d.images for d in data} == {"T91": 91, "BSD200 = BSDS500 train": 200, "BSDS500 test": 200}
@@ -460,7 +464,7 @@ def test_lineage_continues_from_the_weights_a_run_starts_from(tmp_path):
 
 def test_loss_terms_stay_on_the_device_until_the_logging_interval():
     from bsr_hub.training.losses import HybridLoss
-    from bsr_hub.training.run import LossMeter
+    from bsr_hub.training.reporting import LossMeter
 
     torch.manual_seed(0)
     sr, hr = torch.rand(2, 3, 8, 8, requires_grad=True), torch.rand(2, 3, 8, 8)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from bsr_hub.commands.main import load_train_config, train_parser
-from bsr_hub.training.run import (
+from bsr_hub.commands.train import load_train_config, train_parser
+from bsr_hub.training.config import (
     FLAT_NAMES,
     SECTIONS,
     TrainConfig,
@@ -111,7 +111,7 @@ def test_help_says_what_each_setting_means():
 def test_the_sampler_and_the_loss_take_the_configs_own_sections():
     sys.path.insert(0, str(REPO_ROOT))
     import train
-    from bsr_hub.data.sources import ImagePairs
+    from bsr_hub.data.pairs import ImagePairs
     from bsr_hub.training.losses import HybridLoss
 
     cfg = config_from_dict({"rfs": {"patch_size": 8, "batch_size": 4, "num_intervals": 2, "prescan_patches": 64},

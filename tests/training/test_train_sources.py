@@ -48,7 +48,8 @@ def photo_set(folder: Path, count: int) -> Path:
 
 def test_the_sampler_draws_from_the_union_of_two_folders(tmp_path):
     from bsr_hub.data.sources import DataConfig
-    from bsr_hub.data.sampling import RFSConfig, RFSSampler
+    from bsr_hub.data.rfs_config import RFSConfig
+    from bsr_hub.data.sampling import RFSSampler
 
     red = textured_folder(tmp_path / "red", 3, channel=0, seed=0)
     green = textured_folder(tmp_path / "green", 2, channel=1, seed=1)
@@ -62,7 +63,7 @@ def test_the_sampler_draws_from_the_union_of_two_folders(tmp_path):
 
 
 def test_train_dir_takes_a_recipe_list_flag_values_or_a_repeated_flag(tmp_path):
-    from bsr_hub.commands.main import load_train_config
+    from bsr_hub.commands.train import load_train_config
 
     recipe = tmp_path / "two.yaml"
     recipe.write_text("data:\n  train_dir: [a, b]\n")
@@ -87,7 +88,8 @@ def test_train_dir_lists_that_cannot_be_meant_are_refused():
 
 
 def test_a_change_of_the_folder_list_is_a_data_change_at_resume():
-    from bsr_hub.training.run import config_from_dict, resume_changes
+    from bsr_hub.training.config import config_from_dict
+    from bsr_hub.training.resume import resume_changes
 
     saved = config_from_dict({"data": {"train_dir": "a"}}).to_dict()
     assert resume_changes(saved, config_from_dict({"data": {"train_dir": ["a"]}})) == []
@@ -98,7 +100,8 @@ def test_a_change_of_the_folder_list_is_a_data_change_at_resume():
 
 
 def test_the_record_lists_every_folder_and_a_photo_sets_licences(tmp_path):
-    from bsr_hub.training.run import config_from_dict, describe_training_data
+    from bsr_hub.training.config import config_from_dict
+    from bsr_hub.training.reporting import describe_training_data
 
     plain = textured_folder(tmp_path / "mine", 3, channel=0, seed=0)
     photos = photo_set(tmp_path / "debian_photos", 2)

@@ -1,0 +1,138 @@
+"""How the network is run: eager PyTorch, a frozen TorchScript graph, torch.compile or ONNX Runtime.
+
+`resolve_backend` turns the caller's `backend` ("auto" by default, from measurements:
+bench/results/fast_path.md) into one of BACKENDS, and `get_runner` builds that backend's callable once per
+model and weights and caches it.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .onnx import INPUT_NAME, trace_to_onnx
+from .tiling import AUTO
+
+BACKENDS = ("eager", "jit", "compile", "onnxruntime")
+"""eager: the nn.Module as it is. jit: a traced TorchScript graph, frozen (weights become constants) and passed
+through torch.jit.optimize_for_inference (conv + ReLU fusion, MKL-DNN layouts). compile: torch.compile with the
+inductor backend and freezing; compiled once per input shape (about a minute on this CPU), reused after. onnxruntime:
+the model exported to ONNX (opset 17, any height and width) and run by ONNX Runtime's CPU provider; needs the
+`export` extra."""
+
+CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
+"""What `backend="auto"` runs on the CPU: the first of these that is available (onnxruntime only with the `export`
+extra). bench/fast_path.py times every backend side by side on bsr-lite-x2. With training jobs on the cores, ONNX
+Runtime took about a third of eager's and jit's time on the same tiles (bench/results/fast_path_384.md); on the
+quieter machine the backends were within 25 % of each other at 1024x1024 (bench/results/fast_path.md: compile 3.4,
+onnxruntime 4.0, eager channels_last 4.3, jit 4.7 s). jit and eager are within noise; jit comes first as it fuses
+conv + ReLU. torch.compile, the fastest once built there, is left out of the default: its first call on each new
+tile shape costs 12 s on the quiet machine and over 200 s under load, more than it saves on one image."""
+
+# Built runners, per model: rebuilding a frozen graph or an ONNX session costs seconds, compiling a minute.
+_RUNNERS: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_RUNNERS_LOCK = threading.Lock()
+
+
+def _weights_key(model: torch.nn.Module) -> tuple:
+    # A frozen graph or an exported model holds a copy of the weights: any in-place change (an optimizer step bumps
+    # `_version`) or a move (new storage) must rebuild it rather than silently run the old weights.
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def _has_learned_weights(model: Any) -> bool:
+    """Whether "auto" may build a graph backend for `model` on the CPU: only for a module with learned weights
+    (any parameter), such as a BSR network. Inference knows no model class, so it asks what the module holds:
+    the bicubic baseline (evaluation.bicubic.BicubicModel) has no parameter, only a buffer that carries its
+    device, and a fixed interpolation gains nothing from a frozen graph or an export, so it stays eager."""
+    return isinstance(model, torch.nn.Module) and next(model.parameters(), None) is not None
+
+
+CPU_BUILD_MIN_PIXELS = 256 * 256
+"""`backend="auto"` builds its graph (an ONNX export or a frozen trace: one to a few seconds, once per model) only for
+inputs of at least this many LR pixels, or once it is built anyway: a smaller image runs eager in less time."""
+
+
+def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = None) -> str:
+    """"auto" -> eager off the CPU, else the first available of CPU_BACKEND_PREFERENCE (eager for an input of
+    fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. The choice depends on the input alone, never on
+    what earlier calls built: the backends agree only to within rounding, and the same image must give the same
+    result whatever was upscaled before."""
+    if backend not in (AUTO, *BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == AUTO:
+        if model.device.type != "cpu" or not _has_learned_weights(model):
+            return "eager"  # on a GPU eager channels_last is what was measured; other modules (bicubic) stay as they are
+        available = {"eager": True, "jit": True, "compile": True, "onnxruntime": _onnxruntime_available()}
+        preferred = next(b for b in CPU_BACKEND_PREFERENCE if available[b])
+        small = pixels is not None and pixels < CPU_BUILD_MIN_PIXELS
+        return "eager" if small else preferred
+    if backend == "onnxruntime" and model.device.type != "cpu":
+        raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
+    if backend == "onnxruntime":
+        from ..core import require
+
+        require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
+    return backend
+
+
+def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory_format) -> Callable:
+    example = torch.rand(1, 3, 32, 32, device=model.device, dtype=model.dtype).contiguous(memory_format=memory_format)
+    if backend == "jit":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice: the graph is what we want here
+            traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    if backend == "compile":
+        # A private copy: the cache must not keep the caller's model alive, and freezing treats weights as constants.
+        return torch.compile(copy.deepcopy(model).eval(), backend="inductor", dynamic=False, options={"freezing": True})
+    if backend == "onnxruntime":
+        from ..core import require
+
+        ort = require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
+
+        buffer = io.BytesIO()
+        try:
+            trace_to_onnx(model, example.contiguous(), buffer)
+        except Exception as err:  # torch reports a missing `onnx` as its own error type
+            raise ImportError(f"backend='onnxruntime' could not export the model ({err}); "
+                              "pip install 'bsr-hub[export]'") from err
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            (y,) = session.run(None, {INPUT_NAME: x.detach().float().contiguous().numpy()})
+            return torch.from_numpy(y)
+
+        return run
+    raise ValueError(backend)
+
+
+def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory_format) -> Callable:
+    """The callable that runs `model` with `backend` (resolved, not "auto"): built once, reused while the weights,
+    device and dtype stay the same."""
+    if backend == "eager":
+        return model
+    key = (backend, memory_format, _weights_key(model))
+    # One build at a time: concurrent first calls (a demo's simultaneous requests) would otherwise run
+    # torch.onnx.export in parallel, which it refuses ("GLOBALS.in_onnx_export must be False").
+    with _RUNNERS_LOCK:
+        runners = _RUNNERS.setdefault(model, {})
+        if key not in runners:
+            runners.clear()  # a stale graph holds a full copy of old weights
+            runners[key] = _build_runner(model, backend, memory_format)
+        return runners[key]

@@ -1,0 +1,144 @@
+"""The BSR network (Kong et al., ITU Kaleidoscope 2020), read top to bottom: blocks, then the model.
+
+    F0   = conv3x3(x - mean)                                    x: (B, 3, h, w) in [0, 1]
+    F_g  = FMG_g(F_{g-1}),  g = 1..G
+    FMG(F) = F + conv3x3(LSA(RB_B(...RB_1(F))))                 group skip
+    RB(F)  = F + res_scale * conv3x3(ReLU(conv3x3(F)))
+    LSA(X) = X * sigmoid(conv7x7([max_c X ; mean_c X]))         2 -> 1 channel, about 100 parameters
+    F_GF = conv3x3(conv1x1(concat[F_1 .. F_G])) + F0            "SC": every group forwarded to the top
+    y    = conv3x3(pixel_shuffle_upsampler(F_GF)) + mean        x2, x3 one stage; x4 two x2 stages
+
+This module is pure PyTorch: `BSRNetwork` is the network alone. `modeling.BSRModel` adds the Hub side
+(`from_pretrained`, `save_pretrained`, the card) and `upscale`; turning images into tensors and tiling lives in
+the `inference` layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..inference import PixelMemory
+from .configuration import BSRConfig
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+class ResidualBlock(nn.Module):
+    """conv -> ReLU -> conv -> scale, plus identity (EDSR's block, no batch norm)."""
+
+    def __init__(self, channels: int, res_scale: float):
+        super().__init__()
+        self.conv1 = conv3x3(channels, channels)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(channels, channels)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res_scale * self.conv2(self.act(self.conv1(x)))
+
+
+class LightSpatialAttention(nn.Module):
+    """One spatial weight map from channel max and mean: the "light" attention (k*k*2 + 1 parameters)."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        return x * torch.sigmoid(self.conv(pooled))  # (B, 1, H, W) broadcast over C
+
+
+class FeatureMappingGroup(nn.Module):
+    """B residual blocks, the light spatial attention and a conv, wrapped in a group-level skip."""
+
+    def __init__(self, config: BSRConfig):
+        super().__init__()
+        c = config.num_features
+        self.blocks = nn.Sequential(*(ResidualBlock(c, config.res_scale) for _ in range(config.num_blocks)))
+        self.attention = (
+            LightSpatialAttention(config.attention_kernel_size) if config.use_attention else nn.Identity()
+        )
+        self.conv = conv3x3(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(self.attention(self.blocks(x)))
+
+
+class Upsampler(nn.Sequential):
+    """Sub-pixel convolution: one x2 or x3 stage, or two x2 stages for x4."""
+
+    def __init__(self, scale: int, channels: int):
+        stages = [2, 2] if scale == 4 else [scale]
+        layers: list[nn.Module] = []
+        for s in stages:
+            layers += [conv3x3(channels, channels * s * s), nn.PixelShuffle(s)]  # (B, C*s*s, H, W) -> (B, C, sH, sW)
+        super().__init__(*layers)
+
+
+class BSRNetwork(nn.Module):
+    """BSR: Feature Mapping Groups with light spatial attention and group forwarding.
+
+    `forward` takes (B, 3, h, w) RGB in [0, 1] and returns (B, 3, h*scale, w*scale), not clamped (clamp when
+    converting to an image; training losses want the raw values). Follows the `inference.Upscaler` protocol.
+    """
+
+    def __init__(self, config: BSRConfig):
+        super().__init__()
+        if not isinstance(config, BSRConfig):
+            raise TypeError(f"{type(self).__name__} expects a BSRConfig, got {type(config).__name__}")
+        self.config = config
+        c, g = config.num_features, config.num_groups
+        # Derived from the config, so not part of the state dict (keeps checkpoints strict and minimal). Kept 1-D:
+        # a (1, 3, 1, 1) buffer converted to channels_last gets strides that DDP's buffer broadcast refuses.
+        self.register_buffer("rgb_mean", torch.tensor(config.rgb_mean), persistent=False)
+
+        self.head = conv3x3(config.num_channels, c)
+        self.groups = nn.ModuleList(FeatureMappingGroup(config) for _ in range(g))
+        if config.use_group_forwarding:
+            self.fusion = nn.Sequential(nn.Conv2d(g * c, c, kernel_size=1), conv3x3(c, c))
+        else:
+            self.fusion = conv3x3(c, c)  # ablation "without SC": only the last group reaches the top
+        self.upsampler = Upsampler(config.scale, c)
+        self.tail = conv3x3(c, config.num_channels)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.rgb_mean.view(1, -1, 1, 1)
+        f0 = self.head(x - mean)  # (B, C, h, w)
+        features, f = [], f0
+        for group in self.groups:
+            f = group(f)
+            features.append(f)
+        if self.config.use_group_forwarding:
+            fused = self.fusion(torch.cat(features, dim=1))  # (B, G*C, h, w) -> (B, C, h, w)
+        else:
+            fused = self.fusion(f)
+        out = self.tail(self.upsampler(fused + f0))  # (B, 3, h*s, w*s)
+        return out + mean
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def num_conv_layers(self) -> int:
+        return sum(isinstance(m, nn.Conv2d) for m in self.modules())
+
+    def memory_per_input_pixel(self) -> PixelMemory:
+        """Activation bytes per LR pixel (float32), for tiling and the out-of-memory check (`upscaler.Upscaler`):
+        the G group outputs kept for fusion, a few working maps, and the upsampler's maps at output resolution."""
+        c, g, s = self.config.num_features, self.config.num_groups, self.config.scale
+        return PixelMemory(feature_map=4 * c, peak=4 * ((g + 6) * c + 3 * c * s * s))

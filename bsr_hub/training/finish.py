@@ -1,0 +1,52 @@
+"""The end of a finished run: the saved model and bicubic on the evaluation benchmarks, the results into the
+model's card and on the console, then the push to the Hub. `train.py` calls these after `TrainingRun.finish`
+has written the model and its training record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import load_benchmark
+from ..evaluation import BicubicModel, evaluate_benchmark
+from ..models import BSRModel, below_bicubic, format_duration, update_card
+from .config import TrainConfig
+from .run import TrainingRun
+
+
+def final_evaluation(cfg: TrainConfig, validation: Any, accelerator: Any) -> list[dict]:
+    """The saved model and bicubic on the evaluation benchmarks (or the validation set), for the card."""
+    benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.validation.eval_dirs]
+    if not benchmarks and validation is not None:
+        benchmarks = [validation]
+    model = BSRModel.from_pretrained(Path(cfg.output.dir) / "model", map_location=accelerator.device)
+    results = []
+    for bench in benchmarks:
+        ours = evaluate_benchmark(model, bench, cfg.scale, cfg.data.degradation, accelerator=accelerator)
+        base = evaluate_benchmark(BicubicModel(cfg.scale), bench, cfg.scale, cfg.data.degradation,
+                                  accelerator=accelerator, progress=False)
+        entry = ours.to_dict()
+        entry.update(bicubic_psnr=base.psnr, bicubic_ssim=base.ssim)
+        results.append(entry)
+    return results
+
+
+def publish(cfg: TrainConfig, accelerator: Any, run: TrainingRun, model_dir: Path, results: list[dict], command: str) -> None:
+    """Main process, at the end: the final results into the model's card and on the console, then the push."""
+    update_card(model_dir, results, model_name=cfg.model_name,
+                evaluation_command=command + " (evaluation at the end)")
+    for r in results:
+        below = " -- below bicubic: flagged in the card" if below_bicubic(r) else ""
+        accelerator.print(f"{r['benchmark']} x{cfg.scale}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f} "
+                          f"(bicubic {r['bicubic_psnr']:.2f} dB){below}")
+    if not results:
+        accelerator.print(f"not evaluated (no --validation.dir or --validation.eval_dirs): `python evaluate.py "
+                          f"--model {model_dir} --scale {cfg.scale} --update-card {model_dir}` writes results "
+                          "into its card")
+    accelerator.print(f"saved {model_dir} after {run.step} steps in {format_duration(run.wall_time())}")
+    if cfg.output.push_to_hub:
+        from huggingface_hub import HfApi
+
+        url = HfApi().upload_folder(repo_id=cfg.output.hub_model_id, folder_path=model_dir,
+                                    commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
+        accelerator.print(f"pushed to {url}")
