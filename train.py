@@ -222,10 +222,12 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     # -- the loop
     progress = Progress(cfg, accelerator, run)
     model.train()
-    with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
-        saved, stopped = loop(cfg, accelerator, run, model, optimizer, scheduler, criterion, loader, validation,
-                              stop, progress)
-    progress.bar.close()
+    try:
+        with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
+            saved, stopped = loop(cfg, accelerator, run, model, optimizer, scheduler, criterion, loader, validation,
+                                  stop, progress)
+    finally:
+        progress.bar.close()  # before any message: an error line must not continue the bar's line
 
     # -- the processes must have trained one model
     checksum = run.check_same_weights()

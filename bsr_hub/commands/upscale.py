@@ -233,6 +233,11 @@ def _print_summary(done: int, skipped: int, failed: int, out_dir: Path, world: i
     if failed:
         summary += f", {failed} failed"
     print(summary, file=sys.stderr)
+    if failed and world > 1:
+        # Every process exits 1 so that the launch's status says so; torchrun then prints a "FAILED" table of
+        # exit codes (with a Python traceback too unless `accelerate launch --quiet`): name it before it comes.
+        print(f"exit status 1 on every process ({failed} file(s) failed, listed above): the launcher's FAILED report "
+              "below is that status, not a crash", file=sys.stderr)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:

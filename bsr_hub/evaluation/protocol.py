@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core import require
+from ..core import require, write_atomically
 from ..data import (
     DEFAULT_BENCHMARKS,
     DEGRADATIONS,
@@ -161,7 +161,8 @@ def score_image(
 def _save_sr(sr: torch.Tensor, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     arr = quantize(sr[0]).to(torch.uint8).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
-    Image.fromarray(arr).save(target)
+    # Written beside and renamed: a link planted under the name is replaced, never written through.
+    write_atomically(target, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 def evaluate_benchmark(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..core import write_texts_together
+from ..core import write_atomically, write_texts_together
 from .hub import bundled_checkpoints, load_pretrained
 from .network import BSRNetwork
 from .records import (
@@ -325,7 +325,8 @@ def carry_records(source: str | os.PathLike, target: str | os.PathLike, *, model
     if source.resolve() == target.resolve():
         return []
     found = [p for pattern in CARRIED_RECORDS for p in sorted(source.glob(pattern)) if p.is_file()]
-    copied = [Path(shutil.copyfile(p, target / p.name)) for p in found]
+    # Each copy is written beside its name and renamed: a link planted in `target` is replaced, not written through.
+    copied = [write_atomically(target / p.name, lambda tmp, p=p: shutil.copyfile(p, tmp)) for p in found]
     if copied:
         update_card(target, [], model_name=model_name)
     return copied

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -272,10 +273,28 @@ class TrainingRun:
         return self.hardware if self.hardware and self.hardware[-1] == here else [*self.hardware, here]
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_N/{state/, model/, trainer.json}, named step_N only once whole."""
-        accelerator = self.accelerator
+        """checkpoints/step_N/{state/, model/, trainer.json}, named step_N only once whole.
+
+        A write that fails (a full disk, a quota, a folder gone read-only) ends the run with one line naming the
+        step, the reason and the last complete checkpoint, which is kept; the half-written one is removed so that
+        its space comes back before the resume.
+        """
         final = checkpoints_dir(self.output) / f"step_{self.step}"
         tmp = checkpoints_dir(self.output) / f".tmp-step_{self.step}"
+        try:
+            self._write_checkpoint(tmp, final)
+        except (OSError, RuntimeError) as err:
+            # torch.save reports a full disk as a RuntimeError from its C++ stream ("iostream error"), with no
+            # errno: such an error is a write failure only when the disk has no room for a checkpoint left.
+            reason = err.strerror if isinstance(err, OSError) else self._no_room(tmp.parent)
+            if not reason:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # only this step's own partial files
+            raise SystemExit(f"error: {self._unwritable_checkpoint(reason)}") from None
+        return final
+
+    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
+        accelerator = self.accelerator
         accelerator.save_state(str(tmp / "state"))  # every process writes its own RNG state
         accelerator.wait_for_everyone()  # save_state has no barrier: let every rank finish before the rename
         if accelerator.is_main_process:
@@ -290,7 +309,22 @@ class TrainingRun:
             finalize_checkpoint(tmp, final)  # "latest" is never half-written
             rotate_checkpoints(self.output, self.cfg.output.checkpoints_total_limit, self.run_id, self.step)
         accelerator.wait_for_everyone()
-        return final
+
+    def _no_room(self, folder: Path) -> str | None:
+        """"No space left on device" when `folder`'s disk has less room than the last checkpoint took (1 MiB
+        without one), else None."""
+        kept = list_checkpoints(self.output)
+        needed = sum(f.stat().st_size for f in kept[-1][1].rglob("*") if f.is_file()) if kept else 1 << 20
+        free = shutil.disk_usage(folder).free
+        return f"No space left on device: {free:,} bytes free, a checkpoint takes about {needed:,}" if free < needed else None
+
+    def _unwritable_checkpoint(self, reason: str) -> str:
+        """What a failed checkpoint write says: the step, the reason, what is kept, and how to go on."""
+        kept = list_checkpoints(self.output)
+        last = f"the last complete checkpoint, {kept[-1][1]}, is kept" if kept else "no earlier checkpoint exists"
+        resume = self.command + ("" if self.cfg.resume else " --resume latest")
+        return (f"could not write the checkpoint of step {self.step} in {checkpoints_dir(self.output)} "
+                f"({reason}); {last}. Free some space (or fix the folder), then resume with: {resume}")
 
     # -- the end
 

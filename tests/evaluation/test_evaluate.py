@@ -104,6 +104,23 @@ def test_self_ensemble_of_a_random_network_differs(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ the command
 
 
+def test_saved_images_replace_a_planted_link_instead_of_writing_through_it(bench_dir: Path, tiny_ckpt: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 23: every file written into a user's folder is written beside its name and renamed. A link planted
+    at an output's name (--save-images into a shared folder) must not make evaluation overwrite its target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    save = tmp_path / "sr"
+    (save / "Syn" / "x2").mkdir(parents=True)
+    (save / "Syn" / "x2" / "img0.png").symlink_to(victim)
+    argv = ["--model", str(tiny_ckpt), "--benchmarks", "Syn", "--data-dir", str(bench_dir), "--scale", "2",
+            "--save-images", str(save), "-q"]
+    assert main(argv) == 0
+    assert victim.read_text() == "not yours"
+    written = save / "Syn" / "x2" / "img0.png"
+    assert not written.is_symlink() and Image.open(written).size == (40, 44)
+
+
 def test_json_output_has_the_documented_shape(bench_dir: Path, tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "results.json"
     save = tmp_path / "sr"

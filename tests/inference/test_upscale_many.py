@@ -89,6 +89,27 @@ def test_two_cpu_processes_share_the_files(tmp_path, tiny_checkpoint):
         assert np.array_equal(one[name], two[name]), name
 
 
+@pytest.mark.slow
+def test_two_processes_with_a_failed_file_end_in_words_not_a_traceback(tmp_path, tiny_checkpoint):
+    """Issue 23 (12): a broken file among the inputs of a 2-process upscale gave exit status 1 under a launcher
+    Python traceback that read like a crash. Launched as the README says (`--quiet`): the failed file, the total,
+    and a line naming the launcher's report as that status; no traceback; the other files all written."""
+    src = make_folder(tmp_path / "in")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a PNG")
+    bsr_hub_command = Path(sys.executable).parent / "bsr-hub"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+              str(bsr_hub_command), "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+              "-q"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback (most recent call last)" not in run.stderr, run.stderr[-3000:]
+    assert f"failed {src / 'broken.png'}" in run.stderr and "7 upscaled into" in run.stderr and "1 failed" in run.stderr
+    assert "the launcher's FAILED report below is that status, not a crash" in run.stderr
+    assert len(outputs(tmp_path / "out")) == 7
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 4])
 def test_a_batched_tensor_keeps_every_image_at_every_batch_size(batch_size):
     """Issue 23 (6): a (2, 3, H, W) tensor among the inputs came back as (1, 3, sH, sW), its second image dropped."""

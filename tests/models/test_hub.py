@@ -178,6 +178,20 @@ def _fake_hub(monkeypatch, into: Path) -> dict:
 RECORDS = ("eval_results.json", "training.json", "training_config.yaml", "robustness_results.json", "training_curve.png")
 
 
+def test_carried_records_replace_a_planted_link_instead_of_writing_through_it(tmp_path):
+    """Issue 23: a record carried into a `save_pretrained` folder is written beside its name and renamed; a link
+    planted there under a record's name (a shared folder) must not make the copy overwrite what it points at."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "training.json").symlink_to(victim)
+    BSRModel.from_pretrained("bsr-tiny-x2").save_pretrained(copy)
+    assert victim.read_text() == "not yours"
+    source = bundled_checkpoints()["bsr-tiny-x2"] / "training.json"
+    assert not (copy / "training.json").is_symlink() and (copy / "training.json").read_bytes() == source.read_bytes()
+
+
 def test_a_loaded_checkpoint_saved_unchanged_keeps_its_results_and_lineage(tmp_path, monkeypatch):
     """Issue 20: the README's own snippet, from_pretrained(bundled).save_pretrained(dir), wrote "Not evaluated yet"."""
     name = "bsr-tiny-x2"
