@@ -25,12 +25,12 @@ from .records import (
     EvalResults,
     RecordError,
     TrainingRecord,
-    _trained_for,
     format_duration,
     merge_results,
     read_robustness,
     read_training,
     same_weights,
+    trained_for_record,
 )
 
 TEMPLATE_NAME = "model_card.md"
@@ -277,7 +277,7 @@ def update_card(
     card_results = [{k: v for k, v in r.items() if k != "per_image"} for r in merged]
     card = render_model_card(
         model, model_name=name, results=card_results, training=training, evaluation_commands=commands,
-        **how_to_load(folder, name), robustness=robustness, trained_for=_trained_for(training),
+        **how_to_load(folder, name), robustness=robustness, trained_for=trained_for_record(training),
         robustness_table=robustness_table(robustness) if robustness else "",
     )
     target = folder / CARD_NAME

@@ -310,12 +310,12 @@ say it next to its name."""
 def trained_for(folder: str | os.PathLike) -> str:
     """"real" when the folder's training used a degradation mix (`resizers.DegradationMix`), else "benchmark"."""
     try:
-        return _trained_for(read_training(folder))
+        return trained_for_record(read_training(folder))
     except (OSError, ValueError):
         return "benchmark"
 
 
-def _trained_for(training: dict[str, Any] | None) -> str:
+def trained_for_record(training: dict[str, Any] | None) -> str:
     mix = ((training or {}).get("sampler_state") or {}).get("degradation_mix")
     return "real" if mix else "benchmark"
 
