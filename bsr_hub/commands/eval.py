@@ -24,8 +24,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--suite", default="published", choices=["published", "robustness"],
         help="published (default): the papers' protocol, LR by MATLAB bicubic. robustness: LR by other resizers "
-             "(PIL, OpenCV, F.interpolate) alone and with JPEG 90/75, each next to bicubic upscaling of the same LR "
-             "(default benchmarks Set5 Set14; --update-card writes the table under the card's Limitations)",
+             "(PIL, OpenCV, F.interpolate) alone, with JPEG 90/75, with noise, and camera-like (blur, resizer, JPEG), "
+             "each next to bicubic upscaling of the same LR (default benchmarks Set5 Set14; --update-card writes "
+             "the table under the card's Limitations)",
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=None, metavar="FAMILY",
+        help="with --suite robustness: only these row families (resize, jpeg, noise, camera; default all). With "
+             "--update-card they are added to the checkpoint's stored rows, after checking that a re-measured "
+             "row (MATLAB bicubic) matches them",
     )
     parser.add_argument(
         "--benchmarks", nargs="+", default=None,
@@ -143,18 +150,22 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
     from ..data import EvaluationError, load_benchmark
     from ..evaluation import (
         DEFAULT_SUITE_BENCHMARKS,
+        FAMILIES,
+        InputDegradation,
         evaluate_robustness,
+        merge_documents,
         load_model,
         resolve_device,
         results_document,
         robustness_suite,
     )
-    from ..models import RecordError, check_card_target, robustness_table, update_card
+    from ..models import RecordError, check_card_target, read_robustness, robustness_table, update_card
 
     if args.self_ensemble or args.degradation != "BI" or args.dataset:
         print("error: --suite robustness makes its own LR (no --degradation, --self-ensemble or --dataset)",
               file=sys.stderr)
         return 2
+    families = args.families or list(FAMILIES)
     try:
         model = load_model(args.model, args.scale, resolve_device(args.device))
         if args.update_card:
@@ -162,7 +173,9 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         scale = args.scale or model.scale
         names = args.benchmarks or list(DEFAULT_SUITE_BENCHMARKS)
         benchmarks = [load_benchmark(n, args.data_dir) for n in names]
-        suite, skipped = robustness_suite()
+        suite, skipped = robustness_suite(families=families)
+        if args.update_card and set(families) != set(FAMILIES) and "resize" not in families:
+            suite.insert(0, InputDegradation("matlab-bicubic"))  # the row that ties the stored ones to these weights
         started = time.perf_counter()
         skipped_images: list[dict[str, str]] = []
         rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet,
@@ -171,7 +184,7 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     words = ["--suite", "robustness", "--model", args.model, "--benchmarks", *names, "--data-dir", str(args.data_dir),
-             "--scale", str(scale)]
+             "--scale", str(scale), *(["--families", *families] if args.families else [])]
     command = " ".join([prog, *map(shlex.quote, words)])
     document = results_document(args.model, scale, rows, skipped, command, skipped_images)
     document["wall_time_s"] = round(time.perf_counter() - started, 1)
@@ -185,6 +198,9 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         write_text_atomically(args.output, json.dumps(document, indent=2) + "\n")
     if args.update_card:
         try:
+            stored = read_robustness(args.update_card)
+            if args.families and stored is not None:
+                document = merge_documents(stored, document)
             path = update_card(args.update_card, [], robustness=document)
             print(f"updated {path}", file=sys.stderr)
         except (RecordError, OSError, ValueError) as err:

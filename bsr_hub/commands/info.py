@@ -46,7 +46,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def zoo_rows() -> list[dict]:
     """One row per bundled checkpoint: what `bsr-hub list` prints, from each folder's config and measured results."""
-    from ..models import BSRModel, EvalResults, bundled_checkpoints, trained_for
+    from ..models import BSRModel, EvalResults, bundled_checkpoints, default_for, trained_for
 
     rows = []
     for name, folder in bundled_checkpoints().items():
@@ -55,7 +55,8 @@ def zoo_rows() -> list[dict]:
         psnr = {r["benchmark"]: round(r["psnr"], 2) for r in results
                 if r["scale"] == model.scale and r["degradation"] == "BI" and not r["self_ensemble"]}
         rows.append({"name": name, "preset": model.config.preset, "scale": model.scale,
-                     "parameters": model.num_parameters(), "psnr": psnr, "trained_for": trained_for(folder)})
+                     "parameters": model.num_parameters(), "psnr": psnr, "trained_for": trained_for(folder),
+                     "default_for": default_for(name)})
     return rows
 
 
@@ -64,20 +65,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from ..models import TRAINED_FOR
+    from ..models import DEFAULT_REASONS, TRAINED_FOR
 
     benchmarks = ("Set5", "Set14", "BSD100")
-    print(f"{'name':20} {'scale':>5} {'parameters':>11}  {'Y-PSNR ' + ' / '.join(benchmarks):30}  for")
+    print(f"  {'name':20} {'scale':>5} {'parameters':>11}  {'Y-PSNR ' + ' / '.join(benchmarks):30}  for")
     for r in rows:
         scores = " / ".join(f"{r['psnr'][b]:.2f}" if b in r["psnr"] else "-" for b in benchmarks)
-        print(f"{r['name']:20} {'x' + str(r['scale']):>5} {r['parameters']:>11,}  {scores:30}  {r['trained_for']}")
-    print("\nfor: " + "; ".join(f"{k} = {v}" for k, v in TRAINED_FOR.items()))
+        mark = "*" if r["default_for"] == "photos" else " "
+        print(f"{mark} {r['name']:20} {'x' + str(r['scale']):>5} {r['parameters']:>11,}  {scores:30}  {r['trained_for']}")
+    print(f"\n* the default of its scale when no model is named (bsr-hub upscale, the demo, the Space): "
+          f"{DEFAULT_REASONS['photos']}")
+    print("for: " + "; ".join(f"{k} = {v}" for k, v in TRAINED_FOR.items()))
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """`bsr-hub list` and `bsr-hub info`, with their flags."""
-    p = subparsers.add_parser("list", help="the bundled checkpoints: scale, parameters and measured Y-PSNR")
+    p = subparsers.add_parser("list", help="the bundled checkpoints: scale, parameters, measured Y-PSNR, and which one is the default")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 

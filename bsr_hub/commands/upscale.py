@@ -144,11 +144,15 @@ def _prepare_model(args: argparse.Namespace) -> tuple[Any, Any]:
     --model, --scale, --device, --dtype or --backend fails here (ValueError, OSError, ImportError), before any
     file is read."""
     from ..inference import check_precision, resolve_backend
-    from ..models import default_checkpoint, list_checkpoints
+    from ..models import DEFAULT_REASONS, default_checkpoint, list_checkpoints
 
     state = _distributed_state()  # before the model: under accelerate launch each process has its own device
     device = str(state.device) if state is not None and args.device == "auto" else args.device
-    name = args.model or default_checkpoint(args.scale or 2)
+    name = args.model or default_checkpoint(args.scale or 2, "photos")
+    if not args.model and (state is None or state.is_main_process):
+        benchmark = default_checkpoint(args.scale or 2, "benchmark")
+        _report(f"model: {name}, the default when none is named ({DEFAULT_REASONS['photos']}; "
+                f"for MATLAB-bicubic benchmark LR: --model {benchmark})")
     model = _load_model(name, device, args.dtype)
     if args.scale is not None and model.scale != args.scale:
         raise ValueError(f"--scale {args.scale} asks for x{args.scale}, but {name} is a x{model.scale} model "
@@ -277,10 +281,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True, help="output folder (folder structure is kept)")
     p.add_argument("--model", default=None,
-                   help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: bsr-lite-x<scale>, "
-                        "made for benchmark-style inputs; for photos of unknown origin use bsr-lite-x2-robust)")
+                   help="bundled name (see `bsr-hub list`), local folder or Hub repo id (default: "
+                        "bsr-lite-x<scale>-robust, trained on many resizers, noise and JPEG for photos of unknown "
+                        "origin; bsr-lite-x<scale> is for MATLAB-bicubic LR as in the papers' benchmarks, and does "
+                        "worse than bicubic on LR from OpenCV's INTER_CUBIC or INTER_LINEAR)")
     p.add_argument("--scale", type=int, default=None, choices=[2, 3, 4],
-                   help="upscaling factor; without --model it picks the bundled bsr-lite of that scale (default 2)")
+                   help="upscaling factor; without --model it picks bsr-lite-x<scale>-robust (default 2)")
     p.add_argument("--tile", type=parse_tile_arg, default="auto",
                    help="auto (default: whole image or cache-sized tiles, chosen per image and device), "
                         "0 (one pass over the whole image), or a tile size in input pixels "

@@ -9,7 +9,7 @@ from .degradations import DEGRADATIONS, degrade, degrade_files, imresize, modcro
 from .pairs import ImagePairs
 from .pic import dense_pic
 from .pic_stats import compute_pic_stats, plot_pic_stats
-from .resizers import OPENCV_RESIZERS, DegradationMix, downscale, jpeg, opencv_available
+from .resizers import OPENCV_RESIZERS, DegradationMix, add_noise, downscale, jpeg, opencv_available
 from .rfs_config import RFSConfig, RFSWarning
 from .sampling import RFSSampler
 from .sources import DataConfig, load_image_source
@@ -27,6 +27,7 @@ __all__ = [
     "RFSConfig",
     "RFSSampler",
     "RFSWarning",
+    "add_noise",
     "compute_pic_stats",
     "degrade",
     "degrade_files",

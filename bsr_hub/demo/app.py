@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
-from .models import NO_MODEL_MESSAGE, ModelCache, ModelEntry, discover_models
+from .models import NO_MODEL_MESSAGE, ModelCache, ModelEntry, default_label, discover_models
 from .page import (
     DetailComponents,
     InputComponents,
@@ -97,6 +97,7 @@ def build_demo(
     # With no model the radio still has one (hidden) value, so an API call with only the image reaches
     # `upscale` and gets the "no trained model" message instead of "missing argument".
     labels = [e.label for e in entries] or [NO_MODEL_CHOICE]
+    labels.sort(key=lambda label: label != (default_label(entries) or label))  # the default first
 
     with gr.Blocks(title="BSR super-resolution", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         page_header(gr, settings, entries)

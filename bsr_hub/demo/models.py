@@ -43,6 +43,21 @@ class ModelEntry:
         return f"x{self.scale} · {self.name}" + (" · for real photos" if self.trained_for == "real" else "")
 
 
+def default_label(entries: Sequence[ModelEntry]) -> str | None:
+    """The choice selected at start, and used by an API call that names no model: the first checkpoint trained
+    for photos of unknown origin (lowest scale first), as `bsr-hub upscale` picks when no model is named; a
+    user's upload is such a photo. Without one, the first choice."""
+    real = [e for e in entries if e.trained_for == "real"]
+    return (real or list(entries))[0].label if entries else None
+
+
+DEFAULT_CHOICE_INFO = (
+    "Preselected: the model for photos of unknown origin (\"for real photos\": trained on many resizers, noise and "
+    "JPEG). The others are trained on MATLAB-bicubic LR, as in the papers' benchmarks, and can do worse than plain "
+    "bicubic on images shrunk by other software."
+)
+
+
 def card_psnr(folder: Path) -> str:
     """The benchmark PSNR recorded in `folder/README.md`'s model-index, as "Set5 (x2, BI): 37.10 dB", or
     "not evaluated". Set5 without self-ensemble is preferred, being the figure every paper reports first."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .models import NO_MODEL_MESSAGE, ModelEntry
+from .models import DEFAULT_CHOICE_INFO, NO_MODEL_MESSAGE, ModelEntry
 from .settings import DemoSettings
 from .upscaling import TILE_CHOICES
 
@@ -109,8 +109,9 @@ def input_column(gr: Any, labels: list[str], entries: Sequence[ModelEntry]) -> I
         )
         model_choice = gr.Radio(
             choices=labels,
-            value=labels[0],
+            value=labels[0],  # the default (`default_label`): build_demo puts it first
             label="Scale and model",
+            info=DEFAULT_CHOICE_INFO if any(e.trained_for == "real" for e in entries) else None,
             visible=bool(entries),
             elem_id="bsr-model",
         )

@@ -17,7 +17,10 @@ from .protocol import (
 )
 from .robustness import (
     DEFAULT_SUITE_BENCHMARKS,
+    FAMILIES,
+    InputDegradation,
     evaluate_robustness,
+    merge_documents,
     results_document,
     robustness_suite,
 )
@@ -25,14 +28,17 @@ from .robustness import (
 __all__ = [
     "BICUBIC",
     "DEFAULT_SUITE_BENCHMARKS",
+    "FAMILIES",
     "BenchmarkResult",
     "BicubicModel",
+    "InputDegradation",
     "evaluate_benchmark",
     "evaluate_benchmarks",
     "evaluate_robustness",
     "launch_accelerator",
     "load_model",
     "markdown_table",
+    "merge_documents",
     "psnr",
     "psnr_ssim",
     "resolve_device",

@@ -20,7 +20,9 @@ from .hub import (
     WEIGHTS_NAME,
     CheckpointError,
     bundled_checkpoints,
+    DEFAULT_REASONS,
     default_checkpoint,
+    default_for,
     list_checkpoints,
     resolve_checkpoint,
 )
@@ -39,6 +41,7 @@ from .records import (
     TrainingRecord,
     format_duration,
     lineage_of,
+    read_robustness,
     trained_for,
 )
 
@@ -65,7 +68,9 @@ __all__ = [
     "card_eval_results",
     "carry_records",
     "check_card_target",
+    "DEFAULT_REASONS",
     "default_checkpoint",
+    "default_for",
     "export_onnx",
     "format_duration",
     "lineage_of",
@@ -73,6 +78,7 @@ __all__ = [
     "list_presets",
     "render_model_card",
     "resolve_checkpoint",
+    "read_robustness",
     "robustness_table",
     "trained_for",
     "update_card",

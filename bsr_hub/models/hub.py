@@ -43,18 +43,38 @@ def list_checkpoints(scale: int | None = None) -> list[str]:
     return [name for name, folder in found.items() if _bundled_scale(folder) == scale]
 
 
-# The checkpoint a scale gets when the user names none: the balanced bsr-lite (bsr-tiny is the fast choice, and is
-# asked for by name).
-DEFAULT_CHECKPOINTS = {2: "bsr-lite-x2", 3: "bsr-lite-x3", 4: "bsr-lite-x4"}
+INPUT_KINDS = ("photos", "benchmark")
+"""What a default is chosen for: "photos", images of unknown origin (a user's files, the demo, the Space), or
+"benchmark", LR made by MATLAB's bicubic as in the papers (what `evaluate.py` reports)."""
+
+# The checkpoints a scale gets when the user names none. For photos, the robust bsr-lite (trained on many resizers,
+# noise and JPEG): the benchmark models, trained on MATLAB bicubic alone, score about 3 dB *below* plain bicubic
+# on LR from OpenCV's INTER_CUBIC (their cards' robustness tables). bsr-tiny is the fast choice, asked for by name.
+DEFAULT_CHECKPOINTS = {
+    "photos": {2: "bsr-lite-x2-robust", 3: "bsr-lite-x3-robust", 4: "bsr-lite-x4-robust"},
+    "benchmark": {2: "bsr-lite-x2", 3: "bsr-lite-x3", 4: "bsr-lite-x4"},
+}
+DEFAULT_REASONS = {
+    "photos": "trained on many resizers, noise and JPEG, for images of unknown origin",
+    "benchmark": "trained on MATLAB-bicubic LR, the papers' protocol",
+}
 
 
-def default_checkpoint(scale: int) -> str:
-    """The bundled checkpoint used for `scale` when no model is named (`bsr-hub upscale --scale 4`)."""
-    name = DEFAULT_CHECKPOINTS.get(scale)
+def default_checkpoint(scale: int, inputs: str = "photos") -> str:
+    """The bundled checkpoint used for `scale` when no model is named: for "photos" (`bsr-hub upscale`, the demo,
+    the Space) the robust model of that scale, for "benchmark" the benchmark-protocol one."""
+    if inputs not in DEFAULT_CHECKPOINTS:
+        raise ValueError(f"inputs must be one of {', '.join(INPUT_KINDS)}, got {inputs!r}")
+    name = DEFAULT_CHECKPOINTS[inputs].get(scale)
     if name is None or name not in bundled_checkpoints():
         offered = ", ".join(f"{n} (x{_bundled_scale(f)})" for n, f in bundled_checkpoints().items()) or "none"
-        raise CheckpointError(f"no bundled checkpoint for x{scale}; bundled: {offered}")
+        raise CheckpointError(f"no bundled checkpoint for x{scale} {inputs}; bundled: {offered}")
     return name
+
+
+def default_for(name: str) -> str | None:
+    """The input kind a bundled checkpoint is the default for ("photos" or "benchmark"), or None."""
+    return next((kind for kind, names in DEFAULT_CHECKPOINTS.items() if name in names.values()), None)
 
 
 def _bundled_scale(folder: Path) -> int | None:
