@@ -27,7 +27,9 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 DEPLOY_BENCH = CHECKOUT / "bench" / "results" / "deploy.json"
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "README.md")
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "README.md", "training.json")
+"""What a served checkpoint needs: training.json says what it was trained for (`models.trained_for`), which picks the
+demo's default, the model for photos of unknown origin (`demo.models.default_label`)."""
 WRITTEN = ("app.py", "README.md", "requirements.txt", "checkpoints")
 PYTHON_VERSION = "3.11"  # what the demo is tested with; the wheel itself is pure Python
 

@@ -188,7 +188,8 @@ def render_model_card(
 
 def robustness_table(document: dict[str, Any]) -> str:
     """Rows: degradations; per benchmark: bicubic, the model, and the difference (dB), then the blockiness of
-    bicubic and of the model ("-" in a document written before the suite measured it)."""
+    bicubic and of the model ("-" in a document written before the suite measured it, or for a row not measured
+    on that benchmark)."""
     rows = document["rows"]
     benches = list(dict.fromkeys(r["benchmark"] for r in rows))
     degradations = list(dict.fromkeys(r["degradation"] for r in rows))
@@ -200,7 +201,10 @@ def robustness_table(document: dict[str, Any]) -> str:
     for d in degradations:
         cells = []
         for b in benches:
-            r = by_key[(b, d)]
+            r = by_key.get((b, d))
+            if r is None:  # a row family measured on some benchmarks only (a merged document)
+                cells += ["-"] * 5
+                continue
             gain = r["psnr"] - r["bicubic_psnr"]
             mark = " **(worse)**" if gain < 0 else ""
             cells += [f"{r['bicubic_psnr']:.2f}", f"{r['psnr']:.2f}", f"{gain:+.2f}{mark}",

@@ -186,6 +186,11 @@ def test_a_record_written_before_blockiness_still_renders(tiny_checkpoint):
     card = update_card(tiny_checkpoint, []).read_text()
     assert "| pil-box+jpeg75 | 31.98 | 31.52 | -0.46 **(worse)** | - | - |" in card
     assert "Blockiness (\"-\") was not measured" in card and "Blockiness is how strongly" not in card
+    # A family measured on one benchmark only (a merge of runs over different sets) leaves "-" cells, no error.
+    document["rows"].append({**old_row, "benchmark": "Set14", "degradation": "pil-box", "jpeg_quality": None})
+    (tiny_checkpoint / "robustness_results.json").write_text(json.dumps(document))
+    card = update_card(tiny_checkpoint, []).read_text()
+    assert "| pil-box+jpeg75 | 31.98 | 31.52 | -0.46 **(worse)** | - | - | - | - | - | - | - |" in card
 
 
 def test_suite_refuses_flags_it_would_ignore(bench_dir, tiny_checkpoint, capsys):
