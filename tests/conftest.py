@@ -1,4 +1,5 @@
-"""Shared fixtures. Tests are CPU-only and network-free; the Hub is offline for every test."""
+"""Shared fixtures. Tests are CPU-only and network-free; the Hub is offline for every test but those that ask for
+the `hub` fixture, a Hub on 127.0.0.1 (tests/HUB_SERVER.md)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def write_benchmark_images(folder: Path, count: int = 3, grey: bool = True, seed
     return folder
 
 
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative POSIX path: bytes): a folder's state, to compare before and after."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture
 def bench_dir(tmp_path: Path) -> Path:
     """A benchmarks folder holding one synthetic benchmark, "Syn"."""
@@ -66,6 +72,41 @@ def fresh_accelerate_state():
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Hugging Face Hub on 127.0.0.1 for this test (tests/hub_server.py), with huggingface_hub pointed at it,
+    online, with a (fake) token, Xet off (the server's docstring says why) and its own cache in tmp_path/hf-home.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_DISABLE_XET and HF_HOME once, at import, into
+    `huggingface_hub.constants`: this process gets those constants (and the /resolve URL template made from the
+    endpoint) patched; the environment, also set, is what a subprocess started by the test reads. The rest of the
+    suite stays offline. The test fails if the client called anything the server does not implement."""
+    from hub_server import HubServer
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+
+    server = HubServer(tmp_path / "hub-server").start()
+    home = tmp_path / "hf-home"
+    for name, value in (("HF_ENDPOINT", server.url), ("HF_HUB_OFFLINE", "0"), ("HF_HUB_DISABLE_XET", "1"),
+                        ("HF_TOKEN", "hf_test_hub_token"), ("HF_HOME", str(home)),
+                        ("HF_HUB_CACHE", str(home / "hub")), ("NO_PROXY", "127.0.0.1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    close_session()  # the shared HTTP client is made again, reading this environment (no proxy for 127.0.0.1)
+    try:
+        yield server
+    finally:
+        server.stop()
+        close_session()
+    assert not server.unimplemented, server.unimplemented_report()
 
 
 @pytest.fixture

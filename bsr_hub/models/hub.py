@@ -24,6 +24,47 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be found, read, or loaded exactly into the model."""
 
 
+class PushError(OSError):
+    """A push to the Hugging Face Hub that did not complete (the connection lost mid-upload, a write refused)."""
+
+
+# The HTTP packages under huggingface_hub (httpx2 from 1.x on, requests before): their errors are not OSErrors.
+_HTTP_PACKAGES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
+
+
+def is_transfer_failure(err: BaseException) -> bool:
+    """Whether `err`, or an error it wraps, is the transfer failing (a connection lost, refused or timed out; the
+    disk), not the Hub answering or a bug. Told by its package, since which HTTP package raises it depends on the
+    version of huggingface_hub."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) or type(cause).__module__.split(".")[0] in _HTTP_PACKAGES:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def push_failure(repo_id: str, err: BaseException) -> str:
+    """One line: why pushing to `repo_id` failed. huggingface_hub wraps a failed LFS upload in a RuntimeError that
+    names the file but not why, and its HTTP errors span several lines: the chain of causes is followed down to
+    the first OSError (the OS's or the Hub's answer; below it the same is said again), repeats dropped and line
+    breaks folded."""
+    causes: list[str] = []
+    cause: BaseException | None = err
+    while cause is not None and len(causes) < 3:
+        text = " ".join(str(cause).split()).rstrip(".")
+        if not any(c.endswith(f": {text}") for c in causes):
+            causes.append(f"{type(cause).__name__}: {text}")
+        if isinstance(cause, OSError):
+            break
+        cause = cause.__cause__
+    return f"pushing to {repo_id} on the Hugging Face Hub failed: {' <- '.join(causes)}"
+
+
+PULLED_RECORDS = ("training.json", "eval_results.json", "robustness_results.json", "training_config.yaml")
+"""The records (`models.records`) a pull from the Hub fetches beside the weights, when the repo has them."""
+
+
 def bundled_checkpoints() -> dict[str, Path]:
     """Names of the checkpoints shipped with the package, and their folders."""
     if not BUNDLED_DIR.is_dir():
@@ -141,14 +182,24 @@ def resolve_checkpoint(
             force_download=force_download,
             local_files_only=local_files_only,
             token=token,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"],
+            # The records too (small): training.json says what the model is for (`records.trained_for`: the demo's
+            # default and label), and a pulled model saved again keeps its results and lineage.
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md", *PULLED_RECORDS],
         )
     except Exception as err:  # offline, unknown repo, invalid id, auth: all end the same way for the user
         raise CheckpointError(
             f"{name!r} is not a local folder or a bundled checkpoint (bundled: {bundled_list}), "
             f"and the Hugging Face Hub could not provide it: {type(err).__name__}: {err}"
         ) from err
-    return _check_folder(Path(folder))
+    # A repo that holds something else (a dataset pushed by mistake, a folder without weights): named by its id,
+    # not by the cache folder the files went to.
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (Path(folder) / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"the Hub repo {name!r} (revision {revision or 'main'}) has no {' and no '.join(missing)}, so it is not "
+            f"a BSR checkpoint: name another repo or revision, or push a model there with model.push_to_hub({name!r})"
+        )
+    return Path(folder)
 
 
 def _summarise(keys: list[str], limit: int = 10) -> str:

@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub.utils import HfHubHTTPError
 
 from ..core import write_atomically
 from ..inference import upscale as upscale_image
 from .card import CARD_METADATA, carry_records, how_to_load, render_model_card
 from .configuration import BSRConfig
-from .hub import load_pretrained
+from .hub import PushError, is_transfer_failure, load_pretrained, push_failure
 from .network import BSRNetwork
 from .records import carried_source
 
@@ -119,9 +120,22 @@ class BSRModel(
         self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any
     ) -> str:
         """The mixin's `push_to_hub`, with the card named after the repository (`me/my-bsr`), not after the temporary
-        folder the model is saved in before the upload."""
+        folder the model is saved in before the upload.
+
+        An upload that does not complete (the connection lost, a storage error) raises `PushError` in one line,
+        not huggingface_hub's bare transport error; an answer of the Hub (403: no rights to write there) stays
+        huggingface_hub's `HfHubHTTPError`, whose message says why.
+        """
         card = {"model_name": repo_id, **(model_card_kwargs or {})}
-        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+        try:
+            return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+        except HfHubHTTPError:
+            raise
+        except Exception as err:  # a transport error, or huggingface_hub's RuntimeError wrapping a failed LFS upload
+            if not is_transfer_failure(err):
+                raise
+            raise PushError(f"{push_failure(repo_id, err)}. The model is unchanged; push again (files the Hub "
+                            "already has are not uploaded twice)") from err
 
     def _save_pretrained(self, save_directory: Path) -> None:
         from safetensors.torch import save_file

@@ -4,12 +4,13 @@ has written the model and its training record."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from ..data import load_benchmark
 from ..evaluation import BicubicModel, evaluate_benchmark
-from ..models import BSRModel, below_bicubic, format_duration, update_card
+from ..models import BSRModel, below_bicubic, format_duration, push_failure, update_card
 from .config import TrainConfig
 from .run import TrainingRun
 
@@ -47,6 +48,11 @@ def publish(cfg: TrainConfig, accelerator: Any, run: TrainingRun, model_dir: Pat
     if cfg.output.push_to_hub:
         from huggingface_hub import HfApi
 
-        url = HfApi().upload_folder(repo_id=cfg.output.hub_model_id, folder_path=model_dir,
-                                    commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
+        repo = cfg.output.hub_model_id
+        try:
+            url = HfApi().upload_folder(repo_id=repo, folder_path=model_dir,
+                                        commit_message=f"BSR {cfg.model.preset} x{cfg.scale}, {run.step} steps")
+        except Exception as err:  # refused, connection lost: the trained model is saved, say how to push it later
+            raise SystemExit(f"error: {push_failure(repo, err)}. The trained model is saved in {model_dir}; push it "
+                             f"with `hf upload {repo} {shlex.quote(str(model_dir))}`") from None
         accelerator.print(f"pushed to {url}")
