@@ -34,6 +34,7 @@ from bsr_hub.training import (
     TrainConfig,
     TrainingRun,
     check_train_dir,
+    choose_kernels,
     describe_training_data,
     end_data_workers_at_exit,
     final_evaluation,
@@ -107,8 +108,8 @@ def check_hub_access(cfg: TrainConfig) -> None:
     except Exception as err:  # offline, no token, no permission: all stop the run here
         raise SystemExit(
             f"error: --output.push_to_hub: cannot create or reach {cfg.output.hub_model_id} on the Hugging Face Hub "
-            f"({type(err).__name__}: {err}). Log in with `hf auth login` (or set HF_TOKEN), check the network, "
-            "or train without --output.push_to_hub and push the saved folder later."
+            f"({type(err).__name__}: {' '.join(str(err).split())}). Log in with `hf auth login` (or set HF_TOKEN), "
+            "check the network, or train without --output.push_to_hub and push the saved folder later."
         ) from None
 
 
@@ -126,13 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate.utils import set_seed
 
     check_mixed_precision(cfg)
-    if cfg.optim.deterministic:
-        # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: an op with no deterministic kernel (none in the training step; maybe one in evaluation)
-        # warns instead of stopping the run; tests/test_cuda.py checks the outcome, weights equal bit for bit.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    choose_kernels(cfg.optim, cuda=torch.cuda.is_available())  # cuDNN autotuned, as bench/gpu.py times it, or fixed
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # two CPU processes only synchronise (gloo) with cpu=True
         mixed_precision=cfg.optim.mixed_precision,

@@ -57,11 +57,15 @@ def init_for(name: str, fallback: str | None) -> str | None:
     return fallback if fallback in bundled else None
 
 
-def plan(cpu: bool) -> list[dict]:
+def plan(cpu: bool, recipe=None, shm_free: int | None = None) -> list[dict]:
+    """The four runs' train.py flags. Each is evaluated at the end on Set5 alone (inside the deadline, with bicubic
+    scored beside it on the CPU); Set14 and BSD100 are measured back here by `adopt`. With the recipe and
+    /dev/shm's free bytes, each run gets the data workers whose batches fit in its quarter of /dev/shm."""
     runs = []
     for name, preset, scale, patch, fallback, rate in ZOO:
         init = init_for(name, fallback)
-        flags = ["--model.preset", preset, "--scale", str(scale), "--rfs.patch_size", str(patch)]
+        flags = ["--model.preset", preset, "--scale", str(scale), "--rfs.patch_size", str(patch),
+                 "--validation.eval_dirs", str(gpu.SHARED / "benchmarks" / "Set5")]
         if init:
             flags += ["--model.init_from", init]
         if rate is not None and init is None:
@@ -69,22 +73,30 @@ def plan(cpu: bool) -> list[dict]:
         if cpu:  # the rehearsal: fp32, a small batch, one data worker each
             flags += ["--optim.mixed_precision", "no", "--rfs.batch_size", "4", "--data.num_workers", "1",
                       "--rfs.num_intervals", "4",
-                      "--validation.steps", "4", "--output.checkpointing_steps", "4", "--output.logging_steps", "2",
-                      "--validation.eval_dirs", str(gpu.SHARED / "benchmarks" / "Set5")]
+                      "--validation.steps", "4", "--output.checkpointing_steps", "4", "--output.logging_steps", "2"]
+        elif recipe is not None and shm_free is not None:
+            batch = gpu.batch_bytes(recipe.rfs.batch_size, patch, scale)
+            workers = gpu.loader_workers(recipe.data.num_workers, batch, shm_free // len(ZOO))
+            if workers < recipe.data.num_workers:
+                flags += ["--data.num_workers", str(workers)]
         runs.append({"name": name, "init_from": init, "flags": flags})
     return runs
 
 
 def _steps(cpu: bool, seconds: float, batch: int) -> tuple[dict[str, int], str]:
-    """max_steps per run: a short probe of each model's bf16 training step alone on the GPU, shared by four runs
-    and slowed by data loading (x 0.5), over the deadline minus start-up and evaluation (60 s)."""
+    """max_steps per run: a short probe of each model's bf16 training step alone on the GPU, at its own scale and
+    patch, shared by four runs and slowed by data loading (x 0.5), over the deadline minus start-up and
+    evaluation (60 s)."""
+    import torch
+
     if cpu:
         return {name: 8 for name, *_ in ZOO}, "the CPU rehearsal's 8 steps"
     steps = {}
     for name, preset, scale, patch, *_ in ZOO:
-        rate = gpu.train_throughput("cuda", preset, True, True, batch, patch, steps=20, warmup=5)
+        rate = gpu.train_throughput("cuda", preset, True, True, batch, patch, steps=20, warmup=5, scale=scale)
         steps[name] = max(200, int(0.5 * rate / 4 * (seconds - 60) / batch))
-    return steps, f"0.5 x (probed samples/s / 4 runs) x ({seconds:.0f} - 60) s / batch {batch}"
+    torch.cuda.empty_cache()  # the probes' memory back to the GPU: the runs are other processes
+    return steps, f"0.5 x (probed samples/s at its scale / 4 runs) x ({seconds:.0f} - 60) s / batch {batch}"
 
 
 def train(args: argparse.Namespace) -> int:
@@ -102,8 +114,7 @@ def train(args: argparse.Namespace) -> int:
     env = gpu.environment("cpu" if args.cpu else "cuda")
     if "import_error" in env:
         raise SystemExit(f"error: {env['import_error']} (were the wheels carried? see bench/GPU.md)")
-    if not args.cpu:
-        torch.backends.cudnn.benchmark = True
+    gpu.grid_kernels(RECIPE, "cpu" if args.cpu else "cuda")  # the probes time the step as train.py runs it
     recipe = resolve_config(RECIPE, {})
     t0 = time.perf_counter()
     steps, why = _steps(args.cpu, args.train_seconds, recipe.rfs.batch_size)
@@ -112,60 +123,81 @@ def train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     root = gpu.DEVICE_DATA / "outputs" / "zoo"
     shutil.rmtree(root, ignore_errors=True)
-    runs = plan(args.cpu)
+    runs = plan(args.cpu, recipe, gpu.shm_free_bytes())
     gpu.log(f"{env}; max_steps {steps} ({why}); starting {len(runs)} runs at once")
+    logs = gpu.RESULTS / "zoo_logs"
+    logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for r in runs:
-        cmd = [sys.executable, "train.py", "--config", RECIPE, *r["flags"], "--optim.max_steps", str(steps[r["name"]]),
-               "--output.dir", str(root / r["name"])]
-        logs = gpu.RESULTS / "zoo_logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        r["command"] = [sys.executable, "train.py", "--config", RECIPE, *r["flags"], "--optim.max_steps",
+                        str(steps[r["name"]]), "--output.dir", str(root / r["name"])]
         logfile = (logs / f"train_{r['name']}.log").open("w")
-        logfile.write("$ " + " ".join(cmd) + "\n")
-        logfile.flush()
-        procs.append((r, cmd, subprocess.Popen(cmd, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT), logfile))
-    deadline = time.perf_counter() + args.train_seconds - probe
-    for r, cmd, proc, logfile in procs:
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-            r["stopped_at_deadline"] = False
-        except subprocess.TimeoutExpired:
-            proc.send_signal(gpu.signal.SIGTERM)  # train.py checkpoints and exits 0
-            r["stopped_at_deadline"] = True
-    results = []
-    for r, cmd, proc, logfile in procs:
-        proc.wait(timeout=120)
-        r["returncode"], r["command"] = proc.returncode, " ".join(cmd[1:])
+        procs.append((r, gpu.start_run(r["command"], logfile), logfile))
+    deadline = time.monotonic() + args.train_seconds - probe
+    for r, proc, logfile in procs:
+        ended = gpu.wait_for_run(proc, deadline, root / r["name"] / "model" / "training.json")
+        r["stopped_at_deadline"] = ended != "finished"
+        r["returncode"] = proc.returncode
+        logfile.close()
+    finish_runs([r for r in runs if r["stopped_at_deadline"] and r["returncode"] == 0], root, logs, FINISH_S)
+    summary = {"environment": env, "max_steps_rule": why, "runs": [], "seconds": 0}
+    for r in runs:  # each model packed and the summary written as it comes: a kill later keeps what is done
+        collect(r, root / r["name"], out)
+        summary["runs"].append(r)
+        summary["seconds"] = round(time.perf_counter() - t0)
+        save_summary(summary, runs, logs, out)
+    return 0 if all(r["returncode"] == 0 for r in runs) else 1
+
+
+FINISH_S = 120.0  # the runs the deadline stopped, ended together at the step reached
+
+
+def finish_runs(stopped: list[dict], root: Path, logs: Path, seconds: float) -> None:
+    """End the runs the deadline stopped at the step they reached, all at once and within `seconds` (a resume with
+    max_steps set to it: the model, its record and card are written, and the record notes the change). One after
+    another with no time limit, they could take the call past its limit and every summary with it."""
+    deadline = time.monotonic() + seconds
+    started = []
+    for r in stopped:
         folder = root / r["name"]
         step = gpu.last_checkpoint_step(folder)
-        if r["stopped_at_deadline"] and proc.returncode == 0 and step:
-            # End the run at the step reached: the model, record and card are written; the record notes it.
-            finish = [*cmd[:cmd.index("--optim.max_steps") + 1], str(step), "--output.dir", str(folder), "--resume",
-                      "latest", "--resume_allow_changes"]
-            logfile.write("$ " + " ".join(finish) + "\n")
-            logfile.flush()
-            r["returncode"] = subprocess.run(finish, cwd=REPO, stdout=logfile, stderr=subprocess.STDOUT).returncode
-            r["finish_command"] = " ".join(finish[1:])
+        if not step:
+            continue
+        cmd = r["command"]
+        finish = [*cmd[:cmd.index("--optim.max_steps") + 1], str(step), "--output.dir", str(folder), "--resume",
+                  "latest", "--resume_allow_changes"]
+        logfile = (logs / f"train_{r['name']}.log").open("a")
+        started.append((r, finish, gpu.start_run(finish, logfile), logfile))
+    for r, finish, proc, logfile in started:
+        r["finish_ended"] = gpu.wait_for_run(proc, deadline, root / r["name"] / "model" / "training.json")
+        r["returncode"], r["finish_command"] = proc.returncode, " ".join(finish[1:])
         logfile.close()
-        history_file = folder / "history.jsonl"
-        history = [json.loads(x) for x in history_file.read_text().splitlines()] if history_file.is_file() else []
-        rates = sorted(h["samples_per_s"] for h in history if "samples_per_s" in h)[1:]
-        r.update(steps=max((h["step"] for h in history), default=0),
-                 samples_per_s_median=rates[len(rates) // 2] if rates else None)
-        if (folder / "model" / "training.json").is_file():
-            r["packed"] = gpu.pack_model(folder / "model", out / f"{r['name']}.tar")
-        results.append(r)
-        gpu.log(f"{r['name']}: rc {r['returncode']}, {r['steps']} steps, {r.get('samples_per_s_median')} samples/s")
-    # One file for the four logs: at most 8 files come back (4 tars, this, the summary, the report).
+
+
+def collect(r: dict, folder: Path, out: Path) -> None:
+    """A run's steps and median rate from its history, and its model packed into `out` if it was written."""
+    if isinstance(r["command"], list):
+        r["command"] = " ".join(r["command"][1:])
+    history_file = folder / "history.jsonl"
+    history = [json.loads(x) for x in history_file.read_text().splitlines()] if history_file.is_file() else []
+    rates = sorted(h["samples_per_s"] for h in history if "samples_per_s" in h)[1:]
+    r.update(steps=max((h["step"] for h in history), default=0),
+             samples_per_s_median=rates[len(rates) // 2] if rates else None)
+    if (folder / "model" / "training.json").is_file():
+        r["packed"] = gpu.pack_model(folder / "model", out / f"{r['name']}.tar")
+    gpu.log(f"{r['name']}: rc {r['returncode']}, {r['steps']} steps, {r.get('samples_per_s_median')} samples/s")
+
+
+def save_summary(summary: dict, runs: list[dict], logs: Path, out: Path) -> None:
+    """The summary, the report and the runs' logs as one file (at most 8 files come back: 4 tars and these 3)."""
     with (out / "train_logs.txt").open("w") as joined:
         for r in runs:
-            joined.write(f"===== {r['name']}\n" + (gpu.RESULTS / "zoo_logs" / f"train_{r['name']}.log").read_text())
-    summary = {"environment": env, "max_steps_rule": why, "runs": results, "seconds": round(time.perf_counter() - t0)}
+            log_file = logs / f"train_{r['name']}.log"
+            joined.write(f"===== {r['name']}\n" + (log_file.read_text() if log_file.is_file() else "(no log)\n"))
     (out / "gpu_zoo_device.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, None)
     if REPORT.resolve() != (out / "gpu_zoo.md").resolve():
         shutil.copy(REPORT, out / "gpu_zoo.md")
-    return 0 if all(r["returncode"] == 0 for r in results) else 1
 
 
 # ---------------------------------------------------------------------------------------------- back here

@@ -26,19 +26,23 @@ from .tiling import (
     TileSetting,
     _run_tiled,
     _warn_if_one_pass_is_too_large,
+    release_cached_memory,
     resolve_tiling,
 )
 
 
 def _ensemble(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Self-ensemble ("+"): the mean over the 8 flips/rotations, each undone on the output."""
-    out = torch.zeros(())
+    """Self-ensemble ("+"): the mean over the 8 flips/rotations, each undone on the output, in float32.
+
+    The sum is float32 whatever the model's dtype: a half-precision model's outputs summed in half precision
+    would round at each addition (bf16 keeps 8 bits), while 8 of them add up exactly in float32."""
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
     for k in range(8):
         t = x.flip(-1) if k >= 4 else x
         y = model(torch.rot90(t, k % 4, dims=(-2, -1)))
-        y = torch.rot90(y, -(k % 4), dims=(-2, -1))
-        out = out + (y.flip(-1) if k >= 4 else y)
-    return out / 8
+        y = torch.rot90(y, -(k % 4), dims=(-2, -1)).float()
+        total = total + (y.flip(-1) if k >= 4 else y)
+    return total / 8
 
 
 def check_precision(model: Upscaler) -> None:
@@ -123,14 +127,14 @@ def super_resolve_bands(
                 _run_tiled(run, x, model.scale, size, tiling.overlap, lambda row, band: emit(row, band.clamp_(0, 1)))
                 return
         except torch.cuda.OutOfMemoryError:
-            current = size or max(x.shape[-2:])
-            smaller = current // 2
+            # Only decide here: the exception in hand keeps the failed pass's frames, and their tensors, alive.
+            smaller = (size or max(x.shape[-2:])) // 2
             if smaller < max(MIN_TILE, tiling.overlap + 1):
                 raise
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            warnings.warn(f"out of memory at tile={size}; retrying with tile={smaller}", stacklevel=2)
-            size = smaller
+        # Past the except block the exception and its frames are gone: what they held can go back to the device.
+        release_cached_memory(device)
+        warnings.warn(f"out of memory at tile={size}; retrying with tile={smaller}", stacklevel=2)
+        size = smaller
 
 
 def _check_options(tile: Any, tile_overlap: Any, backend: Any) -> None:

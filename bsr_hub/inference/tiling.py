@@ -261,6 +261,13 @@ def _memory_budget(device: torch.device) -> int:
     return int(available * 0.5)
 
 
+def release_cached_memory(device: torch.device) -> None:
+    """Give the device's cached, unused blocks back (CUDA's caching allocator keeps freed blocks for reuse; the CPU
+    allocator keeps none). Only blocks no tensor uses go back: call it once the tensors of a failed pass are gone."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _auto_tile(model: Upscaler, b: int, h: int, w: int) -> int | None:
     """A tile size when the whole image would not fit in memory, else None (untiled)."""
     budget = _memory_budget(model.device)

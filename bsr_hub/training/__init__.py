@@ -17,7 +17,7 @@ from .config import (
 )
 from .finish import final_evaluation, publish
 from .losses import HybridLoss, LossConfig
-from .optim import EMA, fp32_forward, load_matching_weights, step_decay
+from .optim import EMA, choose_kernels, cudnn_benchmark_for, fp32_forward, load_matching_weights, step_decay
 from .reporting import LossMeter, check_train_dir, describe_training_data, non_finite_message
 from .resume import RESUME_GUARDED, ResumeChangedError, check_resume, resume_changes
 from .run import TrainingRun
@@ -42,8 +42,10 @@ __all__ = [
     "TrainingRun",
     "check_resume",
     "check_train_dir",
+    "choose_kernels",
     "config_from_dict",
     "config_to_yaml",
+    "cudnn_benchmark_for",
     "describe_training_data",
     "end_data_workers_at_exit",
     "field_type",

@@ -65,6 +65,10 @@ class OptimSection:
     deterministic: bool = False
     """Deterministic cuDNN/cuBLAS kernels (slower): a GPU run resumed from a checkpoint then equals an
     uninterrupted one bit for bit, as a CPU run always does."""
+    cudnn_benchmark: bool = True
+    """On a GPU, cuDNN times its convolution kernels on the first batch of each shape and keeps the fastest
+    (training batches have one shape); bench/gpu.py's throughput grid, which sizes GPU runs, times the step with
+    the same choice. Off under `deterministic`, whose kernels are fixed; nothing on a CPU."""
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:

@@ -1,16 +1,39 @@
 """What the optimisation does beside the optimizer: the learning-rate schedule (`step_decay`), the EMA of the
-weights, the model's fp32 forward under mixed precision (`fp32_forward`, for validation), and the start from
-another checkpoint's matching weights (`load_matching_weights`).
+weights, the model's fp32 forward under mixed precision (`fp32_forward`, for validation), the start from
+another checkpoint's matching weights (`load_matching_weights`), and how the GPU's kernels are chosen
+(`choose_kernels`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from .config import OptimSection
+
+
+def cudnn_benchmark_for(optim: OptimSection, cuda: bool) -> bool:
+    """Whether cuDNN autotunes its convolutions in this run: asked for, on a GPU, and the kernels not fixed by
+    `deterministic` (autotuning picks by timing, so a resumed run could pick others)."""
+    return cuda and optim.cudnn_benchmark and not optim.deterministic
+
+
+def choose_kernels(optim: OptimSection, cuda: bool) -> bool:
+    """Set how kernels are chosen, before the first one runs; returns `torch.backends.cudnn.benchmark` as set (the
+    hardware row records it)."""
+    if optim.deterministic:
+        # cuBLAS reads this when its first handle is made, i.e. at the first matrix product, still to come.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op with no deterministic kernel (none in the training step; maybe one in evaluation)
+        # warns instead of stopping the run; tests/test_cuda.py checks the outcome, weights equal bit for bit.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = cudnn_benchmark_for(optim, cuda)
+    return torch.backends.cudnn.benchmark
 
 
 def load_matching_weights(model: nn.Module, source: str) -> list[str]:

@@ -75,7 +75,10 @@ def hardware_description(accelerator: Any) -> str:
     n = accelerator.num_processes
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
-        return f"{n} x {name}" + (f", {accelerator.mixed_precision} mixed precision" if accelerator.mixed_precision != "no" else "")
+        precision = f", {accelerator.mixed_precision} mixed precision" if accelerator.mixed_precision != "no" else ""
+        # How its convolutions were chosen (training.choose_kernels): it changes the speed a run is sized by.
+        kernels = ", cuDNN autotuned" if torch.backends.cudnn.benchmark else ", cuDNN not autotuned"
+        return f"{n} x {name}{precision}{kernels}"
     precision = f", {accelerator.mixed_precision} autocast" if accelerator.mixed_precision != "no" else ", fp32"
     return (f"{n} CPU process(es) on {describe_cpu()}, {torch.get_num_threads()} threads each, {os.cpu_count()} "
             f"cores{precision}")

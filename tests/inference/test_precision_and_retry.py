@@ -1,0 +1,93 @@
+"""Issue 28: what a GPU run does that the CPU tests missed, checked on the CPU. Self-ensemble of a half-precision
+model averages in float32; the out-of-memory retry releases the failed pass's memory after it is gone."""
+
+import sys
+import weakref
+
+import pytest
+import torch
+
+from bsr_hub.inference import api, tiling
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_self_ensemble_of_a_half_precision_model_sums_in_float32(dtype):
+    """A model in fp16/bf16 (on a GPU) returns half-precision outputs. Their sum in half precision rounds at every
+    one of the 8 additions (bf16 keeps 8 bits: about 1/128 of a value near 4, a grey level or more in the mean);
+    in float32 the sum of 8 half-precision values is exact, and so is the mean."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 12, 12).to(dtype)
+    ramp = torch.linspace(0.0, 0.37, 12)  # not rotation-invariant: the 8 transforms give 8 different outputs
+
+    def half_network(t: torch.Tensor) -> torch.Tensor:  # (1, 3, 12, 12) half -> same, half, as a GPU model does
+        return (t.float() * 0.93 + ramp).to(dtype)
+
+    got = api._ensemble(half_network, x)
+    outputs = []
+    for k in range(8):  # the same transforms, undone, each output kept in its half-precision values
+        t = x.flip(-1) if k >= 4 else x
+        y = torch.rot90(half_network(torch.rot90(t, k % 4, dims=(-2, -1))), -(k % 4), dims=(-2, -1))
+        outputs.append((y.flip(-1) if k >= 4 else y).double())
+    expected = torch.stack(outputs).mean(0)
+    assert got.dtype == torch.float32
+    assert (got.double() - expected).abs().max().item() < 1e-6
+
+
+class OutOfMemoryOnce(torch.nn.Module):
+    """A model whose first pass allocates a working buffer and then runs out of memory, as a CUDA pass that is too
+    large does; later passes run the model. `buffers` holds weak references to every buffer the failed pass made."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.failed = model, False
+        self.buffers: list[weakref.ref] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            self.failed = True
+            work = torch.empty(1, 64, *x.shape[-2:])  # the feature maps of the pass that fails
+            self.buffers.append(weakref.ref(work))
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(x)
+
+    def memory_per_input_pixel(self):
+        return self.model.memory_per_input_pixel()
+
+    @property
+    def scale(self):
+        return self.model.scale
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+
+def test_out_of_memory_retry_releases_memory_after_the_failed_pass_is_gone(tiny_model, monkeypatch):
+    """`torch.cuda.empty_cache()` inside the `except` frees nothing: the exception being handled holds the
+    traceback, its frames hold the failed pass's tensors, and the caching allocator can only return blocks that no
+    tensor uses. The release must come after the except block, when the exception and its frames are gone."""
+    seen = []
+
+    def release(device: torch.device) -> None:  # stands in for torch.cuda.empty_cache on the model's device
+        seen.append({"handling": sys.exc_info(), "buffers_alive": [ref() is not None for ref in flaky.buffers]})
+
+    monkeypatch.setattr(api, "release_cached_memory", release)
+    flaky = OutOfMemoryOnce(tiny_model)
+    img = torch.rand(1, 3, 80, 72)
+    with pytest.warns(UserWarning, match="out of memory at tile=None; retrying with tile=40"):
+        out = api.super_resolve(flaky, img, tile=None, backend="eager")
+    assert seen == [{"handling": (None, None, None), "buffers_alive": [False]}]
+    assert torch.equal(out, api.super_resolve(tiny_model, img, tile=40, backend="eager"))
+
+
+def test_release_cached_memory_empties_the_cache_on_cuda_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    tiling.release_cached_memory(torch.device("cpu"))
+    assert calls == []  # the CPU allocator has no cache to empty (and CUDA may not be there)
+    tiling.release_cached_memory(torch.device("cuda", 0))
+    assert calls == ["empty_cache"]

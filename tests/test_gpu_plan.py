@@ -1,0 +1,299 @@
+"""Issue 28: the GPU plan (bench/gpu.py, bench/gpu_zoo.py, tests/test_cuda.py) read as the device would run it,
+checked on the CPU: each test here stands for a finding that would have cost the one lease a GPU gets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import gpu
+import gpu_zoo
+import test_cuda
+
+from bsr_hub.commands.train import load_train_config
+from bsr_hub.training import cudnn_benchmark_for
+from bsr_hub.training.config import resolve_config
+
+BASE_RECIPE = str(REPO_ROOT / "configs" / "base_x2_gpu.yaml")
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie, killed and not yet reaped, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_cuda_test_timeout_kills_the_training_run_it_started(tmp_path):
+    """A pytest killed at its timeout left the train.py it had started running on the GPU, under the throughput
+    grid that came next. Here pytest is a process that starts a child and hangs; the child must go with it."""
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(120)")
+    t0 = time.perf_counter()
+    try:
+        result = gpu.run_cuda_tests(timeout=3, cmd=[sys.executable, "-c", script])
+        assert result["returncode"] == "timeout after 3 s" and time.perf_counter() - t0 < 60
+        child = int(pid_file.read_text())
+        deadline = time.monotonic() + 10  # SIGKILL is delivered at once; leave the kernel a moment
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(child), "the timed-out command's child is still running"
+    finally:
+        if pid_file.is_file() and alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), 9)  # the process this test started, by its id
+
+
+@pytest.fixture
+def cudnn_flag():
+    saved = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = saved
+
+
+def test_the_throughput_grid_times_the_kernels_train_py_will_use(tmp_path, cudnn_flag):
+    """The grid sizes max_steps from its rate; it ran with cuDNN autotuning while train.py never turned it on. Both
+    now take it from the recipe through one function."""
+    recipe = resolve_config(BASE_RECIPE, {})
+    assert gpu.grid_kernels(BASE_RECIPE, "cuda") is cudnn_benchmark_for(recipe.optim, cuda=True) is True
+    assert torch.backends.cudnn.benchmark is True
+    off = tmp_path / "off.yaml"
+    off.write_text(Path(BASE_RECIPE).read_text().replace("  channels_last: true\n",
+                                                          "  channels_last: true\n  cudnn_benchmark: false\n"))
+    assert gpu.grid_kernels(str(off), "cuda") is False and torch.backends.cudnn.benchmark is False
+    assert gpu.grid_kernels(BASE_RECIPE, "cpu") is False
+
+
+def test_max_steps_without_the_bench_calls_rate_lets_every_decay_happen(tmp_path, monkeypatch):
+    """With no throughput grid in the lease (the bench call failed, or the machine was fresh), max_steps was the
+    recipe's placeholder, 15000: its decays, at 0.6 and 0.85 of it, lie far past anything minutes reach."""
+    monkeypatch.setattr(gpu, "RESULTS", tmp_path / "results")  # no grid measured
+    recipe = resolve_config(BASE_RECIPE, {})
+    batch, seconds, rate = recipe.rfs.batch_size, 240.0, 600.0  # samples/s: a guess at bsr-base bf16 on an H100
+    probes = []
+
+    def probe() -> float:
+        probes.append(1)
+        time.sleep(0.2)  # its time comes out of the run's
+        return rate
+
+    steps, left, why = gpu.plan_steps(seconds, batch, probe)
+    assert probes == [1] and "probed" in why and left <= seconds - 0.2
+    last_decay = max(recipe.optim.lr_decay_at) * steps
+    assert last_decay * batch / rate <= left - 60, f"the last decay, at step {last_decay:.0f}, is past the deadline"
+    assert steps < recipe.optim.max_steps
+
+    gpu._save("throughput", {"grid": [{"preset": "bsr-base", "layout": "channels_last", "precision": "bf16",
+                                       "samples_per_s": 2 * rate}]})
+    measured, left, why = gpu.plan_steps(seconds, batch, probe)
+    assert probes == [1] and left == seconds and "measured" in why and measured > steps  # the grid's rate, no probe
+
+
+def test_data_workers_are_cut_to_what_dev_shm_holds(tmp_path):
+    """Twelve data workers hand bsr-base batches to the trainer through /dev/shm, about 110 MiB in flight; a
+    container's /dev/shm can be 64 MiB, and its workers die of a bus error mid-run. Nothing checked it."""
+    recipe = resolve_config(BASE_RECIPE, {})
+    batch = gpu.batch_bytes(recipe.rfs.batch_size, recipe.rfs.patch_size, recipe.scale)
+    assert batch == 32 * (4 * 3 * 48 * 48 * 5 + 20)
+    assert gpu.loader_workers(recipe.data.num_workers, batch, 64 * 2**20) == 3  # 32 MiB for 2 batches each
+    assert gpu.loader_workers(recipe.data.num_workers, batch, 24 * 2**30) == recipe.data.num_workers
+    assert gpu.loader_workers(recipe.data.num_workers, batch, None) == recipe.data.num_workers  # no /dev/shm
+    assert gpu.loader_workers(recipe.data.num_workers, batch, 2**20) == 0  # the trainer makes its own batches
+    args = argparse.Namespace(recipe=BASE_RECIPE, cpu=False)
+    cfg, _ = load_train_config(gpu._train_command(args, 500, tmp_path / "out", workers=3)[2:])
+    assert cfg.data.num_workers == 3
+    zoo = gpu_zoo.plan(False, resolve_config(str(REPO_ROOT / gpu_zoo.RECIPE), {}), shm_free=256 * 2**20)
+    workers = {r["name"]: load_train_config(r["flags"])[0].data.num_workers for r in zoo}
+    assert workers["bsr-lite-x4"] < workers["bsr-lite-x2"] <= 3  # x4's 60 px patches, 240 px HR: 5x the bytes
+
+
+def test_the_final_evaluation_inside_the_deadline_is_set5_alone(tmp_path):
+    """train.py's final evaluation scores bicubic beside the model on the CPU; on the recipe's three sets (BSD100's
+    100 images) that ran inside the training deadline. Set14 and BSD100 are measured back here anyway."""
+    set5 = str(gpu.SHARED / "benchmarks" / "Set5")
+    args = argparse.Namespace(recipe=BASE_RECIPE, cpu=False)
+    cfg, _ = load_train_config(gpu._train_command(args, 500, tmp_path / "out")[2:])
+    assert cfg.validation.eval_dirs == [set5]
+    for run in gpu_zoo.plan(False):
+        cfg, _ = load_train_config(["--config", str(REPO_ROOT / gpu_zoo.RECIPE), *run["flags"]])
+        assert cfg.validation.eval_dirs == [set5], run["name"]
+
+
+def test_the_zoo_probes_each_model_at_its_own_scale(monkeypatch):
+    """The x3 and x4 runs were sized from the speed of an x2 model (train_throughput built every model at x2)."""
+    probed = []
+
+    def spy(device, preset, bf16, channels_last, batch, patch, steps, warmup, scale=2):
+        probed.append((preset, scale, patch))
+        return 1000.0
+
+    monkeypatch.setattr(gpu, "train_throughput", spy)
+    steps, _ = gpu_zoo._steps(False, 360.0, 64)
+    assert probed == [(preset, scale, patch) for _, preset, scale, patch, *_ in gpu_zoo.ZOO]
+    assert set(steps) == {name for name, *_ in gpu_zoo.ZOO}
+
+
+def test_train_throughput_builds_the_model_at_the_scale_asked(monkeypatch):
+    from bsr_hub import BSRModel
+
+    built = []
+    real = BSRModel.from_preset.__func__
+
+    def recording(cls, preset, **kwargs):
+        model = real(cls, preset, **kwargs)
+        built.append(model.config.scale)
+        return model
+
+    monkeypatch.setattr(BSRModel, "from_preset", classmethod(recording))
+    rate = gpu.train_throughput("cpu", "bsr-tiny", False, False, batch=1, patch=8, steps=1, warmup=0, scale=3)
+    assert built == [3] and rate > 0  # and its HR batch is 3x the patch, or the loss would not have run
+
+
+def test_the_cuda_evaluation_test_runs_on_the_staged_data(tmp_path):
+    """tests/test_cuda.py's CUDA-vs-CPU evaluation skipped unless ../shared/data/README.md was there, which staging
+    never carries: on the GPU it always skipped, and could not fail."""
+    staged = tmp_path / "data"  # what a device holds: the staged image folders, no README.md
+    (staged / gpu.STAGED[0]).mkdir(parents=True)
+    assert gpu.STAGED[0] == "benchmarks/Set5"  # in the first part, the one the tests' call carries
+    assert not (staged / "README.md").is_file() and not test_cuda.missing_set5(staged)
+    assert test_cuda.missing_set5(tmp_path / "nothing")
+
+
+def test_the_cuda_evaluation_compares_fp32_with_fp32(tmp_path, tiny_checkpoint, bench_dir):
+    """Its "fp32" on the GPU was TF32, cuDNN's default for convolutions: the evaluation it runs turns TF32 off,
+    and is otherwise evaluate.py's (run here on the CPU, so that a slip in it shows before the lease)."""
+    check = "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)"
+    flags = subprocess.run([sys.executable, "-c", test_cuda.NO_TF32 + check], capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert flags.stdout.split() == ["False", "False"], flags.stderr
+    target = tmp_path / "scores.json"
+    cmd = [sys.executable, "-c", test_cuda.FP32_EVALUATE, "--model", str(tiny_checkpoint), "--benchmarks", "Syn",
+           "--data-dir", str(bench_dir), "--device", "cpu", "--output", str(target), "-q"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = json.loads(target.read_text())
+    (first, *_) = scores["results"] if isinstance(scores, dict) else scores
+    assert first["benchmark"] == "Syn" and first["psnr"] > 0
+
+
+def fake_train(tmp_path: Path, name: str, body: str) -> list[str]:
+    """A stand-in for train.py: a Python process running `body` (it may write `MODEL`, the model's training.json)."""
+    model = tmp_path / name / "model" / "training.json"
+    model.parent.mkdir(parents=True)
+    ready = tmp_path / name / "ready"  # `body` may touch READY to say it got somewhere
+    script = f"import pathlib, signal, time; MODEL = pathlib.Path({str(model)!r}); READY = pathlib.Path({str(ready)!r}); "
+    return [sys.executable, "-c", script + body]
+
+
+def test_a_run_past_its_deadline_in_its_final_evaluation_is_let_finish(tmp_path):
+    """At the deadline a run that had written its model was in its final evaluation; train.py answers SIGTERM only
+    while it trains, so the signal killed it and the model came back without its evaluation."""
+    cmd = fake_train(tmp_path, "run", "MODEL.write_text('{}'); time.sleep(3); print('evaluated')")
+    model = tmp_path / "run" / "model" / "training.json"
+    with (tmp_path / "run.log").open("w") as log:
+        proc = gpu.start_run(cmd, log)
+        while not model.is_file() and proc.poll() is None:  # however long the start takes on a loaded machine
+            time.sleep(0.05)
+        ended = gpu.wait_for_run(proc, time.monotonic(), model)  # the deadline is now, the model written
+    assert (ended, proc.returncode) == ("finished", 0) and "evaluated" in (tmp_path / "run.log").read_text()
+
+
+def test_a_run_that_does_not_stop_is_killed_and_the_call_goes_on(tmp_path, monkeypatch):
+    """A train.py that did not exit after SIGTERM (a hung data worker, a slow checkpoint) made the phase wait
+    with no limit, past the call's, and nothing was written."""
+    monkeypatch.setattr(gpu, "TERM_S", 1.0)
+    cmd = fake_train(tmp_path, "run", "signal.signal(signal.SIGTERM, signal.SIG_IGN); READY.touch(); time.sleep(120)")
+    with (tmp_path / "run.log").open("w") as log:
+        proc = gpu.start_run(cmd, log)
+        while not (tmp_path / "run" / "ready").is_file() and proc.poll() is None:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        ended = gpu.wait_for_run(proc, time.monotonic() + 1.0, tmp_path / "run" / "model" / "training.json")
+    assert ended == "killed" and proc.returncode == -9 and time.monotonic() - t0 < 30
+
+
+def test_the_zoo_ends_its_stopped_runs_together_and_within_a_limit(tmp_path, monkeypatch):
+    """gpu_zoo's finish runs went one after another with no time limit: one that hung took the call past its
+    limit, and every summary file with it."""
+    monkeypatch.setattr(gpu, "GRACE_S", 1.0)
+    monkeypatch.setattr(gpu, "TERM_S", 1.0)
+    monkeypatch.setattr(gpu, "start_run", lambda cmd, log: subprocess.Popen(
+        FAKES[cmd[cmd.index("--output.dir") + 1]], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    FAKES = {str(tmp_path / "quick"): fake_train(tmp_path, "quick", "MODEL.write_text('{}'); time.sleep(2)"),
+             str(tmp_path / "hung"): fake_train(tmp_path, "hung", "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                                                  "time.sleep(120)")}
+    runs = []
+    for name in ("quick", "hung"):
+        (tmp_path / name / "checkpoints" / "step_40").mkdir(parents=True)
+        runs.append({"name": name, "command": ["python", "train.py", "--optim.max_steps", "100", "--output.dir",
+                                               str(tmp_path / name)]})
+    t0 = time.monotonic()
+    gpu_zoo.finish_runs(runs, tmp_path, tmp_path, seconds=15.0)  # room for a slow start on a loaded machine
+    quick, hung = runs
+    assert quick["finish_ended"] == "finished" and quick["returncode"] == 0
+    assert hung["finish_ended"] in ("stopped", "killed") and hung["returncode"] != 0
+    assert "--optim.max_steps 40" in quick["finish_command"] and "--resume latest" in quick["finish_command"]
+    assert time.monotonic() - t0 < 15.0 + gpu.GRACE_S + gpu.TERM_S + 10  # bounded, whatever the runs do
+
+
+def test_the_zoo_call_writes_its_summary_after_each_run(tmp_path, monkeypatch):
+    """gpu_zoo's train call end to end on the CPU, train.py stood in for by processes that write a history: the
+    four runs start, end, and the summary, report and joined logs come back."""
+    data = tmp_path / "data"
+    for d in ("train/T91", "train/BSD200", "train/BSDS500_test200", "benchmarks/Set5"):
+        (data / d).mkdir(parents=True)
+    monkeypatch.setattr(gpu, "device_setup", lambda cpu: data)
+    monkeypatch.setattr(gpu, "DEVICE_DATA", tmp_path / "device_data")
+    monkeypatch.setattr(gpu, "RESULTS", tmp_path / "device_data" / "results")
+    monkeypatch.setattr(gpu_zoo, "REPORT", tmp_path / "out" / "gpu_zoo.md")
+    started = []
+
+    def fake_start(cmd: list[str], log) -> subprocess.Popen:
+        folder = Path(cmd[cmd.index("--output.dir") + 1])
+        steps = int(cmd[cmd.index("--optim.max_steps") + 1])
+        started.append(folder.name)
+        entries = "".join(json.dumps({"step": s, "samples_per_s": 10.0 * s}) + "\n" for s in range(1, steps + 1))
+        script = (f"import pathlib; f = pathlib.Path({str(folder)!r}); f.mkdir(parents=True, exist_ok=True); "
+                  f"(f / 'history.jsonl').write_text({entries!r}); print('trained')")
+        return subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    monkeypatch.setattr(gpu, "start_run", fake_start)
+    args = argparse.Namespace(cpu=True, out=str(tmp_path / "out"), train_seconds=120.0)
+    assert gpu_zoo.train(args) == 0
+    names = [name for name, *_ in gpu_zoo.ZOO]
+    assert started == names
+    summary = json.loads((tmp_path / "out" / "gpu_zoo_device.json").read_text())
+    assert [(r["name"], r["steps"], r["returncode"], r["stopped_at_deadline"]) for r in summary["runs"]] == [
+        (name, 8, 0, False) for name in names]
+    assert all(isinstance(r["command"], str) and "train.py" in r["command"] for r in summary["runs"])
+    logs = (tmp_path / "out" / "train_logs.txt").read_text()
+    assert all(f"===== {name}" in logs for name in names) and logs.count("trained") == 4
+    assert "bsr-lite-x4" in (tmp_path / "out" / "gpu_zoo.md").read_text()
+    # A failure at the third model (a pack, a full disk) keeps what the first two wrote.
+    real_collect = gpu_zoo.collect
+
+    def collect(r: dict, folder: Path, out: Path) -> None:
+        if r["name"] == "bsr-lite-x4":
+            raise OSError("no space left on device (simulated)")
+        real_collect(r, folder, out)
+
+    monkeypatch.setattr(gpu_zoo, "collect", collect)
+    (tmp_path / "out" / "gpu_zoo_device.json").unlink()
+    with pytest.raises(OSError, match="simulated"):
+        gpu_zoo.train(args)
+    kept = json.loads((tmp_path / "out" / "gpu_zoo_device.json").read_text())
+    assert [r["name"] for r in kept["runs"]] == names[:2]
