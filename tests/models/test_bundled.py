@@ -31,10 +31,6 @@ REQUIRED = {
     "bsr-lite-x4-robust": ("bsr-lite-x4 - 0.5 dB", (30.61, 27.36, 26.68)),
 }
 ROBUST = [n for n in BUNDLED if trained_for(bundled_checkpoints()[n]) == "real"]
-# Issue 24's bar for a resizer alone is +0.5 dB over bicubic. bsr-lite-x4-robust does not reach it yet on
-# non-antialiased cubic LR (OpenCV INTER_CUBIC, F.interpolate bicubic: +0.41 on Set5, bench/results/robust_zoo.md):
-# held here at what is bundled, so that it cannot slip further, until a longer run lifts it (issue 24 stays open).
-RESIZE_BAR = {"bsr-lite-x4-robust": 0.4}
 
 
 def test_the_zoo_has_every_scale_and_the_fast_model():
@@ -173,7 +169,7 @@ def test_robust_checkpoints_beat_bicubic_on_every_input_of_the_suite(name):
     for r in document["rows"]:
         if r["benchmark"] not in ("Set5", "Set14") or row_family(r) == "camera":
             continue
-        bar = RESIZE_BAR.get(name, 0.5) if row_family(r) == "resize" else 0.0
+        bar = 0.5 if row_family(r) == "resize" else 0.0
         gain = r["psnr"] - r["bicubic_psnr"]
         assert gain >= bar, f"{name}, {r['benchmark']}, {r['degradation']}: {gain:+.2f} dB over bicubic (< {bar})"
     assert set(document["families"]) == set(FAMILIES)
