@@ -30,7 +30,9 @@ def verdict(iv: Interval, paper_diff: float | None) -> str:
     if iv.n < 2:
         return "one seed: no interval yet"
     if not iv.excludes_zero:
-        return "cannot resolve at this budget: the interval holds 0"
+        if paper_diff is not None and not iv.low <= paper_diff <= iv.high:
+            return f"no difference found, and the paper's {paper_diff:+.2f} dB lies outside the interval: contradicts its size"
+        return "cannot resolve at this budget: the interval holds 0" + ("" if paper_diff is None else " and the paper's value")
     sign = "lower" if iv.mean < 0 else "higher"
     if paper_diff is None:
         return f"{sign} than full BSR (the paper has no such column)"
@@ -98,7 +100,7 @@ RERUN = [
 
 def resolution_lines(runs: dict, keys: tuple[str, ...]) -> list[str]:
     """How large an effect this many seeds can resolve, from the spread of the paired differences measured."""
-    n = len(runs["full"])
+    n = min(len(rows) for rows in runs.values())  # the seeds every column has
     sds = sorted(paired(runs, c, "mean").sd for c in runs if c != "full" and len(runs[c]) > 1)
     if not sds or n < 2:
         return []

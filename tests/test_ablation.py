@@ -48,7 +48,10 @@ def test_the_verdict_separates_reproduced_contradicted_and_unresolved():
         "reproduces the paper's direction (and its size: the paper -0.05 dB)"
     assert verdict(Interval(-0.3, -0.4, -0.2, 0.05, 3), -0.05).endswith("(not its size: the paper -0.05 dB)")
     assert verdict(Interval(0.05, 0.02, 0.08, 0.01, 3), -0.10).startswith("contradicts the paper")
-    assert verdict(Interval(-0.02, -0.09, 0.05, 0.03, 3), -0.10).startswith("cannot resolve")
+    assert verdict(Interval(-0.02, -0.09, 0.05, 0.03, 3), -0.05) == \
+        "cannot resolve at this budget: the interval holds 0 and the paper's value"
+    assert verdict(Interval(-0.02, -0.09, 0.05, 0.03, 3), None) == "cannot resolve at this budget: the interval holds 0"
+    assert verdict(Interval(-0.003, -0.012, 0.006, 0.005, 4), -0.03).endswith("outside the interval: contradicts its size")
     assert verdict(Interval(-0.02, -0.02, -0.02, 0.0, 1), -0.10) == "one seed: no interval yet"
 
 
