@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from pathlib import Path
 
 # Set before anything imports huggingface_hub: offline lookups fail in milliseconds instead of ~23 s of retries.
@@ -107,6 +108,39 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         server.stop()
         close_session()
     assert not server.unimplemented, server.unimplemented_report()
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """A model that runs out of memory on any input larger than `limit` pixels on a side, as a CUDA pass that is
+    too large does, and runs `model` otherwise: it first allocates the failing pass's working buffer (a weak
+    reference to each is kept in `buffers`), then raises `error`. Any model of the `Upscaler` protocol fits."""
+
+    def __init__(self, model: torch.nn.Module, limit: int, error: type[Exception] = torch.OutOfMemoryError):
+        super().__init__()
+        self.model, self.limit, self.error = model, limit, error
+        self.buffers: list[weakref.ref] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if max(x.shape[-2:]) > self.limit:
+            work = torch.empty(1, 64, *x.shape[-2:])  # the feature maps of the pass that fails
+            self.buffers.append(weakref.ref(work))
+            raise self.error("CUDA out of memory (simulated)")
+        return self.model(x)
+
+    def memory_per_input_pixel(self):
+        return self.model.memory_per_input_pixel()
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
 
 
 @pytest.fixture

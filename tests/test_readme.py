@@ -184,3 +184,23 @@ def test_command_line_block_runs(cli_workspace):
             argv = shlex.split(line.replace("[--model PATH_OR_ID ...]", "--model a --model b"))[1:]
             args = build_parser().parse_args(argv)
             assert args.func is cmd_demo and args.model == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_model_files_and_leaderboard_block_runs(exported, cli_workspace):
+    """The block that scores `bsr-hub export`'s file in ONNX Runtime and OpenCV and writes a leaderboard, run as
+    written in the Command line block's workspace (`../shared/data/benchmarks` stand-ins) with that file in it."""
+    pytest.importorskip("cv2", reason="opencv is not installed (pip install opencv-python-headless)")
+    work = cli_workspace
+    shutil.copy(exported / "bsr-lite-x2.onnx", work)
+    code = block("bash", "--leaderboard").replace("\\\n", "")
+    lines = [line.split("#", 1)[0].strip() for line in code.splitlines() if line.strip()]
+    assert len(lines) == 3 and all(line.startswith("bsr-hub eval") for line in lines), lines
+    for line in lines:
+        run = run_cli(line, work)
+        assert run.returncode == 0, (line, run.stderr)
+        assert "Set5" in run.stdout, run.stdout
+    table = (work / "leaderboard" / "leaderboard.md").read_text()
+    for model in ("bsr-tiny-x2", "bsr-lite-x2", "bsr-lite-x2.onnx", "bicubic"):
+        assert f"| {model} |" in table, table
+    assert (work / "leaderboard" / "leaderboard.png").stat().st_size > 0

@@ -1,6 +1,8 @@
 """`bsr-hub eval` and `python evaluate.py` (`eval_main`): score a model on SR benchmarks under the published
-protocol, or the robustness suite (`--suite robustness`); print the table, write the JSON and the model card. The
-flags (`add_eval_arguments`) are shared by both command lines.
+protocol, or the robustness suite (`--suite robustness`); print the table, write the JSON and the model card; or
+score several models side by side (`--leaderboard DIR`: a table and a plot). A model is a BSR checkpoint, bicubic,
+an ONNX file or an OpenCV model (evaluation/loading.py). The flags (`add_eval_arguments`) are shared by both
+command lines.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """The evaluation flags, shared by `evaluate.py` and `bsr-hub eval`."""
     from ..data import DEFAULT_BENCHMARKS, DEGRADATIONS
 
-    parser.add_argument("--model", required=True, help="bundled name, local folder, Hub repo id, or 'bicubic'")
+    parser.add_argument(
+        "--model", required=True, nargs="+", metavar="MODEL",  # a repeated --model replaces the earlier values
+        help="a BSR checkpoint (bundled name, local folder, Hub repo id), 'bicubic', an ONNX file (PATH.onnx: ONNX "
+             "Runtime; opencv:PATH: OpenCV's dnn; float32 RGB in [0, 1], NCHW, as bsr-hub export writes) or an OpenCV "
+             "dnn_superres model (dnn_superres:ALGORITHM:PATH, opencv-contrib). Several (--model A B C): with --leaderboard",
+    )
+    parser.add_argument(
+        "--leaderboard", default=None, metavar="DIR",
+        help="score every --model in this run and write DIR/leaderboard.md (PSNR/SSIM per benchmark, parameters, "
+             "seconds per image), DIR/leaderboard.png (PSNR against time) and DIR/leaderboard.json",
+    )
     parser.add_argument(
         "--suite", default="published", choices=["published", "robustness"],
         help="published (default): the papers' protocol, LR by MATLAB bicubic. robustness: LR by other resizers "
@@ -42,7 +54,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--dataset", default=None, help="a Hub dataset id with an image column, instead of --data-dir")
     parser.add_argument("--split", default="test", help="split of --dataset (default test)")
     parser.add_argument("--image-column", default="image", help="image column of --dataset (default image)")
-    parser.add_argument("--scale", type=int, default=None, help="scale (default: the model's; required for bicubic)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="scale (default: the model's, or an ONNX file's metadata; required for bicubic, "
+                             "dnn_superres and graphs without it)")
     parser.add_argument("--degradation", default="BI", choices=list(DEGRADATIONS), help="how LR is made (default BI)")
     parser.add_argument("--self-ensemble", action="store_true", help="mean over the 8 flips/rotations ('+')")
     parser.add_argument("--tile", type=parse_tile_arg, default="auto",
@@ -61,7 +75,7 @@ def eval_command_line(args: argparse.Namespace, scale: int, prog: str = "python 
 
     from ..data import DEFAULT_BENCHMARKS
 
-    parts = ["--model", args.model]
+    parts = ["--model", *args.model]
     if args.dataset:
         parts += ["--dataset", args.dataset, "--split", args.split, "--image-column", args.image_column]
     else:
@@ -81,7 +95,6 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
     `prog` starts the command line recorded in the card next to the numbers.
     """
     from ..core import MissingExtraError, require
-    from ..data import DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
 
     try:  # every benchmark is read through datasets: say so now, in one line, not as a traceback later
         datasets = require("datasets", extra="train", what="evaluation")
@@ -90,6 +103,12 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
         return 2
     if args.quiet:
         datasets.disable_progress_bars()
+    if args.leaderboard:
+        return eval_leaderboard(args, prog)
+    if len(args.model) > 1:
+        print(f"error: {len(args.model)} --model values: scoring several models needs --leaderboard DIR",
+              file=sys.stderr)
+        return 2
     if args.suite == "robustness":
         return eval_robustness(args, prog)
     from ..evaluation import BICUBIC, evaluate_benchmarks, launch_accelerator, load_model, markdown_table
@@ -97,41 +116,29 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
 
     accelerator, device = launch_accelerator(args.device)
     is_main = accelerator is None or accelerator.is_main_process
+    (name,) = args.model
     try:
-        model = load_model(args.model, args.scale, device)
+        model = load_model(name, args.scale, device)
         if args.update_card:
-            check_card_target(args.update_card, args.model, model)  # before hours of evaluation, not after
+            check_card_target(args.update_card, name, model)  # before hours of evaluation, not after
         scale = args.scale or model.scale
-        if args.dataset:
-            if args.benchmarks and len(args.benchmarks) > 1:
-                raise EvaluationError("with --dataset give at most one --benchmarks name (the label of that dataset)")
-            names = args.benchmarks or [args.dataset.rstrip("/").split("/")[-1]]
-        else:
-            names = args.benchmarks or list(DEFAULT_BENCHMARKS)
-        benchmarks = [
-            load_benchmark(n, args.data_dir, dataset=args.dataset, split=args.split, image_column=args.image_column)
-            for n in names
-        ]
+        benchmarks = _benchmarks(args)
         results = evaluate_benchmarks(
-            model, benchmarks, scale, args.degradation, with_bicubic=args.update_card is not None and args.model != BICUBIC,
+            model, benchmarks, scale, args.degradation, with_bicubic=args.update_card is not None and name != BICUBIC,
             self_ensemble=args.self_ensemble, tile=args.tile, save_dir=args.save_images, accelerator=accelerator,
             progress=not args.quiet,
         )
-    except (OSError, ValueError) as err:  # EvaluationError and RecordError are ValueErrors
+    except (OSError, ValueError, ImportError) as err:  # EvaluationError, RecordError: ValueErrors; a missing runtime
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     if not is_main:
         return 0
-    print(markdown_table(args.model, results))
+    print(markdown_table(name, results))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(args.output, json.dumps({"model": args.model, "results": results}, indent=2) + "\n")
-    status = 0
-    for r in results:
-        for f in r.get("failed", []):
-            print(f"error: {r['benchmark']}: {f['error']}", file=sys.stderr)
-            status = 1
+        write_text_atomically(args.output, json.dumps({"model": name, "results": results}, indent=2) + "\n")
+    status = _report_failures(results)
     if args.update_card:
         try:
             path = update_card(args.update_card, results, evaluation_command=eval_command_line(args, scale, prog))
@@ -140,6 +147,68 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return status
+
+
+def _benchmarks(args: argparse.Namespace) -> list:
+    """The benchmarks the flags name: folders under --data-dir, or one Hub dataset (--dataset)."""
+    from ..data import DEFAULT_BENCHMARKS, EvaluationError, load_benchmark
+
+    if args.dataset:
+        if args.benchmarks and len(args.benchmarks) > 1:
+            raise EvaluationError("with --dataset give at most one --benchmarks name (the label of that dataset)")
+        names = args.benchmarks or [args.dataset.rstrip("/").split("/")[-1]]
+    else:
+        names = args.benchmarks or list(DEFAULT_BENCHMARKS)
+    return [load_benchmark(n, args.data_dir, dataset=args.dataset, split=args.split, image_column=args.image_column)
+            for n in names]
+
+
+def _report_failures(results: list[dict]) -> int:
+    """Print each image that could not be scored; 1 if any, else 0."""
+    status = 0
+    for r in results:
+        for f in r.get("failed", []):
+            print(f"error: {r['benchmark']}: {f['error']}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def eval_leaderboard(args: argparse.Namespace, prog: str) -> int:
+    """`--leaderboard DIR`: every --model scored and timed in this process; the table, the plot and the JSON."""
+    import os
+    import shlex
+    import time
+
+    import torch
+
+    from ..evaluation import resolve_device, run_leaderboard, timing_note, write_leaderboard
+
+    refused = [flag for flag, used in (("--suite robustness", args.suite != "published"), ("--output", args.output),
+                                       ("--update-card", args.update_card), ("--save-images", args.save_images))
+               if used]
+    if refused or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        why = f"drop {', '.join(refused)}" if refused else "run it in one process (its times are one machine's)"
+        print(f"error: --leaderboard writes its own table, plot and JSON: {why}", file=sys.stderr)
+        return 2
+    started, load_before = time.time(), os.getloadavg()[0]
+    try:
+        benchmarks = _benchmarks(args)
+        entries = run_leaderboard(args.model, benchmarks, args.scale, device=resolve_device(args.device),
+                                  degradation=args.degradation, self_ensemble=args.self_ensemble, tile=args.tile,
+                                  progress=not args.quiet)
+    except (OSError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    note = timing_note(torch.get_num_threads(), (load_before, os.getloadavg()[0]), started)
+    words = ["--model", *args.model, "--benchmarks", *(b.name for b in benchmarks)]
+    words += ["--dataset", args.dataset] if args.dataset else ["--data-dir", str(args.data_dir)]
+    words += [*(["--scale", str(args.scale)] if args.scale else []), "--degradation", args.degradation,
+              *(["--self-ensemble"] if args.self_ensemble else []),
+              *(["--tile", str(args.tile or 0)] if args.tile != "auto" else []), "--leaderboard", args.leaderboard]
+    paths = write_leaderboard(entries, args.leaderboard, note, " ".join([prog, *map(shlex.quote, words)]))
+    print(paths[0].read_text())
+    print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
+    return max((_report_failures(e.results) for e in entries), default=0)
 
 
 def eval_robustness(args: argparse.Namespace, prog: str) -> int:
@@ -153,8 +222,8 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         FAMILIES,
         InputDegradation,
         evaluate_robustness,
-        merge_documents,
         load_model,
+        merge_documents,
         resolve_device,
         results_document,
         robustness_suite,
@@ -166,10 +235,11 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
               file=sys.stderr)
         return 2
     families = args.families or list(FAMILIES)
+    (name,) = args.model
     try:
-        model = load_model(args.model, args.scale, resolve_device(args.device))
+        model = load_model(name, args.scale, resolve_device(args.device))
         if args.update_card:
-            check_card_target(args.update_card, args.model, model)
+            check_card_target(args.update_card, name, model)
         scale = args.scale or model.scale
         names = args.benchmarks or list(DEFAULT_SUITE_BENCHMARKS)
         benchmarks = [load_benchmark(n, args.data_dir) for n in names]
@@ -180,13 +250,13 @@ def eval_robustness(args: argparse.Namespace, prog: str) -> int:
         skipped_images: list[dict[str, str]] = []
         rows = evaluate_robustness(model, benchmarks, scale, suite, tile=args.tile, progress=not args.quiet,
                                    skipped_images=skipped_images)
-    except (EvaluationError, RecordError, OSError, ValueError) as err:
+    except (EvaluationError, RecordError, OSError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    words = ["--suite", "robustness", "--model", args.model, "--benchmarks", *names, "--data-dir", str(args.data_dir),
+    words = ["--suite", "robustness", "--model", name, "--benchmarks", *names, "--data-dir", str(args.data_dir),
              "--scale", str(scale), *(["--families", *families] if args.families else [])]
     command = " ".join([prog, *map(shlex.quote, words)])
-    document = results_document(args.model, scale, rows, skipped, command, skipped_images)
+    document = results_document(name, scale, rows, skipped, command, skipped_images)
     document["wall_time_s"] = round(time.perf_counter() - started, 1)
     print(robustness_table(document))
     for resizer, why in skipped.items():

@@ -4,7 +4,8 @@ The protocol (METHOD.md section 7) lives in `metrics` and `degradations`; this m
 
 - each HR is mod-cropped, degraded (BI or BD) to uint8 LR, grey LR replicated to 3 channels for the network,
   and super-resolved through `model.upscale` (so tiling and self-ensemble are the library's own); any model
-  of the `inference.Upscaler` contract runs, `BSRModel` and the bicubic baseline (`bicubic.py`) alike;
+  of the `inference.Upscaler` contract runs, `BSRModel`, the bicubic baseline (`bicubic.py`) and the ONNX
+  Runtime and OpenCV models (`loading.py`) alike;
 - per-image PSNR / SSIM, then the mean; unreadable images are reported by name and make the run fail;
 - under `accelerate launch` the images are split across processes and gathered with `gather_for_metrics`.
 
@@ -38,7 +39,9 @@ from ..data import (
     modcrop,
     read_hr,
 )
+from ..inference import Upscaler
 from .bicubic import BicubicModel
+from .loading import BICUBIC, load_model
 from .metrics import psnr_ssim, quantize
 
 __all__ = [  # the benchmark side is re-exported: scoring callers (robustness, bench/) import it from here
@@ -46,29 +49,6 @@ __all__ = [  # the benchmark side is re-exported: scoring callers (robustness, b
     "ImageRecord", "evaluate_benchmark", "evaluate_benchmarks", "launch_accelerator", "load_benchmark", "load_model",
     "markdown_table", "read_hr", "score_image",
 ]
-
-BICUBIC = "bicubic"
-
-
-def load_model(name: str, scale: int | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """`bicubic`, a bundled checkpoint name, a local folder or a Hub repo id, checked against `scale`.
-
-    Raises:
-        EvaluationError: `bicubic` without a scale, or a model whose scale is not `scale`.
-    """
-    if name == BICUBIC:
-        if scale is None:
-            raise EvaluationError("--model bicubic needs --scale (2, 3, 4, ...)")
-        return BicubicModel(scale).to(device)
-    from ..models import BSRModel
-
-    model = BSRModel.from_pretrained(name, map_location=device)
-    if scale is not None and model.scale != scale:
-        raise EvaluationError(
-            f"model {name} is a x{model.scale} model but --scale {scale} was asked; "
-            f"pass --scale {model.scale} or a x{scale} checkpoint"
-        )
-    return model.eval()
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -123,7 +103,7 @@ def _lr_tensor(lr: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def score_image(
-    model: torch.nn.Module,
+    model: Upscaler,
     hr: np.ndarray,
     scale: int,
     degradation: str = "BI",
@@ -135,19 +115,20 @@ def score_image(
 
     Returns:
         (psnr, ssim, sr, seconds) with sr the (1, 3, H, W) float output in [0, 1] and seconds the time spent in
-        degradation, model and metrics.
+        degradation, model and metrics, and the CPU time the process spent in the model ("model_cpu": every
+        thread's, so it is what other processes on the machine do not change).
     """
     t0 = time.perf_counter()
     hr = modcrop(hr, scale)
     lr = degrade(hr, scale, degradation)
     x = _lr_tensor(lr, model.device)  # (1, 3, h, w)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     # The library's default fast path (tile="auto", backend="auto"): within one 8-bit level of one pass, and the
     # scores to 0.001 dB (bench/results/evaluate.md); --tile 0 forces one pass.
     sr = model.upscale(x, tile=tile, self_ensemble=self_ensemble)  # (1, 3, h*s, w*s)
     if sr.device.type == "cuda":
         torch.cuda.synchronize(sr.device)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     if sr.shape[-2:] != hr.shape[:2]:
         raise EvaluationError(f"the model returned {tuple(sr.shape[-2:])} for a {hr.shape[:2]} ground truth")
     hr_t = torch.from_numpy(np.ascontiguousarray(hr)).to(sr.device)
@@ -155,7 +136,7 @@ def score_image(
     p, s = psnr_ssim(sr, hr_t, shave=scale)
     p, s = float(p[0]), float(s[0])
     t3 = time.perf_counter()
-    return p, s, sr, {"degrade": t1 - t0, "model": t2 - t1, "metrics": t3 - t2}
+    return p, s, sr, {"degrade": t1 - t0, "model": t2 - t1, "model_cpu": c2 - c1, "metrics": t3 - t2}
 
 
 def _save_sr(sr: torch.Tensor, target: Path) -> None:
@@ -166,7 +147,7 @@ def _save_sr(sr: torch.Tensor, target: Path) -> None:
 
 
 def evaluate_benchmark(
-    model: torch.nn.Module,
+    model: Upscaler,
     benchmark: Benchmark,
     scale: int,
     degradation: str = "BI",
@@ -189,7 +170,7 @@ def evaluate_benchmark(
     n = _check_request(model, benchmark, scale, degradation)
     distributed = accelerator is not None and accelerator.num_processes > 1
     is_main = accelerator is None or accelerator.is_local_main_process
-    timing = {"read": 0.0, "degrade": 0.0, "model": 0.0, "metrics": 0.0, "save": 0.0}
+    timing = {"read": 0.0, "degrade": 0.0, "model": 0.0, "model_cpu": 0.0, "metrics": 0.0, "save": 0.0}
     failed: list[dict[str, str]] = []
     rows: list[tuple[int, float, float]] = []  # (index, psnr, ssim), nan for a failed image
 
@@ -227,7 +208,7 @@ def evaluate_benchmark(
     return _benchmark_result(benchmark, scale, degradation, self_ensemble, rows, failed, timing)
 
 
-def _check_request(model: torch.nn.Module, benchmark: Benchmark, scale: int, degradation: str) -> int:
+def _check_request(model: Upscaler, benchmark: Benchmark, scale: int, degradation: str) -> int:
     """The number of images to score; EvaluationError for a request that cannot be scored."""
     if degradation not in DEGRADATIONS:
         raise EvaluationError(f"degradation must be one of {DEGRADATIONS}, got {degradation!r}")
@@ -332,7 +313,7 @@ def markdown_table(model_name: str, results: Sequence[dict[str, Any]]) -> str:
 
 
 def evaluate_benchmarks(
-    model: torch.nn.Module,
+    model: Upscaler,
     benchmarks: Sequence[Benchmark],
     scale: int,
     degradation: str = "BI",

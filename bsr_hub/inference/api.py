@@ -21,6 +21,7 @@ from .convert import _network_input, _Output, _prepare
 from .protocol import Upscaler
 from .tiling import (
     AUTO,
+    BORDER_CONTEXT,
     DEFAULT_TILE_OVERLAP,
     MIN_TILE,
     TileSetting,
@@ -98,6 +99,7 @@ def super_resolve_bands(
     device, dtype = model.device, model.dtype
     tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
     backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
+    context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
     def layout(whole: bool) -> torch.memory_format:
         # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in every run of bench/fast_path.py
         # (eager at 1024x1024: 3.9 against 5.1 s in bench/results/fast_path_1024_run1.md, 4.3 against 4.8 s in
@@ -124,7 +126,8 @@ def super_resolve_bands(
             with torch.no_grad():
                 # An out-of-memory retry tiles too, so it takes the tiles' layout: the same result as asking for it.
                 run = functools.partial(forward, memory_format=layout(whole=size is None))
-                _run_tiled(run, x, model.scale, size, tiling.overlap, lambda row, band: emit(row, band.clamp_(0, 1)))
+                _run_tiled(run, x, model.scale, size, tiling.overlap, lambda row, band: emit(row, band.clamp_(0, 1)),
+                           context=context)
                 return
         except torch.cuda.OutOfMemoryError:
             # Only decide here: the exception in hand keeps the failed pass's frames, and their tensors, alive.

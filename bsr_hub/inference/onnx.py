@@ -10,6 +10,9 @@ Why the TorchScript-based exporter (`dynamo=False`) and opset 17: torch 2.13's d
 writes opset-18 reductions (the attention's channel max and mean) with a shared `axes` input that OpenCV 5.0's
 dnn refuses to load, in both of its engines; the TorchScript exporter's opset-17 graph loads in OpenCV and
 ONNX Runtime alike (tests/models/test_export.py runs both).
+
+The export also writes facts into the graph's metadata (`METADATA_SCALE`, `METADATA_BORDER_CONTEXT`, ...), which
+the runtimes of `bsr-hub eval` (runtimes.py) read back: a file that says its scale needs no `--scale`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from .tiling import BORDER_CONTEXT, mirrored_border
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+METADATA_SCALE = "scale"
+"""Metadata key (a JSON integer) of the model's scale."""
+METADATA_BORDER_CONTEXT = "border_context"
+"""Metadata key (a JSON integer): LR pixels the graph mirrors beyond each border itself (`ClampedBSR`), so that a
+runtime gives it the image as it is instead of adding BORDER_CONTEXT pixels of its own (which would only double
+the mirror: within 0.001 dB of PyTorch on Set5, but not the same graph input)."""
 
 
 class ClampedBSR(nn.Module):

@@ -1,8 +1,13 @@
 """What tiling, the out-of-memory fallback and evaluation need from a model: the `Upscaler` contract.
 
 `inference.upscale`, `plan_tiling` (tiling.py) and `evaluation.evaluate_benchmark` read nothing else from a
-model, so any module with these members runs through them: `BSRModel` and the bicubic baseline
-(`bicubic.BicubicModel`) both do, and a test's wrapper can too.
+model, so any module with these members runs through them: `BSRModel`, the bicubic baseline
+(`bicubic.BicubicModel`) and the ONNX Runtime and OpenCV models of `bsr-hub eval` (runtimes.py) all do, and a
+test's wrapper can too.
+
+One member is optional: `border_context`, the LR pixels of mirrored image that inference adds beyond each border
+of the image before calling the model (tiling.BORDER_CONTEXT when absent). A model that mirrors its own border,
+an exported BSR graph (onnx.ClampedBSR), has 0, so that it sees exactly what the PyTorch model sees.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ gives the network (inference.BORDER_CONTEXT: without it the corners of flat or d
     input   "input"   float32 (batch, 3, height, width)                 RGB in [0, 1], NCHW; height, width dynamic
     output  "output"  float32 (batch, 3, height * scale, width * scale) RGB in [0, 1]
 
-Next to `model.onnx` goes `model.json` with the scale, that convention and the checkpoint's config, and the same
-facts are in the graph's metadata (`InferenceSession.get_modelmeta().custom_metadata_map`), so a user of either
-runtime need not guess.
+Next to `model.onnx` goes `model.json` with the scale, that convention, the border the graph mirrors itself and
+the checkpoint's config, and the same facts are in the graph's metadata
+(`InferenceSession.get_modelmeta().custom_metadata_map`), so a user of either runtime need not guess, and
+`bsr-hub eval --model model.onnx` needs no `--scale`.
 
 The graph's conventions (the names, the opset, the exporter's settings and why, `ClampedBSR`) are the inference
 layer's (bsr_hub/inference/onnx.py), shared with the ONNX Runtime backend of `upscale`.
@@ -26,7 +27,16 @@ from typing import Any
 import torch
 
 from ..core import require, write_atomically, write_text_atomically
-from ..inference import INPUT_NAME, OPSET, OUTPUT_NAME, ClampedBSR, trace_to_onnx
+from ..inference import (
+    BORDER_CONTEXT,
+    INPUT_NAME,
+    METADATA_BORDER_CONTEXT,
+    METADATA_SCALE,
+    OPSET,
+    OUTPUT_NAME,
+    ClampedBSR,
+    trace_to_onnx,
+)
 from .modeling import BSRModel
 
 VERIFY_TOLERANCE = 1e-3
@@ -62,7 +72,8 @@ def export_metadata(model: BSRModel, source: str) -> dict[str, Any]:
         "format": "onnx",
         "opset": OPSET,
         "source": source,
-        "scale": s,
+        METADATA_SCALE: s,
+        METADATA_BORDER_CONTEXT: BORDER_CONTEXT,  # the graph mirrors its own border (ClampedBSR)
         "input": {
             "name": INPUT_NAME,
             "dtype": "float32",

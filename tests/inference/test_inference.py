@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, requires_shared_data
+from conftest import SHARED_DATA, OutOfMemoryAbove, requires_shared_data
 from PIL import Image
 
 from bsr_hub import BSRModel, bundled_checkpoints
@@ -261,39 +261,14 @@ def test_tiles_bound_what_the_network_sees(tiny_model):
 def test_out_of_memory_retries_with_smaller_tiles(tiny_model):
     """A CUDA out-of-memory error halves the tile and retries instead of crashing."""
 
-    class RunsOutOfMemory(torch.nn.Module):
-        def __init__(self, model, limit):
-            super().__init__()
-            self.model, self.limit = model, limit
-
-        def memory_per_input_pixel(self):
-            return self.model.memory_per_input_pixel()
-
-        def forward(self, x):
-            if max(x.shape[-2:]) > self.limit:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return self.model(x)
-
-        @property
-        def scale(self):
-            return self.model.scale
-
-        @property
-        def device(self):
-            return self.model.device
-
-        @property
-        def dtype(self):
-            return self.model.dtype
-
     img = torch.rand(1, 3, 70, 90)
-    flaky = RunsOutOfMemory(tiny_model, limit=50 + 2 * tiling.BORDER_CONTEXT)  # tiles at borders see more
+    flaky = OutOfMemoryAbove(tiny_model, limit=50 + 2 * tiling.BORDER_CONTEXT, error=torch.cuda.OutOfMemoryError)
     with pytest.warns(UserWarning, match="out of memory"):
         out = api.super_resolve(flaky, img)
     expected = api.super_resolve(tiny_model, img, tile=45)  # 90 -> 45: the first size that fits
     assert torch.equal(out, expected)
     with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(UserWarning, match="retrying with tile=45"):
-        api.super_resolve(RunsOutOfMemory(tiny_model, limit=8), img)  # nothing small enough fits
+        api.super_resolve(OutOfMemoryAbove(tiny_model, limit=8), img)  # nothing small enough fits
 
 
 def test_off_the_cpu_images_too_large_for_memory_are_tiled(tiny_model, monkeypatch):

@@ -2,10 +2,10 @@
 model averages in float32; the out-of-memory retry releases the failed pass's memory after it is gone."""
 
 import sys
-import weakref
 
 import pytest
 import torch
+from conftest import OutOfMemoryAbove
 
 from bsr_hub.inference import api, tiling
 
@@ -33,39 +33,6 @@ def test_self_ensemble_of_a_half_precision_model_sums_in_float32(dtype):
     assert (got.double() - expected).abs().max().item() < 1e-6
 
 
-class OutOfMemoryOnce(torch.nn.Module):
-    """A model whose first pass allocates a working buffer and then runs out of memory, as a CUDA pass that is too
-    large does; later passes run the model. `buffers` holds weak references to every buffer the failed pass made."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model, self.failed = model, False
-        self.buffers: list[weakref.ref] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.failed:
-            self.failed = True
-            work = torch.empty(1, 64, *x.shape[-2:])  # the feature maps of the pass that fails
-            self.buffers.append(weakref.ref(work))
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return self.model(x)
-
-    def memory_per_input_pixel(self):
-        return self.model.memory_per_input_pixel()
-
-    @property
-    def scale(self):
-        return self.model.scale
-
-    @property
-    def device(self):
-        return self.model.device
-
-    @property
-    def dtype(self):
-        return self.model.dtype
-
-
 def test_out_of_memory_retry_releases_memory_after_the_failed_pass_is_gone(tiny_model, monkeypatch):
     """`torch.cuda.empty_cache()` inside the `except` frees nothing: the exception being handled holds the
     traceback, its frames hold the failed pass's tensors, and the caching allocator can only return blocks that no
@@ -76,7 +43,8 @@ def test_out_of_memory_retry_releases_memory_after_the_failed_pass_is_gone(tiny_
         seen.append({"handling": sys.exc_info(), "buffers_alive": [ref() is not None for ref in flaky.buffers]})
 
     monkeypatch.setattr(api, "release_cached_memory", release)
-    flaky = OutOfMemoryOnce(tiny_model)
+    # The whole 80x72 image (96x88 with its mirrored border) fails; tiles of 40 (56 at most with theirs) fit.
+    flaky = OutOfMemoryAbove(tiny_model, limit=40 + 2 * tiling.BORDER_CONTEXT)
     img = torch.rand(1, 3, 80, 72)
     with pytest.warns(UserWarning, match="out of memory at tile=None; retrying with tile=40"):
         out = api.super_resolve(flaky, img, tile=None, backend="eager")
