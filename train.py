@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shlex
 import sys
 import time
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 from bsr_hub import BSRModel
 from bsr_hub.commands.train import load_train_config
 from bsr_hub.core.cpu import describe_cpu, has_native_bf16
+from bsr_hub.core.launch import check_launch, launched_world_size
 from bsr_hub.training import (
     HybridLoss,
     LossMeter,
@@ -124,19 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     cfg, command = read_settings(argv)
 
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
 
     check_mixed_precision(cfg)
     choose_kernels(cfg.optim, cuda=torch.cuda.is_available())  # cuDNN autotuned, as bench/gpu.py times it, or fixed
+    try:  # `accelerate launch --cpu --num_machines 2` starts unsynchronised processes that would each train alone
+        check_launch()
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # two CPU processes only synchronise (gloo) with cpu=True
         mixed_precision=cfg.optim.mixed_precision,
         gradient_accumulation_steps=cfg.optim.gradient_accumulation_steps,
         log_with=None if cfg.output.report_to == "none" else cfg.output.report_to,
-        project_dir=cfg.output.dir,
+        # Node-local disks: a copy of each checkpoint on every machine (TrainingRun picks one writer per disk).
+        project_config=ProjectConfiguration(project_dir=cfg.output.dir, save_on_each_node=cfg.output.save_on_each_node),
     )
-    if int(os.environ.get("WORLD_SIZE", "1")) != accelerator.num_processes:
-        raise SystemExit(f"error: launched {os.environ['WORLD_SIZE']} processes but Accelerate sees {accelerator.num_processes}")
+    if launched_world_size() != accelerator.num_processes:
+        raise SystemExit(f"error: launched {launched_world_size()} processes but Accelerate sees {accelerator.num_processes}")
     notice = validation_notice(cfg)
     if notice:
         accelerator.print(notice)

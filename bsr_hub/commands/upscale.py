@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core import plan_jobs, save_image_atomic
+from ..core import check_launch, describe_process, launched_world_size, plan_jobs, save_image_atomic
 
 OUTPUT_FORMATS = {"png": "PNG", "tiff": "TIFF", "webp": "WEBP", "jpg": "JPEG"}
 
@@ -115,7 +115,8 @@ def _upscale_files(model, jobs: list, args: argparse.Namespace) -> list[str | No
 def _distributed_state():
     """Accelerate's PartialState when launched as several processes (`accelerate launch`, torchrun), else None.
     Imported only then: plain `bsr-hub upscale` needs no accelerate."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    check_launch()  # `accelerate launch --cpu --num_machines 2`: each process would upscale every file alone
+    if launched_world_size() <= 1:
         return None
     import torch
 
@@ -127,7 +128,7 @@ def _distributed_state():
     # would upscale every file alone (racing for the same outputs): ENVIRONMENT.md, "Accelerate on a CPU".
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu)
-    world = int(os.environ["WORLD_SIZE"])
+    world = launched_world_size()
     if state.num_processes != world:
         raise ValueError(f"launched as {world} processes, but accelerate set up {state.num_processes}")
     return state
@@ -142,11 +143,32 @@ def _report(message: str) -> None:
 def _prepare_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The distributed state (None in one process) and the model the flags ask for, checked against them: a bad
     --model, --scale, --device, --dtype or --backend fails here (ValueError, OSError, ImportError), before any
-    file is read."""
+    file is read. Over several processes they all fail together, naming the machine where it failed (a --model
+    folder on one machine's own disk only): none is left waiting for the others."""
+    state = _distributed_state()  # before the model: under accelerate launch each process has its own device
+    try:
+        model, error = _checked_model(args, state), None
+    except (ValueError, OSError, ImportError) as err:
+        if state is None:
+            raise
+        model, error = None, str(err)
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        failed = [(e, place) for e, place in gather_object([(error, describe_process(state))]) if e]
+        if failed:
+            state.wait_for_everyone()
+            state.destroy_process_group()
+            if len(failed) == state.num_processes and len({e for e, _ in failed}) == 1:
+                raise ValueError(failed[0][0])  # the same on every machine: the flags, not a machine
+            raise ValueError("; ".join(f"on {place}: {e}" for e, place in failed))
+    return state, model
+
+
+def _checked_model(args: argparse.Namespace, state: Any) -> Any:
     from ..inference import check_precision, resolve_backend
     from ..models import DEFAULT_REASONS, default_checkpoint, list_checkpoints
 
-    state = _distributed_state()  # before the model: under accelerate launch each process has its own device
     device = str(state.device) if state is not None and args.device == "auto" else args.device
     name = args.model or default_checkpoint(args.scale or 2, "photos")
     if not args.model and (state is None or state.is_main_process):
@@ -159,7 +181,7 @@ def _prepare_model(args: argparse.Namespace) -> tuple[Any, Any]:
                          f"(bundled x{args.scale}: {', '.join(list_checkpoints(args.scale)) or 'none'})")
     check_precision(model)  # fp16 on a CPU fails here, once, not on every image
     resolve_backend(model, args.backend)  # onnxruntime on a GPU fails here too
-    return state, model
+    return model
 
 
 def _plan_upscale_jobs(args: argparse.Namespace, out_dir: Path) -> list | None:
@@ -217,6 +239,29 @@ def _upscale_share(model, share: list, args: argparse.Namespace, progress: Any) 
     return done, skipped, failed
 
 
+def _agree_on_jobs(state: Any, jobs: list | None) -> list | None:
+    """The planned files when every process planned the same ones (the shares are cut from that list: each file in
+    exactly one share); else None on every process, after the main process has said which saw what. Machines
+    that see different inputs (disks of their own with different copies), or one with nothing to do, would
+    otherwise upscale some files twice and others never, or leave the rest waiting for it."""
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    names = None if jobs is None else "\n".join(str(job.source) for job in jobs)
+    digest = None if names is None else hashlib.sha256(names.encode()).hexdigest()
+    plans = gather_object([(digest, len(jobs or []), describe_process(state))])
+    if plans[0][0] is not None and all(p[0] == plans[0][0] for p in plans):
+        return jobs
+    if state.is_main_process and any(p[0] is not None for p in plans):
+        seen = "; ".join(f"{place}: {'nothing to do' if d is None else f'{n} files'}" for d, n, place in plans)
+        print(f"error: the processes did not plan the same files ({seen}): every machine must see the same inputs "
+              "(one shared folder, or the same copy on each)", file=sys.stderr)
+    state.wait_for_everyone()
+    state.destroy_process_group()  # as at a normal end: gloo's threads must not outlive the work
+    return None
+
+
 def _gather_counts(state: Any, counts: tuple[int, int, int]) -> tuple[int, int, int]:
     """(done, skipped, failed) summed over every process, on every process; the process group is torn down."""
     from accelerate.utils import gather_object
@@ -254,13 +299,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.output)
     jobs = _plan_upscale_jobs(args, out_dir)
+    if state is not None:
+        # Nobody writes before all have planned (the gather is a barrier): otherwise a slow process would see a
+        # fast one's fresh outputs and skip them as "already there".
+        jobs = _agree_on_jobs(state, jobs)
     if jobs is None:
         return 2
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    if state is not None:
-        # Every process plans the same list (sorted), and nobody writes before all have planned: otherwise a slow
-        # process would see a fast one's fresh outputs and skip them as "already there".
-        state.wait_for_everyone()
     share = jobs[rank::world]  # round robin: every file in exactly one share
     desc = f"upscaling x{model.scale}" + (f" (process 1 of {world}, {len(jobs)} files in all)" if world > 1 else "")
     progress = tqdm(total=len(share), desc=desc, unit="image", disable=args.quiet or rank != 0)

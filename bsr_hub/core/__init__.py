@@ -2,7 +2,7 @@
 
 Images in and out (`images`), files written atomically and without following links (`files`), optional
 dependencies named by their extra (`extras`), the CPU's capabilities (`cpu`), typed config parsing (`typed`),
-the bundled example images (`examples`) and the version.
+the bundled example images (`examples`), how the process was launched (`launch`) and the version.
 """
 
 from .cpu import describe_cpu
@@ -26,18 +26,22 @@ from .images import (
     straight_mode,
     to_uint8,
 )
+from .launch import check_launch, describe_process, launched_world_size
 from .typed import from_mapping
 from .version import __version__
 
 __all__ = [
-    "ImageReadError",
     "MODES",
+    "ImageReadError",
     "MissingExtraError",
     "__version__",
     "append_text",
+    "check_launch",
     "describe_cpu",
+    "describe_process",
     "example_images",
     "from_mapping",
+    "launched_world_size",
     "mode_of",
     "narrowed_png_rawmode",
     "open_image",

@@ -226,7 +226,9 @@ def load_training_state(state_dir: str | os.PathLike, accelerator: Any, model: A
     if not weights.is_file():
         raise CheckpointStateError(f"{weights} is missing (a checkpoint's model state is read from safetensors only)")
     try:
-        load_model(model, weights, strict=True)  # read on the CPU, copied into the placed parameters
+        # Into the unwrapped model: save_state writes the model Accelerate keeps before its DDP wrapping (no
+        # "module." prefix), so a resume of several processes would find no key it expects in the wrapper.
+        load_model(accelerator.unwrap_model(model), weights, strict=True)  # read on the CPU, into the placed parameters
     except (SafetensorError, RuntimeError, OSError) as err:
         raise CheckpointStateError(f"cannot load {weights} into this model: {err}") from None
     optimizer_state = _load_weights_only(state_dir / "optimizer.bin")

@@ -121,6 +121,12 @@ class OutputSection:
     with --resume, which continues the folder's run."""
     checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 3
+    save_on_each_node: bool = False
+    """Machines with disks of their own (node-local output folders): every machine keeps a whole copy of each
+    checkpoint in its own output folder, so that a resume finds one on every machine (Accelerate's
+    `save_on_each_node`). Off: checkpoints are written once, into the main process's folder, which the other
+    machines must share for a resume. The model, its card and the history are written once either way, by the
+    main process. Nothing changes where the folder is shared: one copy is written."""
     logging_steps: int = 10
     report_to: str = "none"
     """Accelerate trackers: none, tensorboard, trackio, wandb, ... (their packages are optional)."""

@@ -10,7 +10,15 @@ from typing import Any
 
 from ..data import load_benchmark
 from ..evaluation import BicubicModel, evaluate_benchmark
-from ..models import BSRModel, below_bicubic, format_duration, push_failure, update_card
+from ..models import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    BSRModel,
+    below_bicubic,
+    format_duration,
+    push_failure,
+    update_card,
+)
 from .config import TrainConfig
 from .run import TrainingRun
 
@@ -20,7 +28,7 @@ def final_evaluation(cfg: TrainConfig, validation: Any, accelerator: Any) -> lis
     benchmarks = [load_benchmark(Path(d).name, Path(d).parent) for d in cfg.validation.eval_dirs]
     if not benchmarks and validation is not None:
         benchmarks = [validation]
-    model = BSRModel.from_pretrained(Path(cfg.output.dir) / "model", map_location=accelerator.device)
+    model = saved_model(Path(cfg.output.dir) / "model", accelerator)
     results = []
     for bench in benchmarks:
         ours = evaluate_benchmark(model, bench, cfg.scale, cfg.data.degradation, accelerator=accelerator)
@@ -30,6 +38,25 @@ def final_evaluation(cfg: TrainConfig, validation: Any, accelerator: Any) -> lis
         entry.update(bicubic_psnr=base.psnr, bicubic_ssim=base.ssim)
         results.append(entry)
     return results
+
+
+def saved_model(model_dir: Path, accelerator: Any) -> BSRModel:
+    """The model as saved in `model_dir`, on every process. The main process reads the folder; with several
+    processes it sends the files to the others, whose machines may not see that folder (a disk of their own), and
+    each loads them the same way: every process evaluates the very file that ships."""
+    if accelerator.num_processes == 1:
+        return BSRModel.from_pretrained(model_dir, map_location=accelerator.device)
+    import tempfile
+
+    from accelerate.utils import broadcast_object_list
+
+    files = {name: (model_dir / name).read_bytes() for name in (CONFIG_NAME, WEIGHTS_NAME)} \
+        if accelerator.is_main_process else None
+    files = broadcast_object_list([files])[0]
+    with tempfile.TemporaryDirectory(prefix="bsr-saved-model-") as folder:
+        for name, data in files.items():
+            (Path(folder) / name).write_bytes(data)
+        return BSRModel.from_pretrained(folder, map_location=accelerator.device)
 
 
 def publish(cfg: TrainConfig, accelerator: Any, run: TrainingRun, model_dir: Path, results: list[dict], command: str) -> None:

@@ -1,14 +1,28 @@
-"""The resume guard: the settings a resume may not change without saying so (`RESUME_GUARDED`), since they shape
-the batches or the schedule, and the check that names each change (`check_resume`).
+"""Where a run starts: its output folder claimed (`claim_output`: the lock, another run's files refused or deleted),
+the checkpoint it resumes from read (`read_resume_point`), and the resume guard: the settings a resume may not
+change without saying so (`RESUME_GUARDED`), since they shape the batches or the schedule, and the check that
+names each change (`check_resume`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..data import RFSConfig
+from ..models import Stage
+from .checkpoints import (
+    OutputLock,
+    checkpoints_dir,
+    clear_previous_run,
+    list_checkpoints,
+    previous_run,
+    remove_partial_checkpoints,
+    resolve_resume,
+)
 from .config import RUN_WIDE, SECTIONS, TrainConfig, nest
 from .losses import LossConfig
 
@@ -64,3 +78,68 @@ def check_resume(saved: dict[str, Any], current: TrainConfig, checkpoint: Path) 
             "checkpoint's model/), or pass --resume_allow_changes to continue anyway (the changes are recorded)."
         )
     return changes
+
+
+def claim_output(cfg: TrainConfig, output: Path, lock: OutputLock, say: Callable[[str], None]) -> None:
+    """Claim a run's output folder, by each copy's writer (the main process, and with save_on_each_node one
+    process per machine's disk): take the folder's `lock`, clear interrupted checkpoint writes, and refuse (or,
+    with --output.overwrite, delete) what another run left there, so that rotation, history and records only
+    ever see one run. `say` prints a note."""
+    note = lock.acquire()
+    if note:
+        say(note)
+    for stale in remove_partial_checkpoints(output):
+        say(f"removed an interrupted checkpoint write: {stale}")
+    if continues_this_folder(cfg, output):
+        if cfg.output.overwrite:
+            say("--output.overwrite has no effect with --resume: the folder's run goes on")
+        return
+    left = previous_run(output)
+    if not left:
+        return
+    if not cfg.output.overwrite:
+        if cfg.resume == "latest":  # nothing to resume, and starting over would replace what is there
+            raise ValueError(
+                f"--resume latest: no checkpoint in {checkpoints_dir(output)} to resume, and {output} "
+                f"holds another run: {'; '.join(left)}. Starting from step 0 would replace it. Start over in "
+                "this folder (--output.overwrite deletes those files first) or choose another --output.dir."
+            )
+        raise ValueError(
+            f"{output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
+            "folder (--output.overwrite deletes those files first), or choose another --output.dir."
+        )
+    kept = clear_previous_run(output)
+    say(f"--output.overwrite: deleted the previous run's {'; '.join(left)} in {output}")
+    if kept:
+        say(f"kept what no run wrote there: {', '.join(str(p) for p in kept)}")
+
+
+def continues_this_folder(cfg: TrainConfig, output: Path) -> bool:
+    """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
+    if cfg.resume is None:
+        return False
+    if cfg.resume == "latest":
+        # With no checkpoint the run starts from step 0, which must not replace a finished model (a run killed
+        # before its first checkpoint, which left only its history, just starts again).
+        return bool(list_checkpoints(output)) or not (output / "model").exists()
+    return checkpoints_dir(output).resolve() in Path(cfg.resume).resolve().parents
+
+
+def read_resume_point(cfg: TrainConfig, output: Path) -> dict[str, Any]:
+    """What the main process reads of the checkpoint --resume names (none: {}), for every process: where,
+    the step, the run, the guarded changes and the lineage."""
+    checkpoint = resolve_resume(cfg.resume, output)
+    if checkpoint is None:
+        return {}
+    trainer = json.loads((checkpoint / "trainer.json").read_text())
+    step = trainer["step"]
+    new = [{"step": step, "field": k, "old": old, "new": now}
+           for k, old, now in check_resume(trainer["config"], cfg, checkpoint)]
+    parent = trainer.get("parent_lineage")
+    return {
+        "checkpoint": str(checkpoint), "step": step, "wall_time_s": trainer["wall_time_s"],
+        "run_id": trainer.get("run_id"),
+        "changes": trainer.get("resume_changes", []) + new, "new_changes": new,
+        "hardware": trainer.get("hardware", []),
+        "parent_lineage": None if parent is None else [Stage.from_dict(s) for s in parent],
+    }

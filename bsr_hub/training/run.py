@@ -8,8 +8,10 @@ testable on its own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,20 +26,17 @@ from .checkpoints import (
     OutputBusyError,
     OutputLock,
     checkpoints_dir,
-    clear_previous_run,
     finalize_checkpoint,
     list_checkpoints,
     load_training_state,
-    previous_run,
-    remove_partial_checkpoints,
-    resolve_resume,
     rotate_checkpoints,
     save_run_state,
 )
 from .config import TrainConfig, config_to_yaml
+from .nodes import DiskLayout, agree, find_disks, missing_to_resume, resume_hint, where
 from .optim import EMA, load_matching_weights
 from .reporting import hardware_description, plot_curves
-from .resume import check_resume
+from .resume import claim_output, read_resume_point
 
 
 class TrainingRun:
@@ -66,7 +65,9 @@ class TrainingRun:
         self.run_id: str | None = None
         """Written into each checkpoint: rotation deletes this run's checkpoints only. Kept across resumes."""
         self._start = time.perf_counter()
-        self._lock = OutputLock(self.output) if accelerator.is_main_process else None
+        self._lock: OutputLock | None = None
+        self.layout = DiskLayout.single(accelerator, cfg.output.save_on_each_node)
+        """Which disks keep a copy of each checkpoint and who writes it (several machines: `_decide_resume`)."""
         try:
             self._decide_resume()
         except BaseException:
@@ -85,95 +86,57 @@ class TrainingRun:
     # -- start
 
     def _decide_resume(self) -> None:
-        """The main process claims the output folder, resolves --resume (node-local disks may disagree) and checks
-        the guard; every process gets its answer, or its error, by broadcast."""
+        """Find which machines share the output folder; each disk's writer claims its copy of the folder (the
+        main process's always), the main process resolves --resume and checks the guard, and every process gets
+        the answer, or any process's error, by one gather. A machine whose own disk lacks that checkpoint stops
+        every process, naming it, before anything is loaded."""
         import uuid
 
-        from accelerate.utils import broadcast_object_list
+        from accelerate.utils import broadcast_object_list, gather_object
 
+        accelerator, rank, several = self.accelerator, self.accelerator.process_index, self.accelerator.num_processes > 1
+        nonce = broadcast_object_list([uuid.uuid4().hex])[0] if several else ""
+        self.layout = find_disks(accelerator, self.output, nonce, self.cfg.output.save_on_each_node)
+        # Accelerate's save_state writes the model and optimizer on the main process, and, with save_on_each_node,
+        # on every local main process: set per process, so that each copy has exactly one writer.
+        accelerator.project_configuration.save_on_each_node = self.layout.writes_copy(rank) and rank != 0
+        apart = self.layout.apart()
+        if apart and not self.cfg.output.save_on_each_node and accelerator.is_main_process:
+            print(f"warning: {', '.join(apart)} cannot see the main process's output folder {self.output} (a disk of "
+                  "its own): checkpoints are written into the main process's folder only, and a resume needs them on "
+                  "every machine; --output.save_on_each_node keeps a copy on each", file=sys.stderr)
         payload: dict[str, Any] = {}
-        if self.accelerator.is_main_process:
+        if self.layout.writes_copy(rank):
             try:
-                self._claim_output()
-                payload = self._read_resume_point() or {"run_id": uuid.uuid4().hex}
+                self.output.mkdir(parents=True, exist_ok=True)
+                self._lock = OutputLock(self.output)
+                claim_output(self.cfg, self.output, self._lock, accelerator.print)
+                if accelerator.is_main_process:
+                    payload = read_resume_point(self.cfg, self.output) or {"run_id": uuid.uuid4().hex}
             except (ValueError, OSError, KeyError, OutputBusyError) as err:
-                payload = {"error": str(err)}
-        payload = broadcast_object_list([payload])[0]
-        if "error" in payload:
-            raise SystemExit(f"error: {payload['error']}")
+                payload = {"error": f"{where(accelerator)}: {err}" if rank else str(err)}
+        payloads = gather_object([payload]) if several else [payload]
+        agree_now = [p["error"] for p in payloads if "error" in p]  # every process holds them: all stop together
+        if agree_now:
+            raise SystemExit("error: " + "; ".join(agree_now))
+        payload = payloads[0]
         self.run_id = payload["run_id"]
         if "checkpoint" not in payload:
             if self.cfg.resume == "latest":
-                self.accelerator.print(f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} yet, "
-                                       "starting from step 0")
+                accelerator.print(f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} yet, "
+                                  "starting from step 0")
             return
+        if several:
+            missing = missing_to_resume(Path(payload["checkpoint"]), self.run_id, payload["step"], rank)
+            agree(accelerator, missing and f"cannot resume from {payload['checkpoint']}: {where(accelerator)} "
+                                           f"{missing}; {resume_hint()}")
         self.resumed_from = Path(payload["checkpoint"])
         self.step, self.wall_before = payload["step"], payload["wall_time_s"]
         self.changes, self.hardware = payload["changes"], payload["hardware"]
         self.parent_lineage = payload["parent_lineage"]
         for c in payload["new_changes"]:
-            self.accelerator.print(f"resume at step {self.step} with a changed setting (allowed): "
-                                   f"{c['field']} {c['old']!r} -> {c['new']!r}")
-
-    def _claim_output(self) -> None:
-        """Main process: take the folder's lock, clear interrupted checkpoint writes, and refuse (or, with
-        --overwrite_output_dir, delete) what another run left there, so that rotation, history and records only
-        ever see one run."""
-        self.output.mkdir(parents=True, exist_ok=True)
-        note = self._lock.acquire()
-        if note:
-            self.accelerator.print(note)
-        for stale in remove_partial_checkpoints(self.output):
-            self.accelerator.print(f"removed an interrupted checkpoint write: {stale}")
-        if self._continues_this_folder():
-            if self.cfg.output.overwrite:
-                self.accelerator.print("--output.overwrite has no effect with --resume: the folder's run goes on")
-            return
-        left = previous_run(self.output)
-        if not left:
-            return
-        if not self.cfg.output.overwrite:
-            if self.cfg.resume == "latest":  # nothing to resume, and starting over would replace what is there
-                raise ValueError(
-                    f"--resume latest: no checkpoint in {checkpoints_dir(self.output)} to resume, and {self.output} "
-                    f"holds another run: {'; '.join(left)}. Starting from step 0 would replace it. Start over in "
-                    "this folder (--output.overwrite deletes those files first) or choose another --output.dir."
-                )
-            raise ValueError(
-                f"{self.output} holds another run: {'; '.join(left)}. Resume it (--resume latest), start over in this "
-                "folder (--output.overwrite deletes those files first), or choose another --output.dir."
-            )
-        kept = clear_previous_run(self.output)
-        self.accelerator.print(f"--output.overwrite: deleted the previous run's {'; '.join(left)} in {self.output}")
-        if kept:
-            self.accelerator.print(f"kept what no run wrote there: {', '.join(str(p) for p in kept)}")
-
-    def _continues_this_folder(self) -> bool:
-        """Whether --resume continues the run in the output folder (not a fresh run, nor one from elsewhere)."""
-        if self.cfg.resume is None:
-            return False
-        if self.cfg.resume == "latest":
-            # With no checkpoint the run starts from step 0, which must not replace a finished model (a run killed
-            # before its first checkpoint, which left only its history, just starts again).
-            return bool(list_checkpoints(self.output)) or not (self.output / "model").exists()
-        return checkpoints_dir(self.output).resolve() in Path(self.cfg.resume).resolve().parents
-
-    def _read_resume_point(self) -> dict[str, Any]:
-        checkpoint = resolve_resume(self.cfg.resume, self.output)
-        if checkpoint is None:
-            return {}
-        trainer = json.loads((checkpoint / "trainer.json").read_text())
-        step = trainer["step"]
-        new = [{"step": step, "field": k, "old": old, "new": now}
-               for k, old, now in check_resume(trainer["config"], self.cfg, checkpoint)]
-        parent = trainer.get("parent_lineage")
-        return {
-            "checkpoint": str(checkpoint), "step": step, "wall_time_s": trainer["wall_time_s"],
-            "run_id": trainer.get("run_id"),
-            "changes": trainer.get("resume_changes", []) + new, "new_changes": new,
-            "hardware": trainer.get("hardware", []),
-            "parent_lineage": None if parent is None else [Stage.from_dict(s) for s in parent],
-        }
+            accelerator.print(f"resume at step {self.step} with a changed setting (allowed): "
+                              f"{c['field']} {c['old']!r} -> {c['new']!r}")
 
     def init_weights(self, model: nn.Module) -> None:
         """Load --init_from into a fresh model (not on a resume: the checkpoint's weights replace them)."""
@@ -199,11 +162,14 @@ class TrainingRun:
     def resume(self, optimizer: Any) -> None:
         """Load the checkpoint's state (every process its own RNG) and drop history written after it."""
         if self.resumed_from is not None:
+            error = None
             try:
                 load_training_state(self.resumed_from / "state", self.accelerator, self.model, optimizer,
                                     self.scheduler, self.ema)
-            except CheckpointStateError as err:
-                raise SystemExit(f"error: cannot resume from {self.resumed_from}: {err}") from None
+            except CheckpointStateError as err:  # on one machine, maybe: every process stops, none waits for it
+                place = f"{where(self.accelerator)}: " if self.accelerator.num_processes > 1 else ""
+                error = f"cannot resume from {self.resumed_from}: {place}{err}"
+            agree(self.accelerator, error)
             if any(c["field"] in ("optim.learning_rate", "optim.adam_beta2") for c in self.changes if c["step"] == self.step):
                 self._apply_changed_optimizer_settings(optimizer)
             self.accelerator.print(f"resumed from {self.resumed_from} at step {self.step}")
@@ -273,42 +239,73 @@ class TrainingRun:
         return self.hardware if self.hardware and self.hardware[-1] == here else [*self.hardware, here]
 
     def save_checkpoint(self) -> Path:
-        """checkpoints/step_N/{state/, model/, trainer.json}, named step_N only once whole.
+        """checkpoints/step_N/{state/, model/, trainer.json}, named step_N only once whole, on every disk that keeps
+        a copy (`nodes.DiskLayout`: the main process's, or every machine's with --output.save_on_each_node).
 
-        A write that fails (a full disk, a quota, a folder gone read-only) ends the run with one line naming the
-        step, the reason and the last complete checkpoint, which is kept; the half-written one is removed so that
-        its space comes back before the resume.
+        A write that fails (a full disk, a quota, a folder gone read-only) on any machine ends the run on every
+        process with one line naming the step, the machine, the reason and the last complete checkpoint, which is
+        kept; the half-written one is removed so that its space comes back before the resume.
         """
         final = checkpoints_dir(self.output) / f"step_{self.step}"
         tmp = checkpoints_dir(self.output) / f".tmp-step_{self.step}"
+        rank = self.accelerator.process_index
+        # Accelerate's state: the model and optimizer by each copy's writer, the random states by every process
+        # into its own disk's copy; a process whose disk keeps none writes nothing. The agreement that follows is
+        # the barrier that lets every process finish before the rename.
+        state = functools.partial(self.accelerator.save_state, str(tmp / "state"))
+        self._agree_on_write(tmp, self._attempt(tmp, state) if self.layout.keeps_copy(rank) else None)
+        trainer = self._trainer_state()
+        rest = functools.partial(self._complete_copy, tmp, final, trainer)
+        self._agree_on_write(tmp, self._attempt(tmp, rest) if self.layout.writes_copy(rank) else None)
+        return final
+
+    def _trainer_state(self) -> dict[str, Any] | None:
+        """trainer.json, made by the main process (it alone holds the lineage) and, when several disks keep a
+        copy, sent to each copy's writer: every machine's copy says the same."""
+        trainer = None
+        if self.accelerator.is_main_process:
+            trainer = {
+                "step": self.step, "run_id": self.run_id, "wall_time_s": self.wall_time(), "config": self.cfg.to_dict(),
+                "sampler": self.sampler.to_dict(), "resume_changes": self.changes, "hardware": self._hardware_now(),
+                "parent_lineage": [dataclasses.asdict(s) for s in self.parent_lineage or []],
+            }
+        if self.layout.copies > 1:
+            from accelerate.utils import broadcast_object_list
+
+            trainer = broadcast_object_list([trainer])[0]
+        return trainer
+
+    def _complete_copy(self, tmp: Path, final: Path, trainer: dict[str, Any]) -> None:
+        """A copy's writer: the shippable model, the run state and trainer.json beside Accelerate's state, then the
+        rename ("latest" is never half-written) and the rotation of this run's checkpoints on this disk."""
+        self.shippable().save_pretrained(tmp / "model")
+        save_run_state(tmp / "state", self.ema, self.scheduler)
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
+        finalize_checkpoint(tmp, final)
+        rotate_checkpoints(self.output, self.cfg.output.checkpoints_total_limit, self.run_id, self.step)
+
+    def _attempt(self, tmp: Path, write: Any) -> str | None:
+        """Run `write`; the reason it could not write (a full disk, ...), or None. Any other error is raised."""
         try:
-            self._write_checkpoint(tmp, final)
+            write()
         except (OSError, RuntimeError) as err:
             # torch.save reports a full disk as a RuntimeError from its C++ stream ("iostream error"), with no
             # errno: such an error is a write failure only when the disk has no room for a checkpoint left.
             reason = err.strerror if isinstance(err, OSError) else self._no_room(tmp.parent)
             if not reason:
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # only this step's own partial files
-            raise SystemExit(f"error: {self._unwritable_checkpoint(reason)}") from None
-        return final
+            return reason
+        return None
 
-    def _write_checkpoint(self, tmp: Path, final: Path) -> None:
-        accelerator = self.accelerator
-        accelerator.save_state(str(tmp / "state"))  # every process writes its own RNG state
-        accelerator.wait_for_everyone()  # save_state has no barrier: let every rank finish before the rename
-        if accelerator.is_main_process:
-            self.shippable().save_pretrained(tmp / "model")
-            trainer = {
-                "step": self.step, "run_id": self.run_id, "wall_time_s": self.wall_time(), "config": self.cfg.to_dict(),
-                "sampler": self.sampler.to_dict(), "resume_changes": self.changes, "hardware": self._hardware_now(),
-                "parent_lineage": [dataclasses.asdict(s) for s in self.parent_lineage or []],
-            }
-            save_run_state(tmp / "state", self.ema, self.scheduler)
-            (tmp / "trainer.json").write_text(json.dumps(trainer, indent=2))
-            finalize_checkpoint(tmp, final)  # "latest" is never half-written
-            rotate_checkpoints(self.output, self.cfg.output.checkpoints_total_limit, self.run_id, self.step)
-        accelerator.wait_for_everyone()
+    def _agree_on_write(self, tmp: Path, reason: str | None) -> None:
+        """Every process stops when a write failed on any; each copy's writer first removes its copy's partial
+        files (this step's only)."""
+        try:
+            agree(self.accelerator, reason and self._unwritable_checkpoint(reason))
+        except SystemExit:
+            if self.layout.writes_copy(self.accelerator.process_index):
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def _no_room(self, folder: Path) -> str | None:
         """"No space left on device" when `folder`'s disk has less room than the last checkpoint took (1 MiB
@@ -323,7 +320,8 @@ class TrainingRun:
         kept = list_checkpoints(self.output)
         last = f"the last complete checkpoint, {kept[-1][1]}, is kept" if kept else "no earlier checkpoint exists"
         resume = self.command + ("" if self.cfg.resume else " --resume latest")
-        return (f"could not write the checkpoint of step {self.step} in {checkpoints_dir(self.output)} "
+        place = f" on {where(self.accelerator)}" if self.accelerator.num_processes > 1 else ""
+        return (f"could not write the checkpoint of step {self.step} in {checkpoints_dir(self.output)}{place} "
                 f"({reason}); {last}. Free some space (or fix the folder), then resume with: {resume}")
 
     # -- the end
