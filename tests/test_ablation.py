@@ -71,13 +71,13 @@ def test_a_two_step_grid_trains_every_run_writes_the_table_and_skips_what_is_don
             "--launcher", "python", "--threads", "1", "--out", str(out), "--results", str(results)]
     assert ablation.main(argv) == 0
 
-    means, pairs, resolution, runs = results.read_text().split("\n## ")[1:]
+    means, pairs, resolution, runs, rerun = results.read_text().split("\n## ")[1:]
     assert "| column | seeds | Set5 | Set14 | BSD100 | mean | paper |" in means
     assert "| full BSR | 2 |" in means and "| without SC (group forwarding off) | 2 |" in means
     assert pairs.startswith("Paired difference to full BSR (dB), mean [95 % paired t interval over seeds]")
     (row,) = [line for line in pairs.splitlines() if line.startswith("| without SC")]
     assert row.count("[") == 4 and row.split(" | ")[5] == "-0.10"  # four intervals; the paper's difference
-    assert "over 2 seeds" in resolution
+    assert "over 2 seeds" in resolution and rerun.startswith("Rerun it") and "--preset bsr-base" in rerun
     assert sum(line.startswith(("| full BSR |", "| without SC")) for line in runs.splitlines()) == 4
     assert results.with_suffix(".png").stat().st_size > 0
     # the column's switch, merged into the recipe's own overrides (the model keeps the recipe's size)
