@@ -94,11 +94,12 @@ def cmd_eval(args: argparse.Namespace, prog: str = "bsr-hub eval") -> int:
 
     `prog` starts the command line recorded in the card next to the numbers.
     """
-    from ..core import MissingExtraError, require
+    from ..core import MissingExtraError, check_launch, require
 
     try:  # every benchmark is read through datasets: say so now, in one line, not as a traceback later
         datasets = require("datasets", extra="train", what="evaluation")
-    except MissingExtraError as err:
+        check_launch()  # `accelerate launch --cpu --num_machines 2`: each process would score every image alone
+    except (MissingExtraError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.quiet:

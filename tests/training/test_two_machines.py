@@ -298,7 +298,7 @@ def test_upscale_stops_both_machines_when_one_lacks_what_the_other_has(tmp_path,
 def test_a_launch_that_starts_each_process_alone_is_refused(tmp_path, monkeypatch, tiny_checkpoint, capsys):
     """`accelerate launch --cpu --num_machines 2` (or --num_processes 2 without --multi_gpu on a CPU) starts each
     process alone with MASTER_ADDR set and no WORLD_SIZE: every one would train, or upscale every file, as the
-    only process. train.py and upscale stop, saying how to launch."""
+    only process. train.py, upscale and eval stop, saying how to launch."""
     from bsr_hub.commands.main import main
     from bsr_hub.core import check_launch
 
@@ -312,6 +312,10 @@ def test_a_launch_that_starts_each_process_alone_is_refused(tmp_path, monkeypatc
     assert main(["upscale", str(make_images(tmp_path / "in")), "-o", str(tmp_path / "out"), "--model",
                  str(tiny_checkpoint), "-q"]) == 2
     assert "started this process alone" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    results = tmp_path / "results.json"
+    assert main(["eval", "--model", str(tiny_checkpoint), "--benchmarks", "Set5", "--data-dir", str(tmp_path),
+                 "--output", str(results), "-q"]) == 2  # each process would score every image alone
+    assert "started this process alone" in capsys.readouterr().err and not results.exists()
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's processes
     check_launch()
     monkeypatch.delenv("WORLD_SIZE")
