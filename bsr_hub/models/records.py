@@ -129,7 +129,7 @@ class DatasetInfo:
     """The licence(s) of its images where a manifest states them (a set made by bench/make_photo_set.py)."""
 
     def describe(self) -> str:
-        details = [f"{self.images} images"] if self.images is not None else []
+        details = [f"{self.images} image{'' if self.images == 1 else 's'}"] if self.images is not None else []
         if self.licence:
             details.append(f"licence {self.licence}")
         return f"{self.name} ({'; '.join(details)})" if details else self.name

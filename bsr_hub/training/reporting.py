@@ -118,6 +118,10 @@ KNOWN_DATASETS = {
     "BSD200": "BSD200 = BSDS500 train",
     "BSDS500_test200": "BSDS500 test",
 }
+RESEARCH_USE = "none stated, research use"
+"""The licence of the known sets: neither T91 (Yang et al. 2010) nor BSDS500 ships one; both are passed around for
+research, and ../shared/data/README.md calls their terms "research-only or unknown". Said on the card so that a user
+of the weights knows what the images were, not left out."""
 
 
 def _count_images(folder: Path) -> int:
@@ -176,12 +180,19 @@ def _describe_folder(root: Path) -> list[DatasetInfo]:
     found = []
     loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if loose:
-        found.append(DatasetInfo(KNOWN_DATASETS.get(root.name, root.name), loose))
+        found.append(_known_or_named(root, loose))
     known = list(KNOWN_DATASETS)
     subfolders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     # The known sets in the order the literature lists them (T91 first), then any others by name.
     for sub in sorted(subfolders, key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name)):
         n = _count_images(sub)
         if n:
-            found.append(DatasetInfo(KNOWN_DATASETS.get(sub.name, sub.name), n))
+            found.append(_known_or_named(sub, n))
     return found
+
+
+def _known_or_named(folder: Path, images: int) -> DatasetInfo:
+    """A known set by its literature name and licence; any other folder by its name, its licence not stated."""
+    if folder.name in KNOWN_DATASETS:
+        return DatasetInfo(KNOWN_DATASETS[folder.name], images, RESEARCH_USE)
+    return DatasetInfo(folder.name, images, "not stated")

@@ -80,7 +80,9 @@ def test_loads_offline_and_config_card_and_records_agree(name):
     assert {"Set5", "Set14", "BSD100"} <= benchmarks
 
     training = json.loads((folder / "training.json").read_text())
-    assert "../" not in training["data"] and "T91 (91 images)" in training["data"]  # datasets, not a local path
+    assert "../" not in training["data"] and "T91 (91 images;" in training["data"]  # datasets, not a local path
+    for dataset in training["datasets"]:  # every source is named with its image count and licence (issue 21)
+        assert dataset["images"] > 0 and dataset["licence"], dataset
     assert training["lineage"] and all(stage["steps"] > 0 for stage in training["lineage"])
     assert "total training" in card.text and "Lineage" in card.text
 

@@ -423,7 +423,9 @@ def test_record_names_the_datasets_and_counts_their_images(tmp_path):
             Image.new("RGB", (8, 8)).save(root / folder / f"{i}.png")
     (root / "mine" / "notes.txt").write_text("not an image")
     data = describe_training_data(config_from_dict({"data": {"train_dir": str(root)}}))
-    assert [d.describe() for d in data] == ["T91 (3 images)", "BSD200 = BSDS500 train (2 images)", "mine (1 images)"]
+    assert [d.describe() for d in data] == ["T91 (3 images; licence none stated, research use)",
+                                            "BSD200 = BSDS500 train (2 images; licence none stated, research use)",
+                                            "mine (1 image; licence not stated)"]  # every source names its licence
 
 
 @pytest.mark.skipif(not (REPO_ROOT.parent / "shared" / "data" / "train").is_dir(), reason="no ../shared/data/train")
