@@ -23,7 +23,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     from ..data import DEFAULT_BENCHMARKS, DEGRADATIONS
 
     parser.add_argument(
-        "--model", required=True, nargs="+", metavar="MODEL",  # a repeated --model replaces the earlier values
+        "--model", required=True, nargs="+", action="extend", metavar="MODEL",  # repeated: the values add up
         help="a BSR checkpoint (bundled name, local folder, Hub repo id), 'bicubic', an ONNX file (PATH.onnx: ONNX "
              "Runtime; opencv:PATH: OpenCV's dnn; float32 RGB in [0, 1], NCHW, as bsr-hub export writes) or an OpenCV "
              "dnn_superres model (dnn_superres:ALGORITHM:PATH, opencv-contrib). Several (--model A B C): with --leaderboard",
@@ -182,12 +182,13 @@ def eval_leaderboard(args: argparse.Namespace, prog: str) -> int:
 
     import torch
 
+    from ..core import launched_world_size
     from ..evaluation import resolve_device, run_leaderboard, timing_note, write_leaderboard
 
     refused = [flag for flag, used in (("--suite robustness", args.suite != "published"), ("--output", args.output),
                                        ("--update-card", args.update_card), ("--save-images", args.save_images))
                if used]
-    if refused or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if refused or launched_world_size() > 1:
         why = f"drop {', '.join(refused)}" if refused else "run it in one process (its times are one machine's)"
         print(f"error: --leaderboard writes its own table, plot and JSON: {why}", file=sys.stderr)
         return 2

@@ -42,7 +42,7 @@ def check_launch(env: Mapping[str, str] | None = None) -> None:
         "accelerate launch started this process alone although it was asked for several processes or machines "
         "(MASTER_ADDR is set, no WORLD_SIZE): its single-process launcher (--cpu, or no --multi_gpu) starts one "
         "unsynchronised process per call. On CPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-        "--num_processes N --num_machines M ... (README, 'Several processes and machines'); for one process, "
+        "--num_processes N --num_machines M ... (README, 'Several processes' and 'Several machines'); for one process, "
         "leave out --num_processes and --num_machines, or unset MASTER_ADDR"
     )
 

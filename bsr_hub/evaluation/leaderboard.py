@@ -23,6 +23,7 @@ import torch
 
 from ..core import require, write_atomically, write_text_atomically
 from ..data import Benchmark, EvaluationError
+from ..inference import Upscaler
 from .loading import ModelSpec, load_model, model_kind, parameter_count
 from .protocol import evaluate_benchmarks
 
@@ -58,11 +59,10 @@ def _images_scored(results: Sequence[dict[str, Any]]) -> int:
     return sum(r["num_images"] + len(r.get("identical", [])) for r in results)
 
 
-def score_model(name: str, benchmarks: Sequence[Benchmark], scale: int | None, *, device: str | torch.device = "cpu",
+def score_model(name: str, model: Upscaler, benchmarks: Sequence[Benchmark], scale: int | None, *,
                 degradation: str = "BI", self_ensemble: bool = False, tile: int | str | None = "auto",
                 progress: bool = False) -> LeaderboardEntry:
-    """Load one `--model` value, warm it up, score and time it on every benchmark."""
-    model = load_model(name, scale, device)
+    """Warm up one loaded `--model` value, score and time it on every benchmark."""
     s = scale or model.scale
     with torch.no_grad():
         model.upscale(torch.rand(1, 3, WARM_UP_SIZE, WARM_UP_SIZE, device=model.device), tile=tile,
@@ -75,18 +75,21 @@ def score_model(name: str, benchmarks: Sequence[Benchmark], scale: int | None, *
                             results)
 
 
-def run_leaderboard(names: Sequence[str], benchmarks: Sequence[Benchmark], scale: int | None,
-                    **options: Any) -> list[LeaderboardEntry]:
-    """`score_model` for each name, in the given order, except that dnn_superres models run last: creating OpenCV's
-    DnnSuperResImpl replaces the DepthToSpace layer of every OpenCV net read after it (inference/runtimes.py)."""
-    specs = [ModelSpec.parse(n) for n in names]  # every name is checked before the first model is scored
+def run_leaderboard(names: Sequence[str], benchmarks: Sequence[Benchmark], scale: int | None, *,
+                    device: str | torch.device = "cpu", **options: Any) -> list[LeaderboardEntry]:
+    """`score_model` for each name, reported in the given order.
+
+    Every model is loaded before the first is scored, so a name that cannot load (a typo, a missing --scale, an
+    OpenCV without dnn_superres) stops the run in seconds, not after the models before it were scored. dnn_superres
+    models load last: creating OpenCV's DnnSuperResImpl replaces the DepthToSpace layer of every OpenCV net read after
+    it (inference/runtimes.py)."""
+    specs = [ModelSpec.parse(n) for n in names]
     missing = [s.text for s in specs if s.kind not in ("bsr", "bicubic") and not Path(s.target).is_file()]
     if missing:
         raise EvaluationError(f"--model {' '.join(missing)}: no such file")
     order = sorted(range(len(names)), key=lambda i: specs[i].kind == "dnn_superres")
-    entries: dict[int, LeaderboardEntry] = {}
-    for i in order:
-        entries[i] = score_model(names[i], benchmarks, scale, **options)
+    models = {i: load_model(names[i], scale, device) for i in order}
+    entries = {i: score_model(names[i], models[i], benchmarks, scale, **options) for i in order}
     return [entries[i] for i in range(len(names))]
 
 

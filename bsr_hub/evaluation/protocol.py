@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..core import require, write_atomically
+from ..core import launched_world_size, require, write_atomically
 from ..data import (
     DEFAULT_BENCHMARKS,
     DEGRADATIONS,
@@ -59,7 +59,7 @@ def resolve_device(device: str = "auto") -> str:
 def launch_accelerator(device: str = "auto") -> tuple[Any, str | torch.device]:
     """(Accelerator or None, device): an Accelerator when launched as several processes (`accelerate launch`),
     whose device wins; otherwise `device` (`resolve_device`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_world_size() <= 1:  # torchrun's WORLD_SIZE or an MPI launcher's
         return None, resolve_device(device)
     Accelerator = require("accelerate", extra="train", what="evaluation over several processes").Accelerator
     # cpu=True is what makes a CPU-only multi-process launch actually synchronise (ENVIRONMENT.md).

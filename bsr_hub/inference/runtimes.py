@@ -88,7 +88,8 @@ def read_graph_facts(path: str | os.PathLike, *, required: bool = True) -> Graph
     props = {p.key: p.value for p in graph.metadata_props}
     mirrors_itself = bool(_metadata_int(props, METADATA_BORDER_CONTEXT))  # bsr-hub export's ClampedBSR
     parameters = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.graph.initializer)
-    return GraphFacts(_metadata_int(props, METADATA_SCALE), 0 if mirrors_itself else BORDER_CONTEXT, parameters)
+    scale = _metadata_int(props, METADATA_SCALE) or None  # a stated scale of 0 is no scale: --scale must say it
+    return GraphFacts(scale, 0 if mirrors_itself else BORDER_CONTEXT, parameters)
 
 
 def _metadata_int(props: dict[str, str], key: str) -> int | None:

@@ -107,3 +107,13 @@ def test_a_dnn_superres_model_says_what_opencv_lacks_or_cannot_run(exported, ben
         expected = "pip install opencv-contrib-python-headless"
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert status == 2 and len(lines) == 1 and expected in lines[0], err
+
+
+def test_repeated_model_flags_add_up():
+    """`--model a --model b c` names three models (argparse's default would keep only the last flag's values)."""
+    import argparse
+
+    from bsr_hub.commands.eval import add_eval_arguments
+
+    assert add_eval_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", "a", "--model", "b", "c"]).model == ["a", "b", "c"]

@@ -47,23 +47,34 @@ def test_values_that_name_nothing_runnable_say_how_to_name_it(text, message):
 
 def test_dnn_superres_models_are_scored_last_and_reported_in_order(monkeypatch, tmp_path):
     """Creating OpenCV's DnnSuperResImpl replaces the DepthToSpace layer of every OpenCV net read after it, so those
-    models run after the others; the entries keep the order of the command line."""
-    scored = []
+    models load and run after the others; the entries keep the order of the command line. Every model is loaded
+    before the first is scored: one that cannot load stops the run before any scoring."""
+    loaded, scored = [], []
 
-    def fake_score(name, benchmarks, scale, **options):
+    def fake_load(name, scale, device):
+        if name == "broken":
+            raise EvaluationError("broken: cannot load")
+        loaded.append(name)
+        return name
+
+    def fake_score(name, model, benchmarks, scale, **options):
+        assert model == name
         scored.append(name)
         return name
 
+    monkeypatch.setattr(leaderboard, "load_model", fake_load)
     monkeypatch.setattr(leaderboard, "score_model", fake_score)
     monkeypatch.chdir(tmp_path)
     for name in ("a.onnx", "b.onnx", "c.onnx"):
         Path(name).touch()
     names = ["dnn_superres:edsr:a.onnx", "b.onnx", "opencv:c.onnx", "bicubic"]
     assert leaderboard.run_leaderboard(names, [], 2) == names
-    assert scored == ["b.onnx", "opencv:c.onnx", "bicubic", "dnn_superres:edsr:a.onnx"]
+    assert loaded == scored == ["b.onnx", "opencv:c.onnx", "bicubic", "dnn_superres:edsr:a.onnx"]
     with pytest.raises(EvaluationError, match="--model d.onnx: no such file"):  # before any model is scored
         leaderboard.run_leaderboard(["bicubic", "d.onnx"], [], 2)
-    assert scored == ["b.onnx", "opencv:c.onnx", "bicubic", "dnn_superres:edsr:a.onnx"]
+    with pytest.raises(EvaluationError, match="broken: cannot load"):
+        leaderboard.run_leaderboard(["bicubic", "broken"], [], 2)
+    assert scored == ["b.onnx", "opencv:c.onnx", "bicubic", "dnn_superres:edsr:a.onnx"]  # nothing more was scored
 
 
 @pytest.fixture

@@ -119,6 +119,8 @@ def test_metadata_without_a_scale_or_with_a_bad_one_is_unknown(tmp_path):
     path = nearest_graph(tmp_path / "m.onnx", 2, metadata={"scale": "two", "border_context": "8"})
     assert runtimes.read_graph_facts(path) == runtimes.GraphFacts(None, 0, 4)  # the scales initializer: 4 values
     assert runtimes.read_graph_facts(nearest_graph(tmp_path / "n.onnx", 3)).scale is None
+    zero = nearest_graph(tmp_path / "z.onnx", 2, metadata={"scale": "0"})
+    assert runtimes.read_graph_facts(zero).scale is None  # no x0 model: --scale must say it
 
 
 # ---------------------------------------------------------------------------------------------- OpenCV dnn_superres
