@@ -10,7 +10,8 @@ Each run is `accelerate launch train.py --config configs/ablation_tiny_x2.yaml -
 switch (COLUMNS), in its own output folder (OUT/COLUMN/seedK); train.py evaluates the saved model at the end on
 Set5 / Set14 / BSD100 with the published protocol (MATLAB bicubic LR, Y-PSNR), and this script reads those
 eval_results.json files. A finished run is never trained again and an interrupted one resumes from its last
-checkpoint, so the grid can be stopped and restarted. Every column uses the same seeds (a paired design: seed K
+checkpoint, so the grid can be stopped and restarted; a run made with other settings (another --steps, say) stops
+the grid, naming its folder. Every column uses the same seeds (a paired design: seed K
 of a column and of full BSR start from the same random stream), and the report gives, per column and set, the
 paired difference to full BSR with its 95 % t interval over seeds (bench/ablation_stats.py), full BSR's own
 seed-to-seed spread, and what the paper's table says. Results: bench/results/ablation.md and ablation.png.
@@ -29,7 +30,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
-from ablation_stats import paired_interval, seed_spread  # noqa: E402
 
 BASE_RECIPE = "configs/ablation_tiny_x2.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "ablation.md"
@@ -90,6 +90,35 @@ def resume_flags(folder: Path) -> list[str]:
     return ["--output.overwrite"] if folder.exists() else []
 
 
+def check_settings(args: argparse.Namespace, column: str, seed: int) -> None:
+    """Stop, naming the folder, where it holds a run (finished, or interrupted at a checkpoint) made with other
+    settings than this grid asks for it (another --steps, --preset, recipe, column switch or seed): the grid would
+    otherwise skip or resume it and mix budgets in one table. The settings compared are those a resume may not
+    change (bsr_hub.training.resume.RESUME_GUARDED); the folder is never touched."""
+    from bsr_hub.commands.train import load_train_config
+    from bsr_hub.training.checkpoints import list_checkpoints
+    from bsr_hub.training.resume import resume_changes
+
+    folder = run_dir(args.out, column, seed)
+    record, checkpoints = folder / "model" / "training.json", list_checkpoints(folder)
+    if record.is_file():
+        import yaml
+
+        saved, what = yaml.safe_load(json.loads(record.read_text()).get("recipe") or "{}"), "a finished run"
+    elif checkpoints:
+        saved, what = json.loads((checkpoints[-1][1] / "trainer.json").read_text())["config"], "an interrupted run"
+    else:
+        return
+    cmd = train_command(args, column, seed)
+    flags = cmd[cmd.index("train.py") + 1:]
+    flags[flags.index("--config") + 1] = str(REPO / args.config)  # train.py runs in REPO
+    changes = resume_changes(saved, load_train_config(flags)[0])
+    if changes:
+        listed = "; ".join(f"{k} {old!r} there, {new!r} asked" for k, old, new in changes)
+        raise SystemExit(f"error: {folder} holds {what} with other settings than this grid's ({listed}). It is "
+                         "kept as it is: give --out a new folder for these settings, or move that one away.")
+
+
 def run_order(columns: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """Full BSR over every seed first (its spread is the first thing to know), then seed by seed the other
     columns, so a grid stopped early holds complete pairs."""
@@ -116,6 +145,7 @@ def run_grid(args: argparse.Namespace) -> None:
     order = run_order(args.columns, args.seeds)
     for i, (column, seed) in enumerate(order, 1):
         folder = run_dir(args.out, column, seed)
+        check_settings(args, column, seed)
         if finished(folder):
             continue
         cmd = train_command(args, column, seed) + resume_flags(folder)
@@ -135,6 +165,7 @@ def collect(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = {}
     for column in args.columns:
         for seed in args.seeds:
+            check_settings(args, column, seed)
             row = finished(run_dir(args.out, column, seed))
             if row:
                 runs.setdefault(column, {})[seed] = dict(row, mean=sum(row[s] for s in SETS) / len(SETS))

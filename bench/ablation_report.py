@@ -20,8 +20,11 @@ def recipe_of(args, column: str, seed: int) -> dict:
     return yaml.safe_load(json.loads(record.read_text()).get("recipe") or "{}")
 
 
-def paired(runs: dict, column: str, key: str) -> Interval:
+def paired(runs: dict, column: str, key: str) -> Interval | None:
+    """The column's paired interval against full BSR over the seeds both have; None where they share none."""
     seeds = sorted(set(runs[column]) & set(runs["full"]))
+    if not seeds:
+        return None
     return paired_interval([runs[column][s][key] for s in seeds], [runs["full"][s][key] for s in seeds])
 
 
@@ -76,9 +79,11 @@ def render(runs: dict, args, columns: dict, paper: dict, sets: tuple[str, ...]) 
             continue
         paper_diff = paper[c] - paper["full"] if c in paper else None
         ivs = {k: paired(runs, c, k) for k in keys}
-        cells = " | ".join(ivs[k].format() for k in keys)
-        lines.append(f"| {columns[c][0]} | {cells} | {'-' if paper_diff is None else f'{paper_diff:+.2f}'} | "
-                     f"{verdict(ivs['mean'], paper_diff)} |")
+        cells = " | ".join("no paired seeds" if ivs[k] is None else ivs[k].format() for k in keys)
+        said = "no seed of it has finished for full BSR too"
+        if ivs["mean"] is not None:
+            said = verdict(ivs["mean"], paper_diff)
+        lines.append(f"| {columns[c][0]} | {cells} | {'-' if paper_diff is None else f'{paper_diff:+.2f}'} | {said} |")
     lines += resolution_lines(runs, keys) + per_seed_lines(runs, columns, keys) + RERUN
     write_result(args.results, lines)
     plot(runs, columns, keys, args.results.with_suffix(".png"))
@@ -100,8 +105,9 @@ RERUN = [
 
 def resolution_lines(runs: dict, keys: tuple[str, ...]) -> list[str]:
     """How large an effect this many seeds can resolve, from the spread of the paired differences measured."""
-    n = min(len(rows) for rows in runs.values())  # the seeds every column has
-    sds = sorted(paired(runs, c, "mean").sd for c in runs if c != "full" and len(runs[c]) > 1)
+    n = len(set.intersection(*(set(rows) for rows in runs.values())))  # the seeds every column has
+    ivs = [paired(runs, c, "mean") for c in runs if c != "full"]
+    sds = sorted(iv.sd for iv in ivs if iv is not None and iv.n > 1)
     if not sds or n < 2:
         return []
     typical = sds[len(sds) // 2]

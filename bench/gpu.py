@@ -47,7 +47,9 @@ REPORT = REPO / "bench" / "results" / "gpu.md"
 RETURN_LIMIT = 16 * 2**20  # one file back through $OUT
 FINISH_S = 90.0  # a run the deadline stopped: ended at the step reached (a resume writing its model) within this
 PACK_S = 30.0  # the model packed and the last report written
-TAIL_S = FINISH_S + PACK_S + 10.0  # kept after the training deadline: SIGTERM's checkpoint, the finish run, packing
+TAIL_S = gpu_run.TERM_S + FINISH_S + PACK_S + 10.0  # kept after the training deadline: the stop (SIGTERM's
+# checkpoint, up to TERM_S), the finish run, packing (a run in its final evaluation has GRACE_S more to end, and
+# needs no finish run)
 
 
 def _out(args: argparse.Namespace, call: str) -> Path:
@@ -169,9 +171,8 @@ def plan_training(args: argparse.Namespace, window: gpu_run.Window) -> dict:
 
 
 def train_model(name: str, output: Path, cmd_of, seconds: float, logfile: Path, window: gpu_run.Window) -> dict:
-    """Train until `seconds`; if the deadline stopped it, end the run at the step reached (a resume with max_steps
-    set to it: the model, its record and card are written, the record says max_steps changed) within what the
-    window has left before packing."""
+    """Train until `seconds`; if the deadline stopped it, end the run at the step reached (gpu_run.finish_command)
+    within what the window has left before packing."""
     t0 = time.perf_counter()
     cmd = cmd_of(output)
     model_written = output / "model" / "training.json"
@@ -180,19 +181,19 @@ def train_model(name: str, output: Path, cmd_of, seconds: float, logfile: Path, 
     if stopped and rc == 0:
         step = gpu_run.last_checkpoint_step(output)
         room = window.left() - PACK_S
-        if step and room > 30.0:
-            finish = [*cmd_of(output, max_steps=step), "--resume", "latest", "--resume_allow_changes"]
-            rc, _ = gpu_run.run_with_deadline(finish, room - 25.0, logfile, model_written, grace_s=10.0, term_s=15.0)
+        stop_s = gpu_run.FINISH_GRACE_S + gpu_run.FINISH_TERM_S
+        if step and room > stop_s + 5.0:
+            finish = gpu_run.finish_command(cmd, step)
+            rc, _ = gpu_run.run_with_deadline(finish, room - stop_s, logfile, model_written,
+                                              grace_s=gpu_run.FINISH_GRACE_S, term_s=gpu_run.FINISH_TERM_S)
         elif step:
             log(f"no time left to end the run at step {step} ({room:.0f} s): its checkpoint stays on the machine")
-    history_file = output / "history.jsonl"
-    history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
-    rates = sorted(h["samples_per_s"] for h in history if "samples_per_s" in h)[1:]  # the first includes start-up
+    history = gpu_run.read_history(output)
     model_dir = output / "model"
     result = {"name": name, "command": " ".join(cmd[1:]), "returncode": rc, "stopped_at_deadline": stopped,
               "finish_command": " ".join(finish[1:]) if finish else None, "seconds": round(time.perf_counter() - t0),
               "steps": max((h["step"] for h in history), default=0),
-              "samples_per_s_median": rates[len(rates) // 2] if rates else None,
+              "samples_per_s_median": gpu_run.median_rate(history),
               "val_psnr_last": next((h["val_psnr"] for h in reversed(history) if "val_psnr" in h), None)}
     if (model_dir / "eval_results.json").is_file():
         result["device_eval"] = [{k: r[k] for k in ("benchmark", "psnr", "ssim")}
@@ -216,8 +217,8 @@ def call2(args: argparse.Namespace) -> int:
     output = gpu_stage.DEVICE_DATA / "outputs" / "bsr-base-x2"
     shutil.rmtree(output, ignore_errors=True)
 
-    def cmd_of(folder: Path, max_steps: int = plan["max_steps"]) -> list[str]:
-        return _train_command(args, max_steps, folder, plan["workers"])
+    def cmd_of(folder: Path) -> list[str]:
+        return _train_command(args, plan["max_steps"], folder, plan["workers"])
 
     result = stages.run("train", lambda: {**train_model("bsr-base-x2", output, cmd_of, plan["train_s"],
                                                         out / "train_bsr-base-x2.log", window),
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     if phase in ("call1", "call2") and (args.budget is None or args.limit is None):
         parser.error(f"{phase} needs --budget (status.budget_left_s) and --limit (its timeout_s): bench/GPU.md")
     if phase == "unpack":
+        if not args.tar or not args.dest_dir:
+            parser.error("unpack needs the returned .tar and a new folder: python bench/gpu.py unpack FILE.tar DEST")
         args.dest = args.dest_dir
         return unpack(args)
     if phase == "calls":

@@ -202,6 +202,10 @@ GRACE_S = 30.0  # a run past its deadline in its final evaluation: this much mor
 TERM_S = 60.0  # from SIGTERM (train.py finishes its step and writes a checkpoint) to SIGKILL of what is left
 
 
+FINISH_GRACE_S = 10.0  # a finish run (ending a stopped run at the step reached): its grace, as GRACE_S
+FINISH_TERM_S = 15.0  # and its SIGTERM-to-SIGKILL time, as TERM_S: 25 s of its time kept for its stop
+
+
 def wait_for_run(proc: subprocess.Popen, deadline: float, model_written: Path, grace_s: float | None = None,
                  term_s: float | None = None) -> str:
     """Wait for a train.py run until `deadline` (time.monotonic()); returns how it ended: "finished", "stopped"
@@ -209,31 +213,41 @@ def wait_for_run(proc: subprocess.Popen, deadline: float, model_written: Path, g
     train.py no longer answers SIGTERM (it would die of it, the evaluation lost): it gets `grace_s` more first. A
     run still there `term_s` after SIGTERM is killed with its process group (its data workers), so that the call
     goes on and writes what it has. `proc` must lead its own process group (process_group=0)."""
+    return wait_for_runs([proc], deadline, [model_written], grace_s, term_s)[0]
+
+
+def wait_for_runs(procs: list[subprocess.Popen], deadline: float, models_written: list[Path],
+                  grace_s: float | None = None, term_s: float | None = None) -> list[str]:
+    """wait_for_run for several runs on one clock: each is signalled at the shared deadline (or its grace's end)
+    and killed `term_s` after its signal, whatever the others do, so that all have ended by deadline + grace_s +
+    term_s at the latest. Waiting for one run after another would give the second its signal only once the first
+    had ended, up to grace_s + term_s past the deadline for each run. Returns how each ended, in order."""
     grace_s, term_s = GRACE_S if grace_s is None else grace_s, TERM_S if term_s is None else term_s
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        return "finished"
-    except subprocess.TimeoutExpired:
-        pass
-    if model_written.is_file():
-        try:
-            proc.wait(timeout=grace_s)
-            return "finished"
-        except subprocess.TimeoutExpired:
-            pass
-    log("deadline reached: asking train.py to checkpoint and stop")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=term_s)
-        return "stopped"
-    except subprocess.TimeoutExpired:
-        log(f"train.py still running {term_s:.0f} s after SIGTERM: killed")
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return "killed"
+    ended: list[str | None] = [None] * len(procs)
+    signalled: dict[int, float] = {}  # run -> when SIGTERM was sent
+    while None in ended:
+        now = time.monotonic()
+        for i, proc in enumerate(procs):
+            if ended[i] is not None:
+                continue
+            if proc.poll() is not None:
+                ended[i] = "stopped" if i in signalled else "finished"
+            elif i in signalled:
+                if now >= signalled[i] + term_s:
+                    log(f"train.py (pid {proc.pid}) still running {term_s:.0f} s after SIGTERM: killed")
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+                    ended[i] = "killed"
+            elif now >= deadline + (grace_s if models_written[i].is_file() else 0.0):
+                log(f"deadline reached: asking train.py (pid {proc.pid}) to checkpoint and stop")
+                proc.send_signal(signal.SIGTERM)
+                signalled[i] = now
+        if None in ended:
+            time.sleep(0.1)
+    return ended
 
 
 def start_run(cmd: list[str], log_file) -> subprocess.Popen:
@@ -259,3 +273,31 @@ def run_with_deadline(cmd: list[str], deadline_s: float, logfile: Path, model_wr
 def last_checkpoint_step(output: Path) -> int | None:
     steps = [int(p.name.split("_")[1]) for p in (output / "checkpoints").glob("step_*")]
     return max(steps) if steps else None
+
+
+def finish_command(cmd: list[str], step: int) -> list[str]:
+    """`cmd`, a train.py run the deadline stopped, ended at the step it reached: a resume with max_steps set to
+    `step`, which writes the model, its record and card (the record notes the change)."""
+    at = cmd.index("--optim.max_steps") + 1
+    return [*cmd[:at], str(step), *cmd[at + 1:], "--resume", "latest", "--resume_allow_changes"]
+
+
+def read_history(output: Path) -> list[dict]:
+    """A run's history.jsonl, whole entries only: a line cut short (a run killed while appending it) is skipped,
+    as train.py's own reader does on resume (TrainingRun._read_history)."""
+    history_file = output / "history.jsonl"
+    entries = []
+    for line in history_file.read_text().splitlines() if history_file.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "step" in entry:
+            entries.append(entry)
+    return entries
+
+
+def median_rate(history: list[dict]) -> float | None:
+    """The median samples/s of a run's history, without its first logged rate (it includes the start-up)."""
+    rates = sorted([h["samples_per_s"] for h in history if "samples_per_s" in h][1:])
+    return rates[len(rates) // 2] if rates else None

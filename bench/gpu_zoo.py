@@ -47,7 +47,9 @@ ZOO = [  # name, preset, scale, LR patch, fallback init, learning rate
 ]
 FINISH_S = 90.0  # the runs the deadline stopped, ended together at the step reached
 PACK_S = 40.0  # four models packed, the summary written after each
-TAIL_S = FINISH_S + PACK_S + 10.0  # kept after the runs' deadline
+TAIL_S = gpu_run.TERM_S + FINISH_S + PACK_S + 10.0  # kept after the runs' deadline: their stop (SIGTERM's
+# checkpoints, all at once), the finish runs, packing (a run in its final evaluation has GRACE_S more to end, and
+# needs no finish run)
 
 
 def init_for(name: str, fallback: str | None) -> str | None:
@@ -165,10 +167,10 @@ def run_all(runs: list[dict], steps: dict[str, int], root: Path, logs: Path, win
                         str(steps[r["name"]]), "--output.dir", str(root / r["name"])]
         logfile = (logs / f"train_{r['name']}.log").open("w")
         procs.append((r, gpu_run.start_run(r["command"], logfile), logfile))
-    deadline = window.deadline - TAIL_S
-    for r, proc, logfile in procs:
-        ended = gpu_run.wait_for_run(proc, deadline, root / r["name"] / "model" / "training.json")
-        r["stopped_at_deadline"] = ended != "finished"
+    ended = gpu_run.wait_for_runs([proc for _, proc, _ in procs], window.deadline - TAIL_S,
+                                  [root / r["name"] / "model" / "training.json" for r in runs])
+    for (r, proc, logfile), how in zip(procs, ended):
+        r["stopped_at_deadline"] = how != "finished"
         r["returncode"] = proc.returncode
         logfile.close()
     finish_runs([r for r in runs if r["stopped_at_deadline"] and r["returncode"] == 0], root, logs,
@@ -177,24 +179,27 @@ def run_all(runs: list[dict], steps: dict[str, int], root: Path, logs: Path, win
 
 
 def finish_runs(stopped: list[dict], root: Path, logs: Path, seconds: float) -> None:
-    """End the runs the deadline stopped at the step they reached, all at once and within `seconds` (a resume with
-    max_steps set to it: the model, its record and card are written, and the record notes the change). One after
-    another with no time limit, they could take the call past its limit and every summary with it."""
-    deadline = time.monotonic() + seconds
+    """End the runs the deadline stopped at the step they reached (gpu_run.finish_command), all at once and within
+    `seconds`, their stop included. One after another with no time limit, they could take the call past its limit
+    and every summary with it."""
+    stop_s = gpu_run.FINISH_GRACE_S + gpu_run.FINISH_TERM_S
+    if stopped and seconds < stop_s + 5.0:
+        gpu_run.log(f"no time left to end {len(stopped)} stopped run(s) ({seconds:.0f} s): their checkpoints stay")
+        return
+    deadline = time.monotonic() + seconds - stop_s
     started = []
     for r in stopped:
-        folder = root / r["name"]
-        step = gpu_run.last_checkpoint_step(folder)
+        step = gpu_run.last_checkpoint_step(root / r["name"])
         if not step:
             continue
-        cmd = r["command"]
-        finish = [*cmd[:cmd.index("--optim.max_steps") + 1], str(step), "--output.dir", str(folder), "--resume",
-                  "latest", "--resume_allow_changes"]
+        finish = gpu_run.finish_command(r["command"], step)
         logfile = (logs / f"train_{r['name']}.log").open("a")
         started.append((r, finish, gpu_run.start_run(finish, logfile), logfile))
-    for r, finish, proc, logfile in started:
-        r["finish_ended"] = gpu_run.wait_for_run(proc, deadline, root / r["name"] / "model" / "training.json")
-        r["returncode"], r["finish_command"] = proc.returncode, " ".join(finish[1:])
+    ended = gpu_run.wait_for_runs([proc for *_, proc, _ in started], deadline,
+                                  [root / r["name"] / "model" / "training.json" for r, *_ in started],
+                                  gpu_run.FINISH_GRACE_S, gpu_run.FINISH_TERM_S)
+    for (r, finish, proc, logfile), how in zip(started, ended):
+        r["finish_ended"], r["returncode"], r["finish_command"] = how, proc.returncode, " ".join(finish[1:])
         logfile.close()
 
 
@@ -202,11 +207,8 @@ def collect(r: dict, folder: Path, out: Path) -> dict:
     """A run's steps and median rate from its history, and its model packed into `out` if it was written."""
     if isinstance(r.get("command"), list):
         r["command"] = " ".join(r["command"][1:])
-    history_file = folder / "history.jsonl"
-    history = [json.loads(x) for x in history_file.read_text().splitlines()] if history_file.is_file() else []
-    rates = sorted(h["samples_per_s"] for h in history if "samples_per_s" in h)[1:]
-    r.update(steps=max((h["step"] for h in history), default=0),
-             samples_per_s_median=rates[len(rates) // 2] if rates else None)
+    history = gpu_run.read_history(folder)
+    r.update(steps=max((h["step"] for h in history), default=0), samples_per_s_median=gpu_run.median_rate(history))
     if (folder / "model" / "training.json").is_file():
         r["packed"] = gpu.pack_model(folder / "model", out / f"{r['name']}.tar")
     gpu_run.log(f"{r['name']}: rc {r.get('returncode')}, {r['steps']} steps, {r.get('samples_per_s_median')} samples/s")

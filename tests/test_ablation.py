@@ -108,3 +108,68 @@ def test_the_driver_refuses_a_grid_without_its_reference(capsys):
     with pytest.raises(SystemExit):
         ablation.parse_args(["--columns", "no-sc", "l2"])
     assert "--columns must include full" in capsys.readouterr().err
+
+
+def _recorded(args, column: str, seed: int):
+    """The config a run of `column` and `seed` under `args` would record (what train.py resolves)."""
+    from bsr_hub.commands.train import load_train_config
+
+    cmd = ablation.train_command(args, column, seed)
+    flags = cmd[cmd.index("train.py") + 1:]
+    flags[flags.index("--config") + 1] = str(REPO_ROOT / args.config)
+    return load_train_config(flags)[0]
+
+
+def test_a_run_made_with_other_settings_stops_the_grid_naming_its_folder(tmp_path):
+    """A run counted as finished whatever its --steps: `--steps 2` then a default run mixed budgets in one table.
+    A finished or interrupted run whose recorded recipe differs from what the grid asks now stops it, and is kept."""
+    from bsr_hub.training.config import config_to_yaml
+
+    out = tmp_path / "runs"
+    argv = ["--columns", "full", "--seeds", "0", "--launcher", "python", "--out", str(out),
+            "--results", str(tmp_path / "ablation.md")]
+    made = _recorded(ablation.parse_args([*argv, "--steps", "2"]), "full", 0)
+    model = out / "full" / "seed0" / "model"
+    model.mkdir(parents=True)
+    (model / "training.json").write_text(json.dumps({"recipe": config_to_yaml(made), "wall_time_s": 1.0}))
+    (model / "eval_results.json").write_text(json.dumps({"results": [
+        {"benchmark": name, "psnr": 30.0} for name in ("Set5", "Set14", "BSD100")]}))
+    with pytest.raises(SystemExit, match=f"{model.parent} holds a finished run .*optim.max_steps 2 there, 3 asked"):
+        ablation.main([*argv, "--steps", "3", "--report"])
+    with pytest.raises(SystemExit, match="model.preset 'bsr-tiny' there, 'bsr-lite' asked"):
+        ablation.run_grid(ablation.parse_args([*argv, "--steps", "2", "--preset", "bsr-lite"]))
+    assert (model / "training.json").is_file() and (model / "eval_results.json").is_file()
+
+    # An interrupted run (a checkpoint, no model yet) of another column's settings is not resumed either.
+    other = _recorded(ablation.parse_args([*argv, "--steps", "2"]), "no-sc", 0)
+    checkpoint = out / "full" / "seed1" / "checkpoints" / "step_1"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer.json").write_text(json.dumps({"step": 1, "config": other.to_dict()}))
+    with pytest.raises(SystemExit, match=f"{checkpoint.parents[1]} holds an interrupted run .*model.overrides"):
+        ablation.run_grid(ablation.parse_args([*argv[:3], "1", *argv[4:], "--steps", "2"]))
+    assert (checkpoint / "trainer.json").is_file()
+
+
+def _rows(seeds, psnr: float = 30.0) -> dict[int, dict]:
+    return {s: {"Set5": psnr + s / 10, "Set14": psnr, "BSD100": psnr, "mean": psnr + s / 30, "wall_s": None}
+            for s in seeds}
+
+
+def test_a_column_with_no_seed_in_common_with_full_is_reported_not_a_crash(tmp_path):
+    """paired() raised ValueError for a column that shares no seed with full BSR, and the resolution took the
+    smallest column's seed count for "the seeds every column has"."""
+    import types
+
+    from ablation_report import render, resolution_lines
+
+    keys = ("Set5", "Set14", "BSD100", "mean")
+    runs = {"full": _rows([0, 1, 2]), "no-sc": _rows([0, 1, 2], 29.9), "l2": _rows([1, 2, 3], 29.8)}
+    (line,) = [x for x in resolution_lines(runs, keys) if "an interval over" in x]
+    assert "an interval over 2 seeds" in line  # seeds 1 and 2: in every column
+
+    runs["no-rfs"] = _rows([5, 6])
+    args = types.SimpleNamespace(out=tmp_path / "runs", config="configs/ablation_tiny_x2.yaml", command="test",
+                                 results=tmp_path / "ablation.md")
+    render(runs, args, ablation.COLUMNS, ablation.PAPER_PSNR, ablation.SETS)
+    (row,) = [x for x in args.results.read_text().splitlines() if x.startswith("| without RFS") and "paired" in x]
+    assert row.count("no paired seeds") == 4 and "no seed of it has finished for full BSR too" in row

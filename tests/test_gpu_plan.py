@@ -235,8 +235,10 @@ def test_a_run_that_does_not_stop_is_killed_and_the_call_goes_on(tmp_path, monke
 def test_the_zoo_ends_its_stopped_runs_together_and_within_a_limit(tmp_path, monkeypatch):
     """gpu_zoo's finish runs went one after another with no time limit: one that hung took the call past its
     limit, and every summary file with it."""
-    monkeypatch.setattr(gpu_run, "GRACE_S", 1.0)
-    monkeypatch.setattr(gpu_run, "TERM_S", 1.0)
+    monkeypatch.setattr(gpu_run, "GRACE_S", 20.0)  # a main run's: not the finish runs'
+    monkeypatch.setattr(gpu_run, "TERM_S", 20.0)
+    monkeypatch.setattr(gpu_run, "FINISH_GRACE_S", 1.0, raising=False)
+    monkeypatch.setattr(gpu_run, "FINISH_TERM_S", 1.0, raising=False)
     monkeypatch.setattr(gpu_run, "start_run", lambda cmd, log: subprocess.Popen(
         FAKES[cmd[cmd.index("--output.dir") + 1]], stdout=log, stderr=subprocess.STDOUT, process_group=0))
     FAKES = {str(tmp_path / "quick"): fake_train(tmp_path, "quick", "MODEL.write_text('{}'); time.sleep(2)"),
@@ -253,7 +255,35 @@ def test_the_zoo_ends_its_stopped_runs_together_and_within_a_limit(tmp_path, mon
     assert quick["finish_ended"] == "finished" and quick["returncode"] == 0
     assert hung["finish_ended"] in ("stopped", "killed") and hung["returncode"] != 0
     assert "--optim.max_steps 40" in quick["finish_command"] and "--resume latest" in quick["finish_command"]
-    assert time.monotonic() - t0 < 15.0 + gpu_run.GRACE_S + gpu_run.TERM_S + 10  # bounded, whatever the runs do
+    assert time.monotonic() - t0 < 15.0 + 3.0  # within `seconds`, their stop included, whatever the runs do
+
+
+def test_the_zoo_signals_its_four_runs_together_at_the_deadline(tmp_path, monkeypatch):
+    """run_all waited for one run after another: the second got SIGTERM only once the first had ended, up to
+    GRACE_S + TERM_S (90 s) later, and the fourth ~270 s past a deadline that keeps 140 s for the rest."""
+    monkeypatch.setattr(gpu_run, "TERM_S", 2.0)
+    names = [name for name, *_ in gpu_zoo.ZOO]
+    body = ("signal.signal(signal.SIGTERM, lambda *_: (READY.parent / 'term').write_text(repr(time.time()))); "
+            "READY.touch(); time.sleep(120)")  # checkpoints at SIGTERM, then hangs: killed TERM_S later
+    fakes = {str(tmp_path / name): fake_train(tmp_path, name, body) for name in names}
+
+    def fake_start(cmd: list[str], log) -> subprocess.Popen:
+        folder = cmd[cmd.index("--output.dir") + 1]
+        proc = subprocess.Popen(fakes[folder], stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        while not (Path(folder) / "ready").is_file() and proc.poll() is None:  # its SIGTERM handler is set
+            time.sleep(0.05)
+        return proc
+
+    monkeypatch.setattr(gpu_run, "start_run", fake_start)
+    runs = [{"name": name, "flags": []} for name in names]
+    window = gpu_run.Window("call3", 600.0, 500.0, 95.0, gpu_zoo.TAIL_S)  # the runs' deadline: now
+    t0 = time.monotonic()
+    gpu_zoo.run_all(runs, {name: 8 for name in names}, tmp_path, tmp_path / "logs", window)
+    waited = time.monotonic() - t0
+    signalled = [float((tmp_path / name / "term").read_text()) for name in names]
+    assert max(signalled) - min(signalled) < 1.0, "the runs were signalled one after another"
+    assert [(r["stopped_at_deadline"], r["returncode"]) for r in runs] == [(True, -9)] * 4
+    assert waited < 2 * gpu_run.TERM_S + 3.0  # one TERM_S for all, not one each
 
 
 def test_the_zoo_call_writes_its_summary_after_each_run(tmp_path, monkeypatch):
@@ -443,7 +473,54 @@ def test_every_deadline_comes_from_the_budget_passed_in(tmp_path):
     window = gpu_run.Window("call2", 600.0, 505.0, 95.0, 475.0)
     planned = gpu.plan_training(args, window)
     assert planned["max_steps"] == 8 and abs(planned["train_s"] - (475.0 - gpu.TAIL_S)) < 5.0
-    assert gpu.TAIL_S >= gpu.FINISH_S + gpu.PACK_S and gpu.TAIL_S >= gpu_run.TERM_S + gpu.PACK_S
+    # A run stopped at the deadline may take TERM_S to checkpoint and exit; the finish run and packing come after
+    # it, not beside it (a slow stop left the finish run ~15 s, and it was killed).
+    assert gpu.TAIL_S >= gpu_run.TERM_S + gpu.FINISH_S + gpu.PACK_S
+    assert gpu_zoo.TAIL_S >= gpu_run.TERM_S + gpu_zoo.FINISH_S + gpu_zoo.PACK_S
+
+
+def test_unpack_without_its_arguments_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        gpu.main(["unpack"])
+    assert stop.value.code == 2 and "unpack needs the returned .tar and a new folder" in capsys.readouterr().err
+
+
+def _history(entries: list[dict]) -> str:
+    """history.jsonl as a run killed while appending its last entry leaves it."""
+    return "".join(json.dumps(h) + "\n" for h in entries) + '{"step": 99, "samples_per'
+
+
+def test_a_history_cut_short_by_a_kill_is_read_and_the_start_up_rate_dropped(tmp_path, monkeypatch):
+    """Both calls read history.jsonl with json.loads per line: the last line of a SIGKILLed run, cut short,
+    crashed the stage. And `sorted(rates)[1:]` dropped the slowest rate, not the first (the start-up's)."""
+    entries = [{"step": 2, "samples_per_s": 30.0}, {"step": 4, "samples_per_s": 10.0},
+               {"step": 6, "samples_per_s": 20.0}, {"step": 8, "samples_per_s": 100.0}, {"step": 8, "val_psnr": 30.0}]
+    # Without the first rate (30, the start-up's): 10, 20, 100, median 20 (dropping the slowest, 10, gave 30).
+    folder = tmp_path / "zoo" / "bsr-lite-x2"
+    folder.mkdir(parents=True)
+    (folder / "history.jsonl").write_text(_history(entries))
+    r = gpu_zoo.collect({"name": "bsr-lite-x2", "command": ["python", "train.py"]}, folder, tmp_path)
+    assert (r["steps"], r["samples_per_s_median"]) == (8, 20.0)
+
+    output, calls = tmp_path / "base", []
+
+    def run_with_deadline(cmd, deadline_s, logfile, model_written, grace_s=None, term_s=None):
+        calls.append(cmd)
+        if len(calls) == 1:  # stopped at the deadline, a checkpoint at step 6, its last history line cut short
+            (output / "checkpoints" / "step_6").mkdir(parents=True)
+            (output / "history.jsonl").write_text(_history(entries[:3]))
+            return 0, True
+        (output / "history.jsonl").write_text(_history(entries))  # the finish run
+        return 0, False
+
+    monkeypatch.setattr(gpu_run, "run_with_deadline", run_with_deadline)
+    window = gpu_run.Window("call2", 600.0, 505.0, 95.0, 475.0)
+    cmd_of = lambda folder, max_steps=100: ["python", "train.py", "--optim.max_steps", str(max_steps), "--output.dir",
+                                           str(folder)]
+    result = gpu.train_model("bsr-base-x2", output, cmd_of, 300.0, tmp_path / "train.log", window)
+    assert (result["steps"], result["samples_per_s_median"], result["val_psnr_last"]) == (8, 20.0, 30.0)
+    assert calls[1] == ["python", "train.py", "--optim.max_steps", "6", "--output.dir", str(output), "--resume",
+                        "latest", "--resume_allow_changes"]
 
 
 STAGE_SCRIPT = """
