@@ -11,6 +11,10 @@ from pathlib import Path
 # Set before anything imports huggingface_hub: offline lookups fail in milliseconds instead of ~23 s of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# upscale's backend="auto" measures the backends on a CPU once per model and shape (inference/autotune.py): seconds
+# of builds and timings that would make results depend on the machine's load. Off unless a run asks for it
+# (BSR_HUB_AUTOTUNE=1 pytest ...); tests/inference/test_autotune.py turns it on where it is the subject.
+os.environ.setdefault("BSR_HUB_AUTOTUNE", "0")
 
 import numpy as np
 import pytest
@@ -61,6 +65,15 @@ def bench_dir(tmp_path: Path) -> Path:
     """A benchmarks folder holding one synthetic benchmark, "Syn"."""
     write_benchmark_images(tmp_path / "benchmarks" / "Syn")
     return tmp_path / "benchmarks"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autotune_cache_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The autotune cache file (BSR_HUB_CACHE) in a folder of the session's, never the user's own cache; subprocesses
+    started by a test inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BSR_HUB_CACHE", str(tmp_path_factory.mktemp("bsr-hub-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -34,8 +34,11 @@ def test_pic_stats_says_why_an_image_was_skipped(tmp_path, capsys):
     assert "(1 skipped: 1 smaller than the patch)" in capsys.readouterr().out
 
 
-def test_cpu_half_precision_is_answered_in_flags(tmp_path, tiny_checkpoint, capsys):
+def test_cpu_half_precision_is_answered_in_flags(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     # A command-line user cannot act on check_precision's "use model.float()"; the CLI names the flags.
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)  # a CPU with avx512_bf16 runs --dtype bfloat16
     Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
     args = ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_checkpoint)]
     for dtype in ("float16", "bfloat16"):

@@ -1,7 +1,7 @@
 """`bsr-hub`: the parser of every subcommand (each command's module adds its own, `add_parser`) and `main`, the
 console script's entry point.
 
-The commands: upscale (upscale.py), list and info (info.py), demo (demo.py), degrade (degrade.py), eval
+The commands: upscale (upscale.py), list and info (info.py), bench (bench.py), demo (demo.py), degrade (degrade.py), eval
 (eval.py; also `python evaluate.py`), pic-stats (pic_stats.py), export and space export (export.py). The flags of
 `accelerate launch train.py` are train.py's. No module outside this subpackage parses arguments.
 """
@@ -12,12 +12,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import degrade, demo, export, info, pic_stats, upscale
+from . import bench, degrade, demo, export, info, pic_stats, upscale
 from . import eval as eval_command
 from .signals import sigterm_as_exit
 
-# In the order `bsr-hub --help` lists them: upscale, list, info, demo, degrade, eval, pic-stats, export, space.
-COMMANDS = (upscale, info, demo, degrade, eval_command, pic_stats, export)
+# In the order `bsr-hub --help` lists them: upscale, list, info, bench, demo, degrade, eval, pic-stats, export, space.
+COMMANDS = (upscale, info, bench, demo, degrade, eval_command, pic_stats, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

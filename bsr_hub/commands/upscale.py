@@ -53,10 +53,13 @@ def _load_model(name: str, device: str, dtype: str):
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(kind, False):
         raise ValueError(f"--device {device}: no {kind.upper()} device is available here (use --device cpu or auto)")
-    if kind == "cpu" and dtype != "float32":
+    from ..core.cpu import describe_cpu, has_native_bf16
+
+    if kind == "cpu" and dtype != "float32" and not (dtype == "bfloat16" and has_native_bf16()):
         # Said in flags: check_precision's advice (model.float()) is for Python callers. Checked before loading.
+        bf16 = f"; bf16 runs on a CPU with avx512_bf16, which this one ({describe_cpu()}) lacks" if dtype == "bfloat16" else ""
         raise ValueError(f"--dtype {dtype} needs a GPU (--device cuda); on the CPU keep --dtype float32 "
-                         "(half precision is unsupported or 10-200x slower there)")
+                         f"(half precision is unsupported or 10-200x slower there{bf16})")
     model = BSRModel.from_pretrained(name, map_location=device)
     return model.to(dtype=getattr(torch, dtype))
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..core import read_png_16bit  # noqa: F401 (re-exported)
+from ..core import (
+    cpu,
+    read_png_16bit,  # noqa: F401 (re-exported)
+)
+from .autotune import choice_for
 from .backends import BACKENDS, get_runner, resolve_backend
 from .convert import _network_input, _Output, _prepare
 from .protocol import Upscaler
@@ -25,6 +30,7 @@ from .tiling import (
     DEFAULT_TILE_OVERLAP,
     MIN_TILE,
     TileSetting,
+    Tiling,
     _run_tiled,
     _warn_if_one_pass_is_too_large,
     release_cached_memory,
@@ -47,11 +53,62 @@ def _ensemble(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_precision(model: Upscaler) -> None:
-    if model.device.type == "cpu" and model.dtype in (torch.float16, torch.bfloat16):
+    """Half precision on the CPU: bf16 runs where the CPU computes it natively (AVX-512 BF16 or AMX, read from its
+    flags at run time: `core.cpu.has_native_bf16`); fp16, and bf16 on any other CPU, is a ValueError that says why."""
+    if model.device.type != "cpu" or model.dtype not in (torch.float16, torch.bfloat16):
+        return
+    if model.dtype == torch.bfloat16:
+        if cpu.has_native_bf16():
+            return
         raise ValueError(
-            f"the model is in {model.dtype} on the CPU, where half-precision convolutions are unsupported or "
-            "10 to 200 times slower; use model.float() on the CPU, or move the model to a GPU for fp16/bf16"
+            f"the model is in torch.bfloat16 on the CPU, and this CPU ({cpu.describe_cpu()}) has no native bf16 "
+            f"({' or '.join(cpu.NATIVE_BF16_FLAGS)}): its bf16 convolutions run 10 to 200 times slower than float32; "
+            "use model.float() here, or bf16 on a CPU with avx512_bf16 or on a GPU"
         )
+    raise ValueError(
+        f"the model is in {model.dtype} on the CPU, where half-precision convolutions are unsupported or "
+        "10 to 200 times slower; use model.float() on the CPU (or bfloat16 on a CPU with avx512_bf16), or move the "
+        "model to a GPU for fp16/bf16"
+    )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How one call runs the network: its tiling, the backend (resolved, never "auto"), the mirrored border, and the
+    layout (`memory_format`). `channels_last` is the caller's or the measured choice's; None leaves the fixed rule."""
+
+    tiling: Tiling
+    backend: str
+    context: int
+    channels_last: bool | None
+    device_type: str
+    dtype: torch.dtype
+
+    def memory_format(self, whole: bool) -> torch.memory_format:
+        # Without a measurement: channels_last feeds CUDA's tensor cores and the CPU's native bf16 kernels (oneDNN's
+        # bf16 convolutions are blocked for it); on AVX2 CPUs it was faster on tiles in every run of
+        # bench/fast_path.py, while whole images measured within noise (NCHW 7 % faster in
+        # bench/results/inference.md), so fp32 on the CPU without a measurement uses it for tiles only.
+        use = self.channels_last
+        if use is None:
+            use = self.device_type == "cuda" or self.dtype == torch.bfloat16 or not whole
+        return torch.channels_last if use else torch.contiguous_format
+
+
+def plan_run(model: Upscaler, x_shape: Sequence[int], *, tile: int | str | None = AUTO,
+             tile_overlap: int = DEFAULT_TILE_OVERLAP, channels_last: bool | None = None,
+             backend: str = AUTO) -> RunPlan:
+    """The RunPlan for a (B, 3, h, w) input. On the CPU, `backend="auto"` is measured on this machine once per model
+    and pass shape (autotune.choice_for) and fixed from then on; where it is not (a named backend, a GPU, a small
+    input, BSR_HUB_AUTOTUNE=0) the fixed rules of backends.resolve_backend and `RunPlan.memory_format` hold."""
+    tiling = resolve_tiling(tile, tile_overlap, model, x_shape)
+    context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
+    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context)
+    if tuned is not None:
+        backend, channels_last = tuned.backend, channels_last if channels_last is not None else tuned.channels_last
+    else:
+        backend = resolve_backend(model, backend, pixels=x_shape[0] * x_shape[-2] * x_shape[-1])
+    return RunPlan(tiling, backend, context, channels_last, model.device.type, model.dtype)
 
 
 def super_resolve(
@@ -97,16 +154,8 @@ def super_resolve_bands(
     retry's result."""
     check_precision(model)
     device, dtype = model.device, model.dtype
-    tiling = resolve_tiling(tile, tile_overlap, model, x.shape)
-    backend = resolve_backend(model, backend, pixels=x.shape[0] * x.shape[-2] * x.shape[-1])
-    context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
-    def layout(whole: bool) -> torch.memory_format:
-        # channels_last feeds CUDA's tensor cores. On this CPU it was faster on tiles in every run of bench/fast_path.py
-        # (eager at 1024x1024: 3.9 against 5.1 s in bench/results/fast_path_1024_run1.md, 4.3 against 4.8 s in
-        # fast_path.md; 16.7 against 20.5 s at 384x384 in fast_path_384.md), while whole images measured within noise
-        # (NCHW 7 % faster in bench/results/inference.md): so the CPU uses it for tiles only.
-        use = channels_last if channels_last is not None else device.type == "cuda" or not whole
-        return torch.channels_last if use else torch.contiguous_format
+    plan = plan_run(model, x.shape, tile=tile, tile_overlap=tile_overlap, channels_last=channels_last, backend=backend)
+    tiling, backend, context = plan.tiling, plan.backend, plan.context
 
     runners: dict[torch.memory_format, Callable] = {}  # looked up once per call, not once per tile
 
@@ -125,7 +174,7 @@ def super_resolve_bands(
         try:
             with torch.no_grad():
                 # An out-of-memory retry tiles too, so it takes the tiles' layout: the same result as asking for it.
-                run = functools.partial(forward, memory_format=layout(whole=size is None))
+                run = functools.partial(forward, memory_format=plan.memory_format(whole=size is None))
                 _run_tiled(run, x, model.scale, size, tiling.overlap, lambda row, band: emit(row, band.clamp_(0, 1)),
                            context=context)
                 return

@@ -20,17 +20,21 @@ import torch
 from .onnx import INPUT_NAME, trace_to_onnx
 from .tiling import AUTO
 
-BACKENDS = ("eager", "jit", "compile", "onnxruntime")
+BACKENDS = ("eager", "jit", "compile", "onnxruntime", "onnxruntime-int8")
 """eager: the nn.Module as it is. jit: a traced TorchScript graph, frozen (weights become constants) and passed
 through torch.jit.optimize_for_inference (conv + ReLU fusion, MKL-DNN layouts). compile: torch.compile with the
 inductor backend and freezing; compiled once per input shape (about a minute on this CPU), reused after. onnxruntime:
 the model exported to ONNX (opset 17, any height and width) and run by ONNX Runtime's CPU provider; needs the
-`export` extra."""
+`export` extra. onnxruntime-int8: that graph statically quantized to int8 (quantize.py), calibrated on patches of the
+bundled example photos when first built; lossy (bench/results/int8.md measures its cost), so only when named: "auto"
+never picks it."""
 
 CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
-"""What `backend="auto"` runs on the CPU: the first of these that is available (onnxruntime only with the `export`
-extra). bench/fast_path.py times every backend side by side on bsr-lite-x2. With training jobs on the cores, ONNX
-Runtime took about a third of eager's and jit's time on the same tiles (bench/results/fast_path_384.md); on the
+"""What `backend="auto"` runs on the CPU when nothing was measured (BSR_HUB_AUTOTUNE=0; otherwise autotune.py
+measures eager, jit and onnxruntime on this machine and runs the fastest): the first of these that is available
+(onnxruntime only with the `export` extra). The order comes from one machine and does not hold on another: on an
+AVX-512 BF16 EPYC (issue 27) eager beat jit and onnxruntime at 1024x1024. bench/fast_path.py times every backend
+side by side on bsr-lite-x2. With training jobs on the cores, ONNX Runtime took about a third of eager's and jit's time on the same tiles (bench/results/fast_path_384.md); on the
 quieter machine the backends were within 25 % of each other at 1024x1024 (bench/results/fast_path.md: compile 3.4,
 onnxruntime 4.0, eager channels_last 4.3, jit 4.7 s). jit and eager are within noise; jit comes first as it fuses
 conv + ReLU. torch.compile, the fastest once built there, is left out of the default: its first call on each new
@@ -67,25 +71,30 @@ inputs of at least this many LR pixels, or once it is built anyway: a smaller im
 
 
 def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = None) -> str:
-    """"auto" -> eager off the CPU, else the first available of CPU_BACKEND_PREFERENCE (eager for an input of
-    fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. The choice depends on the input alone, never on
-    what earlier calls built: the backends agree only to within rounding, and the same image must give the same
-    result whatever was upscaled before."""
+    """"auto" -> eager off the CPU (and for a bf16 model on it), else the first available of CPU_BACKEND_PREFERENCE
+    (eager for an input of fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. This is the fixed rule,
+    for where nothing was measured: on the CPU, `upscale` first asks autotune.choice_for, which measures the
+    backends on this machine once per model and pass shape and then keeps that choice for the life of the process
+    (and in the cache file for later ones). Either way the choice never depends on what earlier calls happened to
+    build: the backends agree only to within rounding, and the same image must give the same result whatever was
+    upscaled before in the process."""
     if backend not in (AUTO, *BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == AUTO:
-        if model.device.type != "cpu" or not _has_learned_weights(model):
-            return "eager"  # on a GPU eager channels_last is what was measured; other modules (bicubic) stay as they are
+        if model.device.type != "cpu" or not _has_learned_weights(model) or model.dtype != torch.float32:
+            # On a GPU eager channels_last is what was measured; other modules (bicubic) stay as they are; bf16 on a
+            # CPU runs eager, as measured (issue 27): the graph backends were built and timed for float32.
+            return "eager"
         available = {"eager": True, "jit": True, "compile": True, "onnxruntime": _onnxruntime_available()}
         preferred = next(b for b in CPU_BACKEND_PREFERENCE if available[b])
         small = pixels is not None and pixels < CPU_BUILD_MIN_PIXELS
         return "eager" if small else preferred
-    if backend == "onnxruntime" and model.device.type != "cpu":
-        raise ValueError(f"backend='onnxruntime' runs on the CPU only; the model is on {model.device}")
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "onnxruntime-int8") and model.device.type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on the CPU only; the model is on {model.device}")
+    if backend in ("onnxruntime", "onnxruntime-int8"):
         from ..core import require
 
-        require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
+        require("onnxruntime", "onnx", extra="export", what=f"backend={backend!r}")
     return backend
 
 
@@ -99,20 +108,27 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
     if backend == "compile":
         # A private copy: the cache must not keep the caller's model alive, and freezing treats weights as constants.
         return torch.compile(copy.deepcopy(model).eval(), backend="inductor", dynamic=False, options={"freezing": True})
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "onnxruntime-int8"):
         from ..core import require
 
-        ort = require("onnxruntime", "onnx", extra="export", what="backend='onnxruntime'")
+        ort = require("onnxruntime", "onnx", extra="export", what=f"backend={backend!r}")
+        if backend == "onnxruntime-int8" and model.dtype != torch.float32:
+            raise ValueError(f"backend='onnxruntime-int8' quantizes a float32 model; this one is {model.dtype}")
 
         buffer = io.BytesIO()
         try:
             trace_to_onnx(model, example.contiguous(), buffer)
         except Exception as err:  # torch reports a missing `onnx` as its own error type
-            raise ImportError(f"backend='onnxruntime' could not export the model ({err}); "
+            raise ImportError(f"backend={backend!r} could not export the model ({err}); "
                               "pip install 'bsr-hub[export]'") from err
+        graph = buffer.getvalue()
+        if backend == "onnxruntime-int8":
+            from .quantize import quantize_for_backend
+
+            graph = quantize_for_backend(graph)  # calibrated on the bundled photos: a few seconds, once per weights
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         def run(x: torch.Tensor) -> torch.Tensor:
             (y,) = session.run(None, {INPUT_NAME: x.detach().float().contiguous().numpy()})
@@ -133,6 +149,9 @@ def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory
     with _RUNNERS_LOCK:
         runners = _RUNNERS.setdefault(model, {})
         if key not in runners:
-            runners.clear()  # a stale graph holds a full copy of old weights
+            # A graph built for other weights holds a full copy of them: dropped. Graphs of these weights in other
+            # backends or layouts stay, so that the measured choice (autotune.py) is not built a second time.
+            for stale in [k for k in runners if k[2] != key[2]]:
+                del runners[stale]
             runners[key] = _build_runner(model, backend, memory_format)
         return runners[key]

@@ -12,6 +12,10 @@ the checkpoint's config, and the same facts are in the graph's metadata
 (`InferenceSession.get_modelmeta().custom_metadata_map`), so a user of either runtime need not guess, and
 `bsr-hub eval --model model.onnx` needs no `--scale`.
 
+`bsr-hub export MODEL -o model.onnx --int8` (`export_onnx_int8`) writes the same graph statically quantized to int8
+(inference/quantize.py: what is quantized, and why), with the same convention and facts, plus how it was quantized
+and calibrated, and its PSNR cost against the float32 graph measured under the published protocol.
+
 The graph's conventions (the names, the opset, the exporter's settings and why, `ClampedBSR`) are the inference
 layer's (bsr_hub/inference/onnx.py), shared with the ONNX Runtime backend of `upscale`.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from ..inference import (
     ClampedBSR,
     trace_to_onnx,
 )
+from ..inference.quantize import CalibrationSet, QuantSettings, quantize_graph
 from .modeling import BSRModel
 
 VERIFY_TOLERANCE = 1e-3
@@ -97,6 +104,38 @@ def export_metadata(model: BSRModel, source: str) -> dict[str, Any]:
     }
 
 
+def check_targets(path: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
+    """(the .onnx file, its .json sidecar), checked before any work: a wrong suffix, files that exist without
+    `overwrite`, or a sidecar name that would replace a JSON file no export wrote are errors. Makes the folder."""
+    onnx_path = Path(path)
+    if onnx_path.suffix != ".onnx":
+        raise ValueError(f"the output file should end in .onnx, got {onnx_path}")
+    metadata_path = onnx_path.with_suffix(".json")
+    existing = [p for p in (onnx_path, metadata_path) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists (pass overwrite=True, or --overwrite)")
+    if metadata_path.exists() and not _is_export_metadata(metadata_path):
+        # `-o CHECKPOINT/config.onnx` would put its sidecar over the checkpoint's config.json.
+        raise FileExistsError(f"{metadata_path} is not an earlier export's {metadata_path.name}: --overwrite replaces "
+                              f"only what an export wrote; name the .onnx file otherwise")
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(onnx_path.parent, os.W_OK):
+        raise PermissionError(f"cannot write into {onnx_path.parent}")
+    return onnx_path, metadata_path
+
+
+def set_graph_metadata(graph: Any, metadata: dict[str, Any], scale: int) -> None:
+    """The graph's doc string and `metadata` as its metadata_props (JSON for anything but a string)."""
+    import onnx
+
+    graph.doc_string = (
+        f"BSR super-resolution x{scale} (bsr_hub). Input: float32 RGB in [0, 1], NCHW, any height "
+        f"and width. Output: float32 RGB in [0, 1], NCHW, {scale}x the height and width."
+    )
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()})
+
+
 def export_onnx(
     model: BSRModel,
     path: str | os.PathLike,
@@ -117,18 +156,7 @@ def export_onnx(
     """
     onnx = require("onnx", "onnxruntime", extra="export", what="ONNX export")
     import onnxruntime as ort
-    onnx_path = Path(path)
-    if onnx_path.suffix != ".onnx":
-        raise ValueError(f"the output file should end in .onnx, got {onnx_path}")
-    metadata_path = onnx_path.with_suffix(".json")
-    existing = [p for p in (onnx_path, metadata_path) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} already exists (pass overwrite=True, or --overwrite)")
-    if metadata_path.exists() and not _is_export_metadata(metadata_path):
-        # `-o CHECKPOINT/config.onnx` would put its sidecar over the checkpoint's config.json.
-        raise FileExistsError(f"{metadata_path} is not an earlier export's {metadata_path.name}: --overwrite replaces "
-                              f"only what an export wrote; name the .onnx file otherwise")
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path, metadata_path = check_targets(path, overwrite)
 
     # A copy: the caller's model keeps its device, dtype and mode.
     cpu_model = BSRModel(model.config)
@@ -143,13 +171,7 @@ def export_onnx(
         nonlocal max_diff
         trace_to_onnx(wrapped, example, str(tmp))
         graph = onnx.load(str(tmp))
-        graph.doc_string = (
-            f"BSR super-resolution x{model.scale} (bsr_hub). Input: float32 RGB in [0, 1], NCHW, any height "
-            f"and width. Output: float32 RGB in [0, 1], NCHW, {model.scale}x the height and width."
-        )
-        onnx.helper.set_model_props(
-            graph, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}
-        )
+        set_graph_metadata(graph, metadata, model.scale)
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp))
 
@@ -169,3 +191,81 @@ def export_onnx(
     write_atomically(onnx_path, write_graph)  # verified before it gets its real name
     write_text_atomically(metadata_path, json.dumps(metadata, indent=2) + "\n")
     return OnnxExport(onnx_path, metadata_path, metadata, max_diff)
+
+
+INT8_MAX_COST_DB = 0.10
+"""The largest PSNR cost (fp32 - int8, dB, on any benchmark measured) `export_onnx_int8` accepts by default (issue 27:
+at most 0.10 dB, target 0.03)."""
+
+NOT_MEASURED = "not measured"
+
+
+class QuantizationCostError(ValueError):
+    """The int8 graph costs more PSNR than the caller accepts: nothing was written."""
+
+
+def export_onnx_int8(
+    model: BSRModel,
+    path: str | os.PathLike,
+    calibration: CalibrationSet,
+    *,
+    measure: Callable[[Path, Path], dict[str, Any]] | None,
+    max_cost_db: float = INT8_MAX_COST_DB,
+    settings: QuantSettings | None = None,
+    source: str = "",
+    overwrite: bool = False,
+) -> OnnxExport:
+    """Write `model` as a statically quantized int8 ONNX graph (QDQ, per-channel int8 weights, calibrated on
+    `calibration`) with `<stem>.json` beside it: the float32 export's facts, plus how it was quantized and calibrated,
+    and its measured PSNR cost.
+
+    Args:
+        measure: `measure(fp32_graph, int8_graph)` scores both (evaluation.quantization_cost); its result is written
+            into the metadata as `psnr_cost`. None writes `psnr_cost: "not measured"`, never a number.
+        max_cost_db: a measured cost above this on any benchmark raises QuantizationCostError and writes nothing
+            (an earlier file at `path` stays as it was).
+        settings: what is quantized and how (default: inference.quantize.QuantSettings()).
+
+    Raises:
+        QuantizationCostError: the measured cost is over `max_cost_db`.
+    """
+    onnx = require("onnx", "onnxruntime", extra="export", what="int8 ONNX export")
+    onnx_path, metadata_path = check_targets(path, overwrite)
+    with tempfile.TemporaryDirectory(prefix="bsr-int8-export-") as work:
+        fp32 = export_onnx(model, Path(work) / "fp32.onnx", source=source)  # verified against PyTorch
+        int8_path = Path(work) / "int8.onnx"
+        settings = settings or QuantSettings()
+        kept = quantize_graph(fp32.onnx_path, int8_path, calibration, settings)
+        cost = measure(fp32.onnx_path, int8_path) if measure is not None else NOT_MEASURED
+        if cost != NOT_MEASURED and not cost["max_cost_db"] <= max_cost_db:
+            per_set = ", ".join(f"{k} {v['cost_db']:+.3f}" for k, v in cost["benchmarks"].items())
+            raise QuantizationCostError(
+                f"int8 costs {cost['max_cost_db']:.3f} dB PSNR against float32 ({per_set} dB), over the "
+                f"{max_cost_db:g} dB accepted; nothing was written. Calibrate on other images (--calibration DIR) "
+                f"or accept it (--max-cost {cost['max_cost_db']:.2f})"
+            )
+        metadata = {
+            **fp32.metadata,
+            "precision": "int8",
+            "quantization": {
+                "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {_ort_version()})",
+                "format": "QDQ",
+                **settings.to_dict(),
+                "fp32_nodes": kept,
+                "calibration": calibration.describe(),
+            },
+            "psnr_cost": cost,
+            "psnr_cost_accepted_db": max_cost_db,
+        }
+        graph = onnx.load(str(int8_path))
+        set_graph_metadata(graph, metadata, model.scale)
+        onnx.checker.check_model(graph)
+        write_atomically(onnx_path, lambda tmp: onnx.save(graph, tmp))
+    write_text_atomically(metadata_path, json.dumps(metadata, indent=2) + "\n")
+    return OnnxExport(onnx_path, metadata_path, metadata, fp32.max_abs_diff)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

@@ -195,7 +195,10 @@ def test_unknown_backend_is_an_error(tiny_model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_on_cpu_is_a_clear_error(tiny_model, dtype):
+def test_half_precision_on_cpu_is_a_clear_error(tiny_model, dtype, monkeypatch):
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)  # bf16 runs on CPUs that have it (test_precision_...)
     with pytest.raises(ValueError, match="on the CPU"):
         tiny_model.to(dtype).upscale(textured(4, 4))
 
@@ -428,6 +431,20 @@ def test_built_backend_follows_new_weights(tiny_model, backend):
     after = tiny_model.upscale(x, backend=backend)
     assert not torch.allclose(before, after, atol=1e-3)
     assert torch.allclose(after, tiny_model.upscale(x, backend="eager"), atol=1e-5)
+
+
+def test_graphs_of_the_same_weights_are_kept_side_by_side_and_dropped_with_old_weights(tiny_model):
+    """Timing the backends one after another (autotune.py) must not rebuild the chosen one; a graph of weights that
+    changed since holds a stale copy of them and goes."""
+    from bsr_hub.inference.backends import _RUNNERS, get_runner
+
+    jit = get_runner(tiny_model, "jit", torch.contiguous_format)
+    jit_last = get_runner(tiny_model, "jit", torch.channels_last)
+    assert get_runner(tiny_model, "jit", torch.contiguous_format) is jit and jit_last is not jit
+    with torch.no_grad():
+        tiny_model.tail.bias.add_(0.1)
+    rebuilt = get_runner(tiny_model, "jit", torch.contiguous_format)
+    assert rebuilt is not jit and len(_RUNNERS[tiny_model]) == 1  # both graphs of the old weights dropped
 
 
 def test_built_backend_does_not_keep_the_model_alive():

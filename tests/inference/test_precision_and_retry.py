@@ -1,6 +1,8 @@
 """Issue 28: what a GPU run does that the CPU tests missed, checked on the CPU. Self-ensemble of a half-precision
 model averages in float32; the out-of-memory retry releases the failed pass's memory after it is gone."""
 
+import copy
+import math
 import sys
 
 import pytest
@@ -59,3 +61,37 @@ def test_release_cached_memory_empties_the_cache_on_cuda_only(monkeypatch):
     assert calls == []  # the CPU allocator has no cache to empty (and CUDA may not be there)
     tiling.release_cached_memory(torch.device("cuda", 0))
     assert calls == ["empty_cache"]
+
+
+# ---------------------------------------------------------------------------------------------- bf16 on a CPU (issue 27)
+
+
+def test_bf16_runs_channels_last_on_a_cpu_with_native_bf16(tiny_model, monkeypatch):
+    """On a CPU with avx512_bf16 (or AMX) a bf16 model runs instead of being refused, in channels_last (oneDNN's
+    bf16 kernels want it), eager; this machine may lack the instructions, so the flag is faked (slow, not wrong)."""
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    x = torch.rand(1, 3, 20, 24)
+    expected = tiny_model.upscale(x, backend="eager")
+    bf16 = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    seen = []
+    bf16.register_forward_pre_hook(lambda module, args: seen.append(
+        (args[0].dtype, args[0].is_contiguous(memory_format=torch.channels_last))))
+    got = bf16.upscale(x)
+    assert seen == [(torch.bfloat16, True)]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    mse = torch.mean((got - expected) ** 2).item()
+    assert 10 * math.log10(1 / mse) > 35  # bf16 keeps 8 bits of mantissa: close to fp32, not equal
+    assert api.super_resolve(bf16, x).shape == expected.shape  # "auto" on a bf16 model: eager, no graph build
+
+
+def test_bf16_elsewhere_is_refused_with_the_reason(tiny_model, monkeypatch):
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="has no native bf16 .*avx512_bf16 or amx_bf16.*10 to 200 times slower"):
+        tiny_model.to(torch.bfloat16).upscale(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="float16 on the CPU"):  # fp16 stays refused on every CPU
+        monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+        tiny_model.to(torch.float16).upscale(torch.rand(1, 3, 8, 8))

@@ -1,0 +1,187 @@
+"""Issue 27: backend="auto" on a CPU measures the backends and layouts on this machine once per model and pass shape,
+runs the fastest, and remembers the table in the user's cache folder. A fake timer decides which is "fastest": these
+tests check the choice and the cache, never the speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from bsr_hub import BSRModel
+from bsr_hub.commands.main import main
+from bsr_hub.inference import api, autotune, backends
+
+LARGE = (1, 3, 260, 260)  # at least CPU_BUILD_MIN_PIXELS: "auto" measures
+SMALL = (1, 3, 64, 64)
+
+
+class FakeTimer:
+    """Stands in for autotune._time_candidate: the seconds it is told, and a record of what it was asked to time."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds, self.calls = seconds, []
+
+    def __call__(self, model, candidate, x):
+        self.calls.append((candidate.name, tuple(x.shape)))
+        return self.seconds.get(candidate.name, 1.0)
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+    """Tuning on, the cache file in tmp_path, nothing in this process's memory before or after."""
+    monkeypatch.setenv(autotune.TUNE_ENV, "1")
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    autotune.forget()
+    yield tmp_path / "cache" / autotune.CACHE_FILE
+    autotune.forget()
+
+
+def fake(monkeypatch, **seconds) -> FakeTimer:
+    timer = FakeTimer({name.replace("_cl", " channels_last").replace("_nchw", " NCHW"): s for name, s in seconds.items()})
+    monkeypatch.setattr(autotune, "_time_candidate", timer)
+    return timer
+
+
+def runners_used(monkeypatch) -> list:
+    used = []
+
+    def spy(model, backend, memory_format):
+        used.append((backend, memory_format))
+        return backends.get_runner(model, backend, memory_format)
+
+    monkeypatch.setattr(api, "get_runner", spy)
+    return used
+
+
+def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, monkeypatch):
+    timer = fake(monkeypatch, eager_nchw=0.5, eager_cl=0.4, jit_nchw=0.3, jit_cl=0.1, onnxruntime=0.2)
+    used = runners_used(monkeypatch)
+    x = torch.rand(*LARGE)
+    out = tiny_model.upscale(x)
+    assert used == [("jit", torch.channels_last)]
+    names = [name for name, _ in timer.calls]
+    assert names == [c.name for c in autotune.available_candidates()]  # each candidate once
+    shape = autotune.pass_shape(x.shape, api.resolve_tiling("auto", 16, tiny_model, x.shape), 8)
+    assert {s for _, s in timer.calls} == {(1, 3, shape[1], shape[2])}  # on one input of the pass's own size
+    assert torch.allclose(out, tiny_model.upscale(x, backend="eager"), atol=1e-5)
+    tiny_model.upscale(x)
+    assert len(timer.calls) == len(names)  # measured once, then fixed for the process
+
+
+def test_the_table_is_cached_for_a_later_process(tiny_model, tuning, monkeypatch):
+    fake(monkeypatch, eager_cl=0.1)
+    tiny_model.upscale(torch.rand(*LARGE))
+    stored = json.loads(tuning.read_text())
+    (entry,) = stored["entries"].values()
+    assert entry["choice"] == "eager channels_last" and entry["key"]["threads"] == torch.get_num_threads()
+    autotune.forget()  # a new process: nothing in memory
+    later = fake(monkeypatch, onnxruntime=0.01, jit_nchw=0.01)  # would choose otherwise if it measured
+    used = runners_used(monkeypatch)
+    tiny_model.upscale(torch.rand(*LARGE))
+    assert later.calls == [] and used == [("eager", torch.channels_last)]
+
+
+def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, tuning, monkeypatch):
+    timer = fake(monkeypatch)
+    tiny_model.upscale(torch.rand(*LARGE))
+    per_measurement = len(timer.calls)
+    BSRModel(tiny_config(num_features=12)).upscale(torch.rand(*LARGE))  # another architecture
+    tiny_model.upscale(torch.rand(1, 3, 300, 280))  # another pass shape
+    assert len(timer.calls) == 3 * per_measurement
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        tiny_model.upscale(torch.rand(*LARGE))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(timer.calls) == 4 * per_measurement
+    monkeypatch.setattr(autotune, "__version__", "99.0")
+    tiny_model.upscale(torch.rand(*LARGE))
+    assert len(timer.calls) == 5 * per_measurement
+    tiny_model.upscale(torch.rand(*LARGE))  # the same key as the last: nothing new
+    assert len(timer.calls) == 5 * per_measurement
+    assert len(json.loads(tuning.read_text())["entries"]) == 5
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": []}', "\x00\xff",
+                                     '{"version": 1, "entries": {"KEY": {"seconds": {"onnxruntime-int8": 0.001}}}}',
+                                     '{"version": 1, "entries": {"KEY": {"seconds": {"jit NCHW": -1}}}}'])
+def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tiny_model, tuning, monkeypatch, content):
+    timer = fake(monkeypatch, jit_nchw=0.1)
+    x = torch.rand(*LARGE)
+    key = autotune._key_text(autotune._key(tiny_model, autotune.pass_shape(
+        x.shape, api.resolve_tiling("auto", 16, tiny_model, x.shape), 8)))
+    tuning.parent.mkdir(parents=True)
+    tuning.write_text(content.replace('"KEY"', json.dumps(key)), encoding="latin-1")
+    used = runners_used(monkeypatch)
+    tiny_model.upscale(x)
+    assert timer.calls and used == [("jit", torch.contiguous_format)]
+    assert json.loads(tuning.read_text())["entries"][key]["choice"] == "jit NCHW"
+
+
+def test_tuning_off_follows_the_fixed_order(tiny_model, tuning, monkeypatch):
+    monkeypatch.setenv(autotune.TUNE_ENV, "0")
+    timer = fake(monkeypatch, eager_nchw=0.001)
+    used = runners_used(monkeypatch)
+    tiny_model.upscale(torch.rand(*LARGE))
+    fixed = backends.resolve_backend(tiny_model, "auto", pixels=LARGE[-1] * LARGE[-2])
+    assert timer.calls == [] and [b for b, _ in used] == [fixed] and not tuning.exists()
+
+
+def test_small_inputs_named_backends_and_bicubic_are_not_measured(tiny_model, tuning, monkeypatch):
+    from bsr_hub.evaluation.bicubic import BicubicModel
+
+    timer = fake(monkeypatch)
+    tiny_model.upscale(torch.rand(*SMALL))
+    tiny_model.upscale(torch.rand(*LARGE), backend="eager")
+    BicubicModel(2, uint8=False).upscale(torch.rand(*LARGE))
+    assert timer.calls == []
+
+
+def test_the_caller_s_layout_is_kept(tiny_model, tuning, monkeypatch):
+    fake(monkeypatch, jit_cl=0.1, eager_nchw=0.2, onnxruntime=0.3)
+    used = runners_used(monkeypatch)
+    tiny_model.upscale(torch.rand(*LARGE), channels_last=False)
+    assert used == [("eager", torch.contiguous_format)]  # the fastest in NCHW, not jit channels_last
+
+
+def test_only_lossless_backends_are_candidates(monkeypatch):
+    monkeypatch.setattr(backends, "BACKENDS", (*backends.BACKENDS, "onnxruntime-int8"))
+    names = {c.backend for c in autotune.available_candidates()}
+    assert names <= {"eager", "jit", "onnxruntime"} and "compile" not in names
+    assert autotune._valid_seconds({"onnxruntime-int8": 0.001, "eager NCHW": 1.0}) is None
+    assert autotune._valid_seconds({"compile NCHW": 0.001}) is None
+
+
+def test_two_processes_that_measured_at_once_agree(tuning):
+    key = {"k": 1}
+    first = autotune._store("K", key, {"eager NCHW": 0.2, "jit NCHW": 0.1})
+    second = autotune._store("K", key, {"eager NCHW": 0.1, "jit NCHW": 0.2})  # measured meanwhile, stored later
+    assert second == first  # the later one adopts the stored table: one choice per key on the machine
+    assert autotune.Tuning(second).best().name == "jit NCHW"
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert autotune.cache_path() == tmp_path / "xdg" / "bsr_hub" / "autotune.json"
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "mine"))
+    assert autotune.cache_path() == tmp_path / "mine" / "autotune.json"
+
+
+def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, monkeypatch, capsys):
+    fake(monkeypatch, eager_cl=0.05, eager_nchw=0.5)
+    assert main(["bench", str(tiny_checkpoint), "--size", "64x48", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "eager channels_last" in out and "<- fastest" in out and "upscale / raw forward" in out
+    for step in ("conversion in", "network (1 passes)", "tiling", "conversion out"):
+        assert step in out
+    assert json.loads(tuning.read_text())["entries"]
+    assert main(["bench", str(tiny_checkpoint), "--size", "64x48", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["measured_now"] is False  # the stored table, read back
+    assert report["candidates"][0]["candidate"] == "eager channels_last"
+    assert set(report["steps"]) == {"conversion in", "network", "tiling", "conversion out"}
