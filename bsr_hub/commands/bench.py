@@ -73,13 +73,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)  # before anything is measured: the thread count is part of the key
     from ..inference.autotune import cache_path, enabled
     from ..inference.profile import profile_upscale
-    from ..models import BSRModel, list_presets
+    from .info import preset_or_checkpoint
 
     try:
-        if args.model in list_presets():
-            model = BSRModel.from_preset(args.model, scale=args.scale)
-        else:
-            model = BSRModel.from_pretrained(args.model)
+        model = preset_or_checkpoint(args.model, args.scale)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

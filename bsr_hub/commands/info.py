@@ -20,14 +20,19 @@ def model_info(model) -> dict:
     }
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def preset_or_checkpoint(name: str, scale: int | None):
+    """A preset's randomly initialised network at `scale`, else a checkpoint by name, folder or repo id:
+    what `bsr-hub info` and `bsr-hub bench` take. Raises ValueError / OSError as loading does."""
     from ..models import BSRModel, list_presets
 
+    if name in list_presets():
+        return BSRModel.from_preset(name, scale=scale)
+    return BSRModel.from_pretrained(name)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
     try:
-        if args.model in list_presets():
-            model = BSRModel.from_preset(args.model, scale=args.scale)
-        else:
-            model = BSRModel.from_pretrained(args.model)
+        model = preset_or_checkpoint(args.model, args.scale)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
