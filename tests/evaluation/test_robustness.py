@@ -118,8 +118,9 @@ def test_families_flag_adds_rows_to_the_card_and_refuses_other_weights(bench_dir
     model.save_pretrained(tmp_path / "changed")
     (tmp_path / "changed" / "robustness_results.json").write_text(json.dumps(stored))
     capsys.readouterr()
-    assert eval_main([*base[:-1], str(tmp_path / "changed"), "--model", str(tmp_path / "changed"),
-                      "--families", "camera"]) == 2
+    changed = [*base[:-1], str(tmp_path / "changed"), "--families", "camera"]
+    changed[changed.index("--model") + 1] = str(tmp_path / "changed")  # a repeated --model would add a second one
+    assert eval_main(changed) == 2
     assert "other weights" in capsys.readouterr().err
     assert json.loads((tmp_path / "changed" / "robustness_results.json").read_text()) == stored  # left as it was
 

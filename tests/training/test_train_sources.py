@@ -107,7 +107,7 @@ def test_the_record_lists_every_folder_and_a_photo_sets_licences(tmp_path):
     photos = photo_set(tmp_path / "debian_photos", 2)
     data = describe_training_data(config_from_dict({"data": {"train_dir": [str(plain), str(photos)]}}))
     assert [d.describe() for d in data] == [
-        "mine (3 images)",
+        "mine (3 images; licence not stated)",
         "debian_photos: Debian wallpapers, not flat by a PIC rule, from pkg-a (2 images; licence CC-BY-SA-3.0)",
     ]
 
@@ -119,12 +119,12 @@ def test_train_py_trains_on_two_folders_and_its_card_lists_both(tmp_path):
     assert train.main(["--config", DEBUG, "--output.dir", str(out), "--optim.max_steps", "2",
                        "--data.train_dir", str(plain), str(photos)]) == 0
     card = (out / "model" / "README.md").read_text()
-    assert ("| training data | mine (3 images), debian_photos: Debian wallpapers, not flat by a PIC rule, from pkg-a (2 images; "
+    assert ("| training data | mine (3 images; licence not stated), debian_photos: Debian wallpapers, not flat by a PIC rule, from pkg-a (2 images; "
             "licence CC-BY-SA-3.0) |") in card
     from bsr_hub.models.records import TrainingRecord
 
     record = TrainingRecord.load(out / "model" / "training.json")
-    assert [(d.images, d.licence) for d in record.datasets] == [(3, None), (2, "CC-BY-SA-3.0")]
+    assert [(d.images, d.licence) for d in record.datasets] == [(3, "not stated"), (2, "CC-BY-SA-3.0")]
     assert "train_dir:\n  - " in record.recipe  # the list, as a recipe spells it
 
 
