@@ -193,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _auto_choice(name: str, width: int, height: int) -> str:
-    """What `backend="auto"` resolves to for this input, in words (after the warm-up made any measured choice)."""
+    """What the default `upscale` runs for this input, in words: the measured backend and layout and the tiling
+    planned for it (api.plan_run, after the warm-up made the measurement)."""
     from bsr_hub import BSRModel
-    from bsr_hub.inference.backends import resolve_backend
+    from bsr_hub.inference import api
 
-    model = BSRModel.from_pretrained(name)
-    return resolve_backend(model, "auto", pixels=width * height)
+    plan = api.plan_run(BSRModel.from_pretrained(name), (1, 3, height, width))
+    layout = "" if plan.backend.startswith("onnxruntime") else (
+        " channels_last" if plan.memory_format(plan.tiling.whole) == torch.channels_last else " NCHW")
+    tiles = "the whole image" if plan.tiling.whole else f"tiles of {plan.tiling.size}"
+    return f"{plan.backend}{layout} on {tiles}"
 
 
 def _report(args, rows: list[Row], ceiling: float, chosen, threads: int, load_before: str) -> list[str]:

@@ -66,7 +66,7 @@ def _run_row(row: Row, size: int, repeats: int, threads: int, reference: str, qu
 
     torch.set_num_threads(threads)
     from bsr_hub import BSRModel
-    from bsr_hub.inference import backends, tiling
+    from bsr_hub.inference import api
 
     model = BSRModel.from_pretrained("bsr-lite-x2")
     image = _photo(size)
@@ -86,12 +86,12 @@ def _run_row(row: Row, size: int, repeats: int, threads: int, reference: str, qu
     if not os.path.exists(reference):
         np.save(reference, arr)
     diff = int(np.abs(arr - np.load(reference)).max())
-    plan = tiling.resolve_tiling(row.options.get("tile", "auto"), tiling.DEFAULT_TILE_OVERLAP, model,
-                                 (1, 3, size, size))
-    backend = backends.resolve_backend(model, row.options.get("backend", "auto"), pixels=size * size)
+    run = api.plan_run(model, (1, 3, size, size), tile=row.options.get("tile", "auto"),
+                       backend=row.options.get("backend", "auto"))  # what upscale ran: its tiling and backend
+    plan = run.tiling
     queue.put(dict(first=first, median=statistics.median(times), low=min(times), high=max(times),
                    flops=conv_flops(model, size), peak_mib=_peak_rss_mib(), diff=diff,
-                   plan=f"{'whole' if plan.whole else f'tiles of {plan.size}'}, {backend}"))
+                   plan=f"{'whole' if plan.whole else f'tiles of {plan.size}'}, {run.backend}"))
 
 
 def _conv_ceiling(threads: int, queue) -> None:

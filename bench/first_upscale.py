@@ -1,29 +1,48 @@
-"""What a first `bsr-hub upscale` costs, split into its parts: the import, loading the model, the first call
-(which builds the backend's graph once per process for inputs over 256x256) and a second call (built).
+"""What a first `bsr-hub upscale` costs, split into its parts: the import, loading the model, the first call (which,
+for inputs of 256x256 or more, measures the backends on this machine once and builds the fastest) and a second call.
 
-    python bench/first_upscale.py [--model bsr-lite-x2] [--rounds 3]
+    python bench/first_upscale.py [--model bsr-lite-x2] [--rounds 3] [--threads N]
 
-Each round is a fresh process, as the command line is. Writes bench/results/first_upscale.md.
+Each round is a fresh process, as the command line is, in three settings: `backend="auto"` in a process that finds
+no stored measurement (a new user's first command: an empty BSR_HUB_CACHE folder), "auto" in a later process (the
+table stored by the first), and eager PyTorch (no measurement, no build). "of which measuring" is the time
+autotune.tune logged for the measurement, builds of every candidate included. Writes
+bench/results/first_upscale.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from common import cpu_description, machine_load, write_result
 
 ROUND = r"""
-import json, sys, time
+import json, logging, sys, time
 t0 = time.perf_counter()
+import torch
 from bsr_hub import BSRModel
 from bsr_hub.core.examples import example_images
 from PIL import Image
 t1 = time.perf_counter()
+if int(sys.argv[3]):
+    torch.set_num_threads(int(sys.argv[3]))
+measured = []
+
+class Measured(logging.Handler):  # autotune.tune logs "measured MODEL on SHAPE in SECONDS s: CHOICE"
+    def emit(self, record):
+        if record.msg.startswith("measured"):
+            measured.append((record.args[2], record.args[3], list(record.args[1])))
+
+log = logging.getLogger("bsr_hub.inference.autotune")
+log.setLevel(logging.INFO)
+log.addHandler(Measured())
 model = BSRModel.from_pretrained(sys.argv[1])
 t2 = time.perf_counter()
 img = Image.open(example_images()[2]).convert("RGB")
@@ -31,40 +50,60 @@ model.upscale(img, backend=sys.argv[2])
 t3 = time.perf_counter()
 model.upscale(img, backend=sys.argv[2])
 t4 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first call": t3 - t2, "second call": t4 - t3}))
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first call": t3 - t2, "second call": t4 - t3,
+                  "of which measuring": sum(m[0] for m in measured), "measured": measured}))
 """
+
+SETTINGS = {  # name -> (backend, whether the cache folder is emptied before each round)
+    "auto, first process (no stored measurement)": ("auto", True),
+    "auto, a later process (measurement stored)": ("auto", False),
+    "eager": ("eager", False),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bsr-lite-x2")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "first_upscale.md")
     args = parser.parse_args()
-    backends = ("auto", "eager")
-    runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
-    for _ in range(args.rounds):  # interleaved, so load changes hit both alike
-        for backend in backends:
-            out = subprocess.run([sys.executable, "-c", ROUND, args.model, backend], capture_output=True, text=True,
-                                 check=True)
-            runs[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    parts = ("import", "load", "first call", "second call")
+    runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "BSR_HUB_CACHE": cache, "BSR_HUB_AUTOTUNE": "1"}
+        load_before = machine_load()
+        for _ in range(args.rounds):  # interleaved, so load changes hit every setting alike
+            for name, (backend, empty) in SETTINGS.items():
+                if empty:
+                    for file in Path(cache).iterdir():
+                        file.unlink()
+                out = subprocess.run([sys.executable, "-c", ROUND, args.model, backend, str(args.threads)],
+                                     capture_output=True, text=True, check=True, env=env)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        load_after = machine_load()
+    parts = ("import", "load", "first call", "of which measuring", "second call")
+    command = f"python bench/first_upscale.py --model {args.model} --rounds {args.rounds}"
+    command += f" --threads {args.threads}" if args.threads else ""
     lines = [
         "# The first upscale in a process, part by part",
         "",
-        f"`python bench/first_upscale.py --model {args.model} --rounds {args.rounds}`: the README's photo "
-        "(chelsea, 451x300, x2), each round a fresh process; median seconds over the rounds.",
+        f"`{command}`: the README's photo (chelsea, 451x300, x2), each round a fresh process; median seconds over the "
+        "rounds. total = import + load + first call (what one `bsr-hub upscale` of this photo pays before writing).",
         "",
-        f"CPU: {cpu_description()}. Load while measuring: {machine_load()}.",
+        f"CPU: {cpu_description()}; torch threads: {args.threads or 'torch default'}.",
+        f"Load before: {load_before}.",
+        f"Load after: {load_after}.",
         "",
-        "| backend | " + " | ".join(parts) + " | total |",
-        "|---|" + "---|" * (len(parts) + 1),
+        "| setting | " + " | ".join(parts) + " | total |",
+        "|---|" + "---:|" * (len(parts) + 1),
     ]
-    for backend in backends:
-        med = {p: statistics.median(r[p] for r in runs[backend]) for p in parts}
-        total = statistics.median(sum(r[p] for p in parts[:3]) for r in runs[backend])
-        lines.append(f"| {backend} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
-    lines += ["", "total = import + load + first call (what one `bsr-hub upscale` of this photo pays before writing)."]
+    for name, rows in runs.items():
+        med = {p: statistics.median(r[p] for r in rows) for p in parts}
+        total = statistics.median(sum(r[p] for p in ("import", "load", "first call")) for r in rows)
+        lines.append(f"| {name} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
+    first = runs[next(iter(SETTINGS))]
+    lines += ["", "What the first process measured (seconds, choice, probe shape (B, h, w)), per round:", ""]
+    lines += [f"- {json.dumps(r['measured'])}" for r in first]
     write_result(args.out, lines)
 
 

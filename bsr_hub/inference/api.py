@@ -33,6 +33,7 @@ from .tiling import (
     Tiling,
     _run_tiled,
     _warn_if_one_pass_is_too_large,
+    pixels_run,
     release_cached_memory,
     resolve_tiling,
 )
@@ -101,13 +102,21 @@ def plan_run(model: Upscaler, x_shape: Sequence[int], *, tile: int | str | None 
     """The RunPlan for a (B, 3, h, w) input. On the CPU, `backend="auto"` is measured on this machine once per model
     and pass shape (autotune.choice_for) and fixed from then on; where it is not (a named backend, a GPU, a small
     input, BSR_HUB_AUTOTUNE=0) the fixed rules of backends.resolve_backend and `RunPlan.memory_format` hold."""
+    # The backends are measured on the tiling PyTorch would run (a cache-sized tile's pass, not the image's); the
+    # tiling is then planned for the backend that runs (ONNX Runtime's tiles are larger: tiling.plan_tiling).
     tiling = resolve_tiling(tile, tile_overlap, model, x_shape)
     context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
-    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context)
+
+    def work(name: str) -> float:  # LR pixels the backend's own tiling runs: each candidate is judged by its plan
+        return pixels_run(x_shape[-2], x_shape[-1], resolve_tiling(tile, tile_overlap, model, x_shape, name), context)
+
+    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context, work)
     if tuned is not None:
         backend, channels_last = tuned.backend, channels_last if channels_last is not None else tuned.channels_last
     else:
         backend = resolve_backend(model, backend, pixels=x_shape[0] * x_shape[-2] * x_shape[-1])
+    if model.device.type == "cpu":
+        tiling = resolve_tiling(tile, tile_overlap, model, x_shape, backend)
     return RunPlan(tiling, backend, context, channels_last, model.device.type, model.dtype)
 
 
@@ -211,9 +220,9 @@ def upscale(
         image: a PIL image (RGB, L, RGBA, LA, P, I;16, I, CMYK, ...; EXIF orientation applied), a numpy array
             (HxW or HxWxC with C = 1..4; uint8, uint16, or float in [0, 1]) or a torch tensor (BxCxHxW or CxHxW,
             float in [0, 1]). Grey stays grey; an alpha channel is upscaled with bicubic, separately.
-        tile: "auto" (default): chosen from the image size, the model's width and the device (`plan_tiling`):
-            on the CPU, cache-sized tiles for large images, the whole image for small ones; on a GPU, the whole
-            image unless it would not fit. None or 0: one pass over the whole image, always. n > 0: tiles of
+        tile: "auto" (default): chosen from the image size, the model's width, the device and the backend
+            (`plan_tiling`): on the CPU, tiles for large images (sized for the caches in PyTorch, for memory in
+            ONNX Runtime), the whole image for small ones; on a GPU, the whole image unless it would not fit. None or 0: one pass over the whole image, always. n > 0: tiles of
             n x n LR pixels (a tile at the image's border also gets BORDER_CONTEXT mirrored pixels beyond it):
             the tile bounds the network's memory, and the result is assembled band by band in its own sample type,
             so what grows with the image is the input, the output and little else (bench/results/tiling_memory.md).

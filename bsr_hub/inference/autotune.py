@@ -4,10 +4,12 @@ The fastest way differs from CPU to CPU. On the 2-core AVX2 machine of bench/res
 on tiles; on an AVX-512 BF16 machine (issue 27) eager PyTorch beat TorchScript and ONNX Runtime, and channels_last
 ran the raw forward in about half of NCHW's time, the opposite of the AVX2 machines. So `backend="auto"` on a CPU
 does not follow a fixed order measured on one of them: the first time a model and a network input shape need a
-choice (`choice_for`), each lossless candidate (TUNABLE_BACKENDS x NCHW / channels_last) is timed on one input of
-that shape, the fastest is used, and the table is written to a JSON file in the user's cache folder (`cache_path`),
-keyed by what makes the timings differ (`machine_key`: CPU, threads, library versions), so later processes start
-with it. Once a key has a table in a process, its choice is fixed for the life of the process.
+choice (`choice_for`), each lossless candidate (TUNABLE_BACKENDS, eager in NCHW and in channels_last) is timed on
+one input (`probe_shape`: a cache-sized tile, or a tile-sized part of a whole image, so that the measurement costs a
+pass of one tile per candidate, not of the image), the fastest is used, and the table is written to a JSON file in
+the user's cache folder (`cache_path`), keyed by what makes the timings differ (`machine_key`: CPU, threads, library
+versions), so later processes start with it. Once a key has a table in a process, its choice is fixed for the life
+of the process.
 
 BSR_HUB_AUTOTUNE=0 turns the measuring off (the fixed order, backends.CPU_BACKEND_PREFERENCE); BSR_HUB_CACHE names
 the folder of the file.
@@ -25,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,14 @@ from typing import Any
 import torch
 
 from ..core import __version__, describe_cpu, write_text_atomically
-from .backends import CPU_BUILD_MIN_PIXELS, _has_learned_weights, _onnxruntime_available, get_runner
-from .tiling import AUTO, Tiling
+from .backends import (
+    CPU_BUILD_MIN_PIXELS,
+    LAYOUT_FREE_BACKENDS,
+    _has_learned_weights,
+    _onnxruntime_available,
+    get_runner,
+)
+from .tiling import AUTO, Tiling, cpu_tile_side
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +60,25 @@ CACHE_ENV = "BSR_HUB_CACHE"
 huggingface_hub's ~/.cache/huggingface also follows on every platform)."""
 
 CACHE_FILE = "autotune.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one layout-free "jit" candidate where 1 had "jit NCHW" and "jit channels_last"
 MAX_ENTRIES = 256
 """Entries kept in the file (the most recent): one per machine setting, model and shape, so it stays small."""
 
-REPEATS = 2
-"""Timed calls per candidate after one untimed warm-up; the fastest counts, as other work on a shared machine only
-ever adds time. One 128x128 tile of bsr-lite takes 30-100 ms, so five candidates cost a few hundred ms in all."""
+RETIME_WITHIN = 1.5
+"""Each candidate is timed once on the probe; those within this factor of the fastest are timed once more and keep
+the faster of their two. One pass is what a candidate costs, but a backend's first pass at a new input size can
+carry one-off work (eager PyTorch sets up oneDNN's kernels per shape); a second pass for the contenders keeps that
+from deciding the choice, and the clear losers (ONNX Runtime 8-15x faster than eager on this machine under load:
+bench/results/autotune.md) cost no more than one pass. Timings under load only ever grow, so the faster counts."""
+
+WARMUP_SIDE = 32
+"""Each candidate first runs once, untimed, on a WARMUP_SIDE x WARMUP_SIDE corner of the probe: the first pass of a
+backend in a process carries one-off work (oneDNN's setup, the first run of a frozen graph or an ONNX Runtime
+session) that says nothing of its speed; a corner takes that at a few per cent of a full probe pass."""
 
 SHAPE_STEP = 32
-"""A whole image is measured at its size rounded up to this many pixels, so that images of nearly the same size share
-one measurement; tiles are measured at their own size."""
+"""Probe sides are rounded up to this many pixels, so that tiles and images of nearly the same size share one
+measurement (1024x1024 tiles at 128, 1000x1000 at 125: both measured at 128)."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +89,15 @@ class Candidate:
     channels_last: bool
 
     @property
+    def layout_free(self) -> bool:
+        """Whether the input's layout leaves this backend's speed as it is: one candidate then, fit for either
+        layout a caller asks for (backends.LAYOUT_FREE_BACKENDS)."""
+        return self.backend in LAYOUT_FREE_BACKENDS
+
+    @property
     def name(self) -> str:
-        if self.backend == "onnxruntime":
-            return "onnxruntime"  # it takes its input as NCHW numpy whatever the layout: one candidate
+        if self.layout_free:
+            return self.backend
         return f"{self.backend} {'channels_last' if self.channels_last else 'NCHW'}"
 
     @property
@@ -87,7 +109,6 @@ CANDIDATES = (
     Candidate("eager", False),
     Candidate("eager", True),
     Candidate("jit", False),
-    Candidate("jit", True),
     Candidate("onnxruntime", False),
 )
 _BY_NAME = {c.name: c for c in CANDIDATES}
@@ -100,15 +121,20 @@ class Tuning:
 
     seconds: dict[str, float]
     fresh: bool = True
+    cost: float | None = None
+    """Seconds the measurement took in this process, builds included (None when the table was read, not measured)."""
 
-    def best(self, channels_last: bool | None = None) -> Candidate:
-        """The fastest candidate, or the fastest in the layout the caller asked for (onnxruntime counts as NCHW).
-        Ties go to the earlier of CANDIDATES, so the choice is a function of the table alone."""
+    def best(self, channels_last: bool | None = None, work: dict[str, float] | None = None) -> Candidate:
+        """The fastest candidate, or the fastest that runs in the layout the caller asked for (a layout-free one runs
+        in either). `work` scales each backend's time by what it runs of the image relative to the others (its own
+        tiling: ONNX Runtime's larger tiles recompute less overlap than PyTorch's); by default all alike. Ties go to
+        the earlier of CANDIDATES, so the choice is a function of the table (and `work`) alone."""
         names = [c.name for c in CANDIDATES if c.name in self.seconds
-                 and (channels_last is None or c.channels_last == channels_last)]
+                 and (channels_last is None or c.layout_free or c.channels_last == channels_last)]
         if not names:
             return Candidate("eager", bool(channels_last))
-        return _BY_NAME[min(names, key=lambda n: self.seconds[n])]
+        work = work or {}
+        return _BY_NAME[min(names, key=lambda n: self.seconds[n] * work.get(_BY_NAME[n].backend, 1.0))]
 
 
 def enabled() -> bool:
@@ -152,14 +178,22 @@ def model_key(model: torch.nn.Module) -> str:
     return f"{label}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def pass_shape(x_shape: torch.Size | tuple, tiling: Tiling, context: int) -> tuple[int, int, int]:
-    """(B, h, w) of one network pass over a (B, 3, H, W) input: a tile (`tiling.size`, at most the image) or the
-    whole image with its mirrored border, rounded up to SHAPE_STEP."""
+def probe_shape(x_shape: torch.Size | tuple, tiling: Tiling, context: int, largest: int) -> tuple[int, int, int]:
+    """(B, h, w) of the input the candidates are timed on for a (B, 3, H, W) input: one network pass (a tile of
+    `tiling.size`, or the whole image with its mirrored border), each side rounded up to SHAPE_STEP and at most
+    `largest` rounded up (the CPU tile side, tiling.cpu_tile_side). A whole image of up to four tiles' worth is timed
+    on a tile-sized part of it: its time per pixel ranks the candidates as the whole does (the image is small enough to
+    run whole because its maps stay in the caches, as a tile's do) at a quarter of the cost or less."""
     b, _, h, w = x_shape
     if tiling.size is not None and (h > tiling.size or w > tiling.size):
-        return b, min(tiling.size, h), min(tiling.size, w)
-    step = SHAPE_STEP
-    return b, -(-(h + 2 * context) // step) * step, -(-(w + 2 * context) // step) * step
+        h, w = min(tiling.size, h), min(tiling.size, w)
+    else:
+        h, w = h + 2 * context, w + 2 * context
+
+    def side(n: int) -> int:
+        return -(-min(n, largest) // SHAPE_STEP) * SHAPE_STEP
+
+    return b, side(h), side(w)
 
 
 def _key(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -179,26 +213,32 @@ def available_candidates() -> list[Candidate]:
             and (c.backend != "onnxruntime" or _onnxruntime_available())]
 
 
-def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tensor) -> float:
-    """Seconds for one pass of `model` run as `candidate` on x (B, 3, h, w): the fastest of REPEATS after a warm-up.
-    The warm-up (and a build on the first use of a graph backend, seconds once per model) is not counted."""
+def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tensor, *, warm_up: bool = True) -> float:
+    """Seconds for one pass of `model` run as `candidate` on x (B, 3, h, w), after an untimed pass over a corner of x
+    (WARMUP_SIDE) when `warm_up`. Neither the warm-up nor the build on the first use of a graph backend counts."""
     runner = get_runner(model, candidate.backend, candidate.memory_format)
     x = x.contiguous(memory_format=candidate.memory_format)
     with torch.no_grad():
+        if warm_up:
+            runner(x[:, :, :WARMUP_SIDE, :WARMUP_SIDE].contiguous(memory_format=candidate.memory_format))
+        start = time.perf_counter()
         runner(x)
-        best = math.inf
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            runner(x)
-            best = min(best, time.perf_counter() - start)
-    return best
+        return time.perf_counter() - start
 
 
 def _measure(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, float]:
+    """Seconds per pass on a (B, 3, h, w) `shape` for each available candidate: one pass each, a second for those
+    within RETIME_WITHIN of the fastest (the faster of the two counts)."""
     b, h, w = shape
     generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
     x = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
-    return {c.name: _time_candidate(model, c, x) for c in available_candidates()}
+    candidates = available_candidates()
+    seconds = {c.name: _time_candidate(model, c, x) for c in candidates}
+    fastest = min(seconds.values())
+    for c in candidates:
+        if seconds[c.name] <= RETIME_WITHIN * fastest:
+            seconds[c.name] = min(seconds[c.name], _time_candidate(model, c, x, warm_up=False))
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------------- the cache file
@@ -297,9 +337,9 @@ def tune(model: torch.nn.Module, shape: tuple[int, int, int], *, fresh: bool = F
                 forget(text)
             start = time.perf_counter()
             seconds = _measure(model, shape)
-            tuning = Tuning(_store(text, key, seconds), fresh=True)
-            logger.info("measured %s on %s in %.1f s: %s", model_key(model), shape, time.perf_counter() - start,
-                        tuning.best().name)
+            cost = time.perf_counter() - start
+            tuning = Tuning(_store(text, key, seconds), fresh=True, cost=cost)
+            logger.info("measured %s on %s in %.2f s: %s", model_key(model), shape, cost, tuning.best().name)
         _TUNINGS[text] = Tuning(tuning.seconds, fresh=False)  # a later lookup reads what was measured before
         return tuning
 
@@ -318,22 +358,29 @@ def forget(key_text: str | None = None) -> None:
 
 
 def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None, tiling: Tiling,
-               x_shape: torch.Size | tuple, context: int) -> Candidate | None:
+               x_shape: torch.Size | tuple, context: int,
+               work: Callable[[str], float] | None = None) -> Candidate | None:
     """The measured choice for this call, or None where `backend="auto"` keeps its fixed rules
     (backends.resolve_backend): a backend named by the caller, a device other than the CPU, a module without
     learned weights (bicubic), a dtype other than float32 (bf16 joins only once its cost is measured:
     bench/bf16_cost.py), an input of fewer than CPU_BUILD_MIN_PIXELS pixels (a thumbnail would wait longer for the
-    measurement than it saves) and BSR_HUB_AUTOTUNE=0."""
+    measurement than it saves) and BSR_HUB_AUTOTUNE=0. `work(backend)`: the LR pixels that backend's own tiling
+    runs for this input (api.plan_run), so that each is judged by what it would do with the image, not the probe."""
     if backend != AUTO or model.device.type != "cpu" or model.dtype != torch.float32 or not enabled():
         return None
     if not _has_learned_weights(model) or x_shape[0] * x_shape[-2] * x_shape[-1] < CPU_BUILD_MIN_PIXELS:
         return None
-    return tune(model, pass_shape(x_shape, tiling, context)).best(channels_last)
+    tuning = tune(model, probe_shape(x_shape, tiling, context, cpu_tile_side(model, x_shape[0])))
+    per_backend = {c.backend: work(c.backend) for c in CANDIDATES} if work is not None else None
+    return tuning.best(channels_last, per_backend)
 
 
-def describe(tuning: Tuning) -> list[dict[str, Any]]:
-    """The table as rows (candidate, seconds, chosen), fastest first, for `bsr-hub bench`."""
-    chosen = tuning.best().name
-    return [{"candidate": name, "seconds": s, "chosen": name == chosen}
-            for name, s in sorted(tuning.seconds.items(), key=lambda item: item[1])]
+def describe(tuning: Tuning, work: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The table as rows (candidate, seconds, relative work of its tiling, chosen), fastest first, for `bsr-hub
+    bench`; `work` as in Tuning.best."""
+    chosen = tuning.best(work=work).name
+    work = work or {}
+    rows = [{"candidate": name, "seconds": s, "work": work.get(_BY_NAME[name].backend, 1.0), "chosen": name == chosen}
+            for name, s in tuning.seconds.items()]
+    return sorted(rows, key=lambda row: row["seconds"] * row["work"])
 

@@ -98,7 +98,18 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
     return backend
 
 
+LAYOUT_FREE_BACKENDS = ("jit", "onnxruntime", "onnxruntime-int8")
+"""Backends whose speed and result do not depend on the input's memory layout, so one build serves both: ONNX
+Runtime takes NCHW numpy whatever it is given, and the frozen TorchScript graph reorders its input into oneDNN's
+blocked layout at its first convolution: NCHW and channels_last inputs ran it within 1 % of each other
+(bench/results/jit_layout.md). The layout it is traced in matters a little more (bsr-lite's graph traced on a
+channels_last example ran 5 % faster on either input there; bsr-tiny's the same), so it is traced in that one."""
+
+
 def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory_format) -> Callable:
+    if backend in LAYOUT_FREE_BACKENDS:
+        # Built once for either layout (LAYOUT_FREE_BACKENDS); the ONNX export makes its example contiguous itself.
+        memory_format = torch.channels_last
     example = torch.rand(1, 3, 32, 32, device=model.device, dtype=model.dtype).contiguous(memory_format=memory_format)
     if backend == "jit":
         with torch.no_grad(), warnings.catch_warnings():
@@ -143,7 +154,7 @@ def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory
     device and dtype stay the same."""
     if backend == "eager":
         return model
-    key = (backend, memory_format, _weights_key(model))
+    key = (backend, None if backend in LAYOUT_FREE_BACKENDS else memory_format, _weights_key(model))
     # One build at a time: concurrent first calls (a demo's simultaneous requests) would otherwise run
     # torch.onnx.export in parallel, which it refuses ("GLOBALS.in_onnx_export must be False").
     with _RUNNERS_LOCK:

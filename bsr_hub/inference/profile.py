@@ -19,10 +19,18 @@ from typing import Any
 import torch
 
 from .api import plan_run, upscale
-from .autotune import Tuning, pass_shape, tune
+from .autotune import Tuning, available_candidates, probe_shape, tune
 from .backends import get_runner
 from .convert import _network_input, _Output, _prepare
-from .tiling import AUTO, BORDER_CONTEXT, DEFAULT_TILE_OVERLAP, _run_tiled, resolve_tiling
+from .tiling import (
+    AUTO,
+    BORDER_CONTEXT,
+    DEFAULT_TILE_OVERLAP,
+    _run_tiled,
+    cpu_tile_side,
+    pixels_run,
+    resolve_tiling,
+)
 
 STEPS = ("conversion in", "network", "tiling", "conversion out")
 
@@ -37,15 +45,17 @@ class UpscaleProfile:
     raw_forward: float
     raw_forward_how: str
     passes: int
-    pass_shape: tuple[int, int, int]
+    probe_shape: tuple[int, int, int]
     plan: str
     runs_as: str
     tuning: Tuning
+    work: dict[str, float]
+    """Per backend: the image's network work under that backend's own tiling, in probe passes (autotune.Tuning.best)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "upscale": self.upscale, "raw_forward": self.raw_forward,
                 "raw_forward_how": self.raw_forward_how, "upscale_over_raw_forward": self.upscale / self.raw_forward,
-                "passes": self.passes, "pass_shape": list(self.pass_shape), "plan": self.plan, "runs_as": self.runs_as}
+                "passes": self.passes, "probe_shape": list(self.probe_shape), "plan": self.plan, "runs_as": self.runs_as}
 
 
 def _instrumented(model: torch.nn.Module, image: Any) -> tuple[dict[str, float], int]:
@@ -96,7 +106,7 @@ def _raw_forward(model: torch.nn.Module, x: torch.Tensor, tuning: Tuning, shape:
     if not whole:
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
         seconds = tuning.seconds[best.name] * pixels / math.prod(shape)
-        return seconds, f"{best.name} on one {shape[1]}x{shape[2]} tile, scaled to the image's pixels"
+        return seconds, f"{best.name} on one {shape[1]}x{shape[2]} probe, scaled to the image's pixels"
     runner = get_runner(model, best.backend, best.memory_format)
     x = x.to(dtype=model.dtype).contiguous(memory_format=best.memory_format)
     times = []
@@ -115,8 +125,14 @@ def profile_upscale(model: torch.nn.Module, image: Any, *, repeats: int = 3, ret
     x, spec = _prepare(image)
     x = _network_input(x, spec)
     tiling = resolve_tiling(AUTO, DEFAULT_TILE_OVERLAP, model, x.shape)
-    shape = pass_shape(x.shape, tiling, getattr(model, "border_context", BORDER_CONTEXT))
+    shape = probe_shape(x.shape, tiling, getattr(model, "border_context", BORDER_CONTEXT),
+                        cpu_tile_side(model, x.shape[0]))
     tuning = tune(model, shape, fresh=retune)  # the table `bsr-hub bench` prints, measured whatever upscale uses
+    context = getattr(model, "border_context", BORDER_CONTEXT)
+    # Probe passes per image for each backend under its own tiling: its probe time x this is its network time.
+    work = {c.backend: pixels_run(x.shape[-2], x.shape[-1], resolve_tiling(AUTO, DEFAULT_TILE_OVERLAP, model, x.shape,
+                                                                         c.backend), context) / math.prod(shape)
+            for c in available_candidates()}
     plan = plan_run(model, x.shape)
     upscale(model, image)  # builds what the timed calls reuse
     totals = []
@@ -131,4 +147,4 @@ def profile_upscale(model: torch.nn.Module, image: Any, *, repeats: int = 3, ret
     runs_as = "onnxruntime" if plan.backend == "onnxruntime" else f"{plan.backend} {layout}"
     where = "whole image" if plan.tiling.whole else f"tiles of {plan.tiling.size}"
     return UpscaleProfile(steps, statistics.median(totals), raw, how, passes, shape, f"{where} ({plan.tiling.reason})",
-                          runs_as, tuning)
+                          runs_as, tuning, work)

@@ -110,6 +110,16 @@ pass keeps alive (the group outputs kept for fusion, the residual branches) stay
 of bench/results/inference.md tiles of 128 ran bsr-lite x2 at 1024x1024 in 5.7 s against 12.6 s in one pass.
 bench/results/fast_path.md measures the rule as shipped."""
 
+ONNXRUNTIME_TILE_FEATURE_BYTES = 16 << 20
+"""ONNX Runtime's tiles are sized for memory, not for the caches: one feature map of about 16 MiB (362x362 LR pixels
+at bsr-lite's 32 channels), and an image of one such tile's worth runs whole. Its convolutions block the work for
+the caches themselves (MLAS), so cache-sized tiles only add the overlap they recompute (28 % more pixels at
+512x512). In bench/results/ort_tiles.md (2 threads, quiet) these tiles ran bsr-lite-x2 in 0.68-0.78 of the time of
+cache-sized ones at 512x512 to 1280x720, as fast as one pass at 512x512 to 1024x1024 (0.61 against 0.73 at
+1280x720), and peaked at 0.5-0.76 GiB where one pass peaked at 1.0-3.7 GiB (0.37-0.42 GiB with cache-sized tiles).
+Sized for the long side alone, 1280x720 would take three rows of 332 for its 720 rows, 1.36 M pixels where
+`_best_tile`'s 269 run 1.12 M."""
+
 CPU_WHOLE_IMAGE_TILES = 4
 """Up to this many tiles' worth of pixels the CPU runs the whole image. A judgement, not a measured crossover: the
 overlap every tile recomputes (16 LR pixels: 2x2 tiles of 136 over 256x256 are 13 % more pixels) is certain,
@@ -117,47 +127,81 @@ while the cache gain on maps of at most 8 MiB is small (bench/results/inference.
 inputs at 94 % of a plain conv in the same layout). It also keeps every BSD100 input (240x160 at x2) whole."""
 
 
-def _tile_target(model: torch.nn.Module, batch: int) -> int:
-    """The side of a tile whose feature maps are CPU_TILE_FEATURE_BYTES for this model's width and batch."""
+def runs_its_own_cache_blocking(backend: str | None) -> bool:
+    """Whether `backend` gets memory-sized tiles (ONNXRUNTIME_TILE_FEATURE_BYTES) rather than cache-sized ones:
+    ONNX Runtime, fp32 or int8. PyTorch's backends (eager, jit, compile; None: not known yet) do not."""
+    return backend in ("onnxruntime", "onnxruntime-int8")
+
+
+def cpu_tile_side(model: torch.nn.Module, batch: int, feature_bytes: int | None = None) -> int:
+    """The side of a tile whose feature maps are `feature_bytes` (default CPU_TILE_FEATURE_BYTES) for this model's
+    width and batch."""
     per_pixel = model.memory_per_input_pixel().feature_map
-    return max(MIN_TILE, int(math.sqrt(CPU_TILE_FEATURE_BYTES / (per_pixel * batch))))
+    return max(MIN_TILE, int(math.sqrt((feature_bytes or CPU_TILE_FEATURE_BYTES) / (per_pixel * batch))))
 
 
-def _even_tile(length: int, target: int, overlap: int) -> int:
-    """The smallest tile <= target that covers `length` with as few tiles as `target` would need: 1024 with a
-    target of 128 and overlap 16 gives 9 tiles of 128, 1000 gives 9 of 125, so the last tile is not mostly overlap."""
-    if length <= target:
-        return length
-    n = math.ceil((length - overlap) / (target - overlap))
-    return math.ceil((length - overlap) / n) + overlap
+def _best_tile(height: int, width: int, target: int, overlap: int) -> int:
+    """The square tile of at most `target` (and at least half of it) that covers a height x width image with the
+    fewest pixels run, ties to the larger: 1024x1024 with a target of 128 and overlap 16 gives 9x9 tiles of 128,
+    1000x1000 9x9 of 126, so the last tile is not mostly overlap; 1280x720 with a target of 362 takes a size that
+    splits both sides evenly rather than one that suits the long side alone."""
+
+    def pixels(tile: int) -> int:
+        rows = 1 if height <= tile else math.ceil((height - overlap) / (tile - overlap))
+        cols = 1 if width <= tile else math.ceil((width - overlap) / (tile - overlap))
+        return rows * cols * min(tile, height) * min(tile, width)
+
+    sizes = range(max(target // 2, overlap + 1), target + 1)
+    return min(sizes, key=lambda tile: (pixels(tile), -tile))
 
 
-def plan_tiling(model: torch.nn.Module, batch: int, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP) -> Tiling:
+def pixels_run(height: int, width: int, tiling: Tiling, context: int = BORDER_CONTEXT) -> int:
+    """LR pixels the network runs over for a height x width image under `tiling`: the tiles, overlaps included, each
+    with `context` mirrored pixels on the sides that are the image's borders, or the whole image with its border."""
+    tile = tiling.size
+    if tile is None or (height <= tile and width <= tile):
+        return (height + 2 * context) * (width + 2 * context)
+    th, tw = min(tile, height), min(tile, width)
+    stride = tile - min(tiling.overlap, tile // 2)
+    rows = [th + context * ((y == 0) + (y + th == height)) for y in _tile_starts(height, tile, stride)]
+    cols = [tw + context * ((x == 0) + (x + tw == width)) for x in _tile_starts(width, tile, stride)]
+    return sum(rows) * sum(cols)
+
+
+def plan_tiling(model: torch.nn.Module, batch: int, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP,
+                backend: str | None = None) -> Tiling:
     """The default (`tile="auto"`): how to run a (batch, 3, height, width) input on the model's device.
 
     - CPU: whole image up to CPU_WHOLE_IMAGE_TILES tiles' worth of pixels, else tiles of about
-      CPU_TILE_FEATURE_BYTES per feature map, split evenly over the image (see those constants for why).
+      CPU_TILE_FEATURE_BYTES per feature map, split evenly over the image; for ONNX Runtime, tiles of about
+      ONNXRUNTIME_TILE_FEATURE_BYTES and the whole image up to one tile's worth (see those constants for why).
     - GPU and other devices: the whole image, which keeps the device busiest, unless its activations would not
       fit in memory; then the largest power-of-two tile that does (with a warning).
     """
     if model.device.type == "cpu":
-        target = _tile_target(model, batch)
-        if height * width <= CPU_WHOLE_IMAGE_TILES * target * target or target <= 2 * overlap:
-            return Tiling(None, overlap, f"whole image: at most {CPU_WHOLE_IMAGE_TILES} CPU tiles of {target}")
-        size = _even_tile(max(height, width), target, overlap)
-        return Tiling(size, overlap, f"CPU tiles of about {CPU_TILE_FEATURE_BYTES >> 20} MiB per feature map")
+        own_blocking = runs_its_own_cache_blocking(backend)
+        feature_bytes = ONNXRUNTIME_TILE_FEATURE_BYTES if own_blocking else CPU_TILE_FEATURE_BYTES
+        target = cpu_tile_side(model, batch, feature_bytes)
+        whole_tiles = 1 if own_blocking else CPU_WHOLE_IMAGE_TILES
+        if height * width <= whole_tiles * target * target or target <= 2 * overlap:
+            tiles = "one CPU tile" if whole_tiles == 1 else f"{whole_tiles} CPU tiles"
+            return Tiling(None, overlap, f"whole image: at most {tiles} of {target}")
+        size = _best_tile(height, width, target, overlap)
+        return Tiling(size, overlap, f"CPU tiles of about {feature_bytes >> 20} MiB per feature map")
     tile = _auto_tile(model, batch, height, width)
     if tile is None:
         return Tiling(None, overlap, f"whole image: fits in {model.device.type} memory")
     return Tiling(tile, overlap, f"the whole image does not fit in {model.device.type} memory")
 
 
-def resolve_tiling(tile: int | str | None, overlap: int, model: torch.nn.Module, shape: Sequence[int]) -> Tiling:
-    """The caller's `tile` argument -> a Tiling: "auto" plans, None or 0 forces one pass, n > 0 is tiles of n."""
+def resolve_tiling(tile: int | str | None, overlap: int, model: torch.nn.Module, shape: Sequence[int],
+                   backend: str | None = None) -> Tiling:
+    """The caller's `tile` argument -> a Tiling: "auto" plans (for `backend` where it is known), None or 0 forces
+    one pass, n > 0 is tiles of n."""
     setting = TileSetting(tile, overlap)
     if setting.tile == AUTO:
         b, _, h, w = shape
-        return plan_tiling(model, b, h, w, setting.overlap)
+        return plan_tiling(model, b, h, w, setting.overlap, backend)
     if setting.tile is None:
         return Tiling(None, setting.overlap, "one pass, asked for")
     return Tiling(setting.tile, setting.overlap)

@@ -13,6 +13,7 @@ from conftest import tiny_config
 from bsr_hub import BSRModel
 from bsr_hub.commands.main import main
 from bsr_hub.inference import api, autotune, backends
+from bsr_hub.inference import tiling as tiling_module
 
 LARGE = (1, 3, 260, 260)  # at least CPU_BUILD_MIN_PIXELS: "auto" measures
 SMALL = (1, 3, 64, 64)
@@ -24,7 +25,7 @@ class FakeTimer:
     def __init__(self, seconds: dict[str, float]):
         self.seconds, self.calls = seconds, []
 
-    def __call__(self, model, candidate, x):
+    def __call__(self, model, candidate, x, warm_up=True):
         self.calls.append((candidate.name, tuple(x.shape)))
         return self.seconds.get(candidate.name, 1.0)
 
@@ -37,6 +38,12 @@ def tuning(tmp_path, monkeypatch):
     autotune.forget()
     yield tmp_path / "cache" / autotune.CACHE_FILE
     autotune.forget()
+
+
+def probe(model, x) -> tuple[int, int, int]:
+    """The (B, h, w) the candidates are timed on for input x, as upscale computes it."""
+    tiling = api.resolve_tiling("auto", 16, model, x.shape)
+    return autotune.probe_shape(x.shape, tiling, 8, tiling_module.cpu_tile_side(model, x.shape[0]))
 
 
 def fake(monkeypatch, **seconds) -> FakeTimer:
@@ -57,18 +64,35 @@ def runners_used(monkeypatch) -> list:
 
 
 def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, monkeypatch):
-    timer = fake(monkeypatch, eager_nchw=0.5, eager_cl=0.4, jit_nchw=0.3, jit_cl=0.1, onnxruntime=0.2)
+    timer = fake(monkeypatch, eager_nchw=0.5, eager_cl=0.1, jit=0.3, onnxruntime=0.14)
     used = runners_used(monkeypatch)
     x = torch.rand(*LARGE)
     out = tiny_model.upscale(x)
-    assert used == [("jit", torch.channels_last)]
+    assert used == [("eager", torch.channels_last)]
     names = [name for name, _ in timer.calls]
-    assert names == [c.name for c in autotune.available_candidates()]  # each candidate once
-    shape = autotune.pass_shape(x.shape, api.resolve_tiling("auto", 16, tiny_model, x.shape), 8)
+    candidates = [c.name for c in autotune.available_candidates()]
+    contenders = [n for n in candidates if n in ("eager channels_last", "onnxruntime")]  # within 1.5x of 0.1
+    assert names == candidates + contenders  # each candidate once, then the contenders once more
+    shape = probe(tiny_model, x)
     assert {s for _, s in timer.calls} == {(1, 3, shape[1], shape[2])}  # on one input of the pass's own size
     assert torch.allclose(out, tiny_model.upscale(x, backend="eager"), atol=1e-5)
     tiny_model.upscale(x)
     assert len(timer.calls) == len(names)  # measured once, then fixed for the process
+
+
+def test_the_candidates_are_timed_on_one_tile_sized_input(tiny_model, tuning, monkeypatch):
+    """A whole image is timed on a tile-sized part of it, a tiled one on its tile rounded up to SHAPE_STEP: the
+    measurement costs passes of one tile whatever the image's size."""
+    timer = fake(monkeypatch)
+    side = tiling_module.cpu_tile_side(tiny_model, 1)
+    assert side % autotune.SHAPE_STEP == 0  # (256 for this model) so that the whole image's probe is exactly a tile
+    tiny_model.upscale(torch.rand(1, 3, 300, 280))  # runs whole (at most four tiles' worth): 316x296 with the border
+    tiny_model.upscale(torch.rand(1, 3, 1000, 700))  # tiled
+    tile = api.resolve_tiling("auto", 16, tiny_model, (1, 3, 1000, 700)).size  # PyTorch's tiles: what is timed
+    step = autotune.SHAPE_STEP
+    assert tile % step and tile < side  # (187) the probe rounds it up
+    probe = -(-tile // step) * step
+    assert {shape for _, shape in timer.calls} == {(1, 3, side, side), (1, 3, probe, probe)}
 
 
 def test_the_table_is_cached_for_a_later_process(tiny_model, tuning, monkeypatch):
@@ -89,7 +113,7 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
     tiny_model.upscale(torch.rand(*LARGE))
     per_measurement = len(timer.calls)
     BSRModel(tiny_config(num_features=12)).upscale(torch.rand(*LARGE))  # another architecture
-    tiny_model.upscale(torch.rand(1, 3, 300, 280))  # another pass shape
+    tiny_model.upscale(torch.rand(1, 3, 600, 560))  # tiled: another probe shape
     assert len(timer.calls) == 3 * per_measurement
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)
@@ -107,19 +131,19 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": []}', "\x00\xff",
-                                     '{"version": 1, "entries": {"KEY": {"seconds": {"onnxruntime-int8": 0.001}}}}',
-                                     '{"version": 1, "entries": {"KEY": {"seconds": {"jit NCHW": -1}}}}'])
+                                     '{"version": 2, "entries": {"KEY": {"seconds": {"onnxruntime-int8": 0.001}}}}',
+                                     '{"version": 2, "entries": {"KEY": {"seconds": {"jit": -1}}}}',
+                                     '{"version": 2, "entries": {"KEY": {"seconds": {"jit NCHW": 0.1}}}}'])
 def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tiny_model, tuning, monkeypatch, content):
-    timer = fake(monkeypatch, jit_nchw=0.1)
+    timer = fake(monkeypatch, jit=0.1)
     x = torch.rand(*LARGE)
-    key = autotune._key_text(autotune._key(tiny_model, autotune.pass_shape(
-        x.shape, api.resolve_tiling("auto", 16, tiny_model, x.shape), 8)))
+    key = autotune._key_text(autotune._key(tiny_model, probe(tiny_model, x)))
     tuning.parent.mkdir(parents=True)
     tuning.write_text(content.replace('"KEY"', json.dumps(key)), encoding="latin-1")
     used = runners_used(monkeypatch)
     tiny_model.upscale(x)
     assert timer.calls and used == [("jit", torch.contiguous_format)]
-    assert json.loads(tuning.read_text())["entries"][key]["choice"] == "jit NCHW"
+    assert json.loads(tuning.read_text())["entries"][key]["choice"] == "jit"
 
 
 def test_tuning_off_follows_the_fixed_order(tiny_model, tuning, monkeypatch):
@@ -142,10 +166,15 @@ def test_small_inputs_named_backends_and_bicubic_are_not_measured(tiny_model, tu
 
 
 def test_the_caller_s_layout_is_kept(tiny_model, tuning, monkeypatch):
-    fake(monkeypatch, jit_cl=0.1, eager_nchw=0.2, onnxruntime=0.3)
+    fake(monkeypatch, eager_cl=0.1, eager_nchw=0.2, onnxruntime=0.3, jit=0.4)
     used = runners_used(monkeypatch)
     tiny_model.upscale(torch.rand(*LARGE), channels_last=False)
-    assert used == [("eager", torch.contiguous_format)]  # the fastest in NCHW, not jit channels_last
+    assert used == [("eager", torch.contiguous_format)]  # the fastest in NCHW, not eager channels_last
+    autotune.forget()
+    tuning.unlink()  # measured anew, as in a process on another machine
+    fake(monkeypatch, eager_cl=0.2, eager_nchw=0.3, jit=0.1)
+    tiny_model.upscale(torch.rand(*LARGE), channels_last=True)
+    assert used[-1][0] == "jit"  # layout-free: fit for the layout asked for
 
 
 def test_only_lossless_backends_are_candidates(monkeypatch):
@@ -158,10 +187,10 @@ def test_only_lossless_backends_are_candidates(monkeypatch):
 
 def test_two_processes_that_measured_at_once_agree(tuning):
     key = {"k": 1}
-    first = autotune._store("K", key, {"eager NCHW": 0.2, "jit NCHW": 0.1})
-    second = autotune._store("K", key, {"eager NCHW": 0.1, "jit NCHW": 0.2})  # measured meanwhile, stored later
+    first = autotune._store("K", key, {"eager NCHW": 0.2, "jit": 0.1})
+    second = autotune._store("K", key, {"eager NCHW": 0.1, "jit": 0.2})  # measured meanwhile, stored later
     assert second == first  # the later one adopts the stored table: one choice per key on the machine
-    assert autotune.Tuning(second).best().name == "jit NCHW"
+    assert autotune.Tuning(second).best().name == "jit"
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
@@ -185,3 +214,35 @@ def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, m
     assert report["measured_now"] is False  # the stored table, read back
     assert report["candidates"][0]["candidate"] == "eager channels_last"
     assert set(report["steps"]) == {"conversion in", "network", "tiling", "conversion out"}
+
+
+def test_the_real_measurement_times_every_candidate(tiny_model):
+    """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
+    is not checked, only that every candidate has a time."""
+    seconds = autotune._measure(tiny_model, (1, 64, 64))
+    assert set(seconds) == {c.name for c in autotune.available_candidates()}
+    assert all(0 < s < 60 for s in seconds.values())
+
+
+def test_each_backend_is_judged_by_its_own_tiling(tiny_model, tuning, monkeypatch):
+    """The probe times one tile for every candidate, but ONNX Runtime then runs larger tiles that recompute less
+    overlap: a candidate's time counts per pixel of what its own plan runs. Where both plans run the image whole the
+    probe alone decides."""
+    pytest.importorskip("onnxruntime")
+    fake(monkeypatch, eager_nchw=0.3, eager_cl=0.100, jit=0.3, onnxruntime=0.102)
+    used = runners_used(monkeypatch)
+    shape = (1, 3, 1000, 700)
+    work = {b: tiling_module.pixels_run(1000, 700, api.resolve_tiling("auto", 16, tiny_model, shape, b), 8)
+            for b in ("eager", "onnxruntime")}
+    assert work["onnxruntime"] < 0.95 * work["eager"]  # (0.94)
+    tiny_model.upscale(torch.rand(*shape))
+    assert used[-1][0] == "onnxruntime"
+    tiny_model.upscale(torch.rand(*LARGE))  # whole for both: eager channels_last's faster probe decides
+    assert used[-1] == ("eager", torch.channels_last)
+
+
+def test_pixels_run_counts_tiles_overlap_and_border():
+    plain = tiling_module.Tiling(None)
+    assert tiling_module.pixels_run(100, 50, plain, 8) == 116 * 66
+    tiled = tiling_module.Tiling(64, overlap=16)  # 100 rows: tiles at 0 and 36; 50 columns: one tile
+    assert tiling_module.pixels_run(100, 50, tiled, 8) == (64 + 8 + 64 + 8) * (50 + 16)

@@ -1,6 +1,7 @@
 """upscale: every input kind and PIL mode, tiling, memory bounds, precision rules, self-ensemble."""
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -359,6 +360,24 @@ def test_plan_follows_model_width_and_splits_evenly():
     assert tiling.plan_tiling(lite, 1, 200, 300).whole  # BSD100-sized inputs run whole
 
 
+def test_onnxruntime_gets_memory_sized_tiles_split_on_both_sides():
+    """ONNX Runtime blocks its convolutions for the caches itself: its tiles are sized for memory (16 MiB maps, 362
+    LR pixels for bsr-lite) and an image of one such tile's worth runs whole; what upscale plans follows the backend
+    that runs, named or chosen. Tiles split both sides of the image evenly."""
+    pytest.importorskip("onnxruntime")
+    lite = BSRModel.from_preset("bsr-lite")
+    assert tiling.plan_tiling(lite, 1, 360, 360, backend="onnxruntime").whole
+    assert tiling.plan_tiling(lite, 1, 1024, 1024, backend="onnxruntime").size == 352  # 3 x 3, not 9 x 9 of 128
+    assert tiling.plan_tiling(lite, 1, 1024, 1024, backend="onnxruntime-int8").size == 352
+    assert tiling.plan_tiling(lite, 1, 1024, 1024, backend="jit").size == 128
+    wide = tiling.plan_tiling(lite, 1, 720, 1280, backend="onnxruntime").size
+    rows, cols = (math.ceil((n - 16) / (wide - 16)) for n in (720, 1280))
+    assert rows * cols * wide * wide < 1.25 * 720 * 1280  # the square tiles that suit the long side alone: 1.47x
+    assert api.plan_run(lite, (1, 3, 1024, 1024), backend="onnxruntime").tiling.size == 352
+    assert api.plan_run(lite, (1, 3, 1024, 1024), backend="eager").tiling.size == 128
+    assert api.plan_run(lite, (1, 3, 1024, 1024), backend="onnxruntime", tile=200).tiling.size == 200  # asked for
+
+
 def test_models_meet_the_upscaler_contract(tiny_model):
     """What tiling, the out-of-memory fallback and evaluation read from a model, and nothing else."""
     from bsr_hub.evaluation.bicubic import BicubicModel
@@ -439,8 +458,10 @@ def test_graphs_of_the_same_weights_are_kept_side_by_side_and_dropped_with_old_w
     from bsr_hub.inference.backends import _RUNNERS, get_runner
 
     jit = get_runner(tiny_model, "jit", torch.contiguous_format)
-    jit_last = get_runner(tiny_model, "jit", torch.channels_last)
-    assert get_runner(tiny_model, "jit", torch.contiguous_format) is jit and jit_last is not jit
+    ort = get_runner(tiny_model, "onnxruntime", torch.channels_last)
+    assert get_runner(tiny_model, "jit", torch.contiguous_format) is jit
+    assert get_runner(tiny_model, "jit", torch.channels_last) is jit  # layout-free: one graph serves both layouts
+    assert get_runner(tiny_model, "onnxruntime", torch.contiguous_format) is ort and ort is not jit
     with torch.no_grad():
         tiny_model.tail.bias.add_(0.1)
     rebuilt = get_runner(tiny_model, "jit", torch.contiguous_format)
