@@ -102,7 +102,7 @@ def main() -> None:
         total = statistics.median(sum(r[p] for p in ("import", "load", "first call")) for r in rows)
         lines.append(f"| {name} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
     first = runs[next(iter(SETTINGS))]
-    lines += ["", "What the first process measured (seconds, choice, probe shape (B, h, w)), per round:", ""]
+    lines += ["", "What the first process measured (seconds, the probe's fastest, probe shape (B, h, w)), per round:", ""]
     lines += [f"- {json.dumps(r['measured'])}" for r in first]
     write_result(args.out, lines)
 

@@ -1,5 +1,5 @@
 """ONNX Runtime on cache-sized tiles, on what `tile="auto"` plans for it, on mid-sized tiles and on the whole image:
-time and peak memory, side by side (why tiling.ONNXRUNTIME_WHOLE_FEATURE_BYTES exists).
+time and peak memory, side by side (why tiling.ONNXRUNTIME_TILE_FEATURE_BYTES exists).
 
     python bench/ort_tiles.py [--threads 1] [--repeats 2] [--sizes 512x512 704x704 1024x1024 1280x720]
 

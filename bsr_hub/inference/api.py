@@ -2,7 +2,7 @@
 
 The network sees (B, 3, h, w) float RGB in [0, 1]; convert.py turns what a user hands us into that and back.
 How the network is run is decided by default from measurements (bench/results/fast_path.md): `plan_tiling`
-(tiling.py) picks the whole image or cache-sized tiles, and `backend` (backends.py) picks eager PyTorch, a
+(tiling.py) picks the whole image or tiles, and `backend` (backends.py) picks eager PyTorch, a
 frozen TorchScript graph, torch.compile or ONNX Runtime. This module puts them together for one image or many.
 """
 
@@ -110,7 +110,7 @@ def plan_run(model: Upscaler, x_shape: Sequence[int], *, tile: int | str | None 
     def work(name: str) -> float:  # LR pixels the backend's own tiling runs: each candidate is judged by its plan
         return pixels_run(x_shape[-2], x_shape[-1], resolve_tiling(tile, tile_overlap, model, x_shape, name), context)
 
-    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context, work)
+    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context, work, planned=tile == AUTO)
     if tuned is not None:
         backend, channels_last = tuned.backend, channels_last if channels_last is not None else tuned.channels_last
     else:

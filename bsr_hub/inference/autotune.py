@@ -42,7 +42,7 @@ from .backends import (
     _onnxruntime_available,
     get_runner,
 )
-from .tiling import AUTO, Tiling, cpu_tile_side
+from .tiling import AUTO, ONNXRUNTIME_TILE_FEATURE_BYTES, Tiling, cpu_tile_side
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +305,7 @@ def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float]) -> dic
             theirs = _stored_seconds(entries, key_text)
             if theirs is not None:
                 return theirs
+            # "choice": the probe's fastest, for a reader of the file; a call also weighs each backend's tiling.
             entries[key_text] = {"key": key, "seconds": seconds, "choice": Tuning(seconds).best().name,
                                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
             kept = dict(list(entries.items())[-MAX_ENTRIES:])
@@ -339,6 +340,7 @@ def tune(model: torch.nn.Module, shape: tuple[int, int, int], *, fresh: bool = F
             seconds = _measure(model, shape)
             cost = time.perf_counter() - start
             tuning = Tuning(_store(text, key, seconds), fresh=True, cost=cost)
+            # The probe's fastest; the call's choice also weighs each backend's own tiling (choice_for).
             logger.info("measured %s on %s in %.2f s: %s", model_key(model), shape, cost, tuning.best().name)
         _TUNINGS[text] = Tuning(tuning.seconds, fresh=False)  # a later lookup reads what was measured before
         return tuning
@@ -359,18 +361,22 @@ def forget(key_text: str | None = None) -> None:
 
 def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None, tiling: Tiling,
                x_shape: torch.Size | tuple, context: int,
-               work: Callable[[str], float] | None = None) -> Candidate | None:
+               work: Callable[[str], float] | None = None, planned: bool = True) -> Candidate | None:
     """The measured choice for this call, or None where `backend="auto"` keeps its fixed rules
     (backends.resolve_backend): a backend named by the caller, a device other than the CPU, a module without
     learned weights (bicubic), a dtype other than float32 (bf16 joins only once its cost is measured:
     bench/bf16_cost.py), an input of fewer than CPU_BUILD_MIN_PIXELS pixels (a thumbnail would wait longer for the
     measurement than it saves) and BSR_HUB_AUTOTUNE=0. `work(backend)`: the LR pixels that backend's own tiling
-    runs for this input (api.plan_run), so that each is judged by what it would do with the image, not the probe."""
+    runs for this input (api.plan_run), so that each is judged by what it would do with the image, not the probe.
+    `planned`: the tiling is `tile="auto"`'s, so the probe is capped at PyTorch's cache-sized tile; a tiling the
+    caller chose (one pass, or tiles of their size) is timed on its own pass, capped at ONNX Runtime's larger tile
+    (ONNXRUNTIME_TILE_FEATURE_BYTES) to bound the measurement."""
     if backend != AUTO or model.device.type != "cpu" or model.dtype != torch.float32 or not enabled():
         return None
     if not _has_learned_weights(model) or x_shape[0] * x_shape[-2] * x_shape[-1] < CPU_BUILD_MIN_PIXELS:
         return None
-    tuning = tune(model, probe_shape(x_shape, tiling, context, cpu_tile_side(model, x_shape[0])))
+    largest = cpu_tile_side(model, x_shape[0], None if planned else ONNXRUNTIME_TILE_FEATURE_BYTES)
+    tuning = tune(model, probe_shape(x_shape, tiling, context, largest))
     per_backend = {c.backend: work(c.backend) for c in CANDIDATES} if work is not None else None
     return tuning.best(channels_last, per_backend)
 

@@ -74,7 +74,7 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
     """"auto" -> eager off the CPU (and for a bf16 model on it), else the first available of CPU_BACKEND_PREFERENCE
     (eager for an input of fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. This is the fixed rule,
     for where nothing was measured: on the CPU, `upscale` first asks autotune.choice_for, which measures the
-    backends on this machine once per model and pass shape and then keeps that choice for the life of the process
+    backends on this machine once per model and probe shape and then keeps that table for the life of the process
     (and in the cache file for later ones). Either way the choice never depends on what earlier calls happened to
     build: the backends agree only to within rounding, and the same image must give the same result whatever was
     upscaled before in the process."""

@@ -20,7 +20,7 @@ import torch
 
 from .api import plan_run, upscale
 from .autotune import Tuning, available_candidates, probe_shape, tune
-from .backends import get_runner
+from .backends import LAYOUT_FREE_BACKENDS, get_runner
 from .convert import _network_input, _Output, _prepare
 from .tiling import (
     AUTO,
@@ -144,7 +144,7 @@ def profile_upscale(model: torch.nn.Module, image: Any, *, repeats: int = 3, ret
     steps, passes = min(runs, key=lambda run: sum(run[0].values()))
     raw, how = _raw_forward(model, x, tuning, shape, plan.tiling.whole)
     layout = "channels_last" if plan.memory_format(plan.tiling.whole) == torch.channels_last else "NCHW"
-    runs_as = "onnxruntime" if plan.backend == "onnxruntime" else f"{plan.backend} {layout}"
+    runs_as = plan.backend if plan.backend in LAYOUT_FREE_BACKENDS else f"{plan.backend} {layout}"
     where = "whole image" if plan.tiling.whole else f"tiles of {plan.tiling.size}"
     return UpscaleProfile(steps, statistics.median(totals), raw, how, passes, shape, f"{where} ({plan.tiling.reason})",
                           runs_as, tuning, work)

@@ -1,8 +1,9 @@
 """How the network covers an image: whole or in cross-faded tiles, with a mirrored border, within a memory
 budget.
 
-`plan_tiling` picks the whole image or cache-sized tiles by default (from measurements,
-bench/results/fast_path.md), `resolve_tiling` turns the caller's `tile` argument into a `Tiling`, and
+`plan_tiling` picks the whole image or tiles by default (cache-sized for PyTorch, memory-sized for ONNX Runtime;
+from measurements, bench/results/fast_path.md and ort_tiles.md), `resolve_tiling` turns the caller's `tile`
+argument into a `Tiling`, and
 `_run_tiled` runs it band by band. `mirrored_border` is what the network needs around a whole image
 (BORDER_CONTEXT), in one pass, in a tile at the image's border and in an exported graph alike.
 """
@@ -151,7 +152,7 @@ def _best_tile(height: int, width: int, target: int, overlap: int) -> int:
         cols = 1 if width <= tile else math.ceil((width - overlap) / (tile - overlap))
         return rows * cols * min(tile, height) * min(tile, width)
 
-    sizes = range(max(target // 2, overlap + 1), target + 1)
+    sizes = range(max(target // 2, 2 * overlap + 1), target + 1)  # no smaller: _run_tiled would clamp the overlap
     return min(sizes, key=lambda tile: (pixels(tile), -tile))
 
 

@@ -246,3 +246,13 @@ def test_pixels_run_counts_tiles_overlap_and_border():
     assert tiling_module.pixels_run(100, 50, plain, 8) == 116 * 66
     tiled = tiling_module.Tiling(64, overlap=16)  # 100 rows: tiles at 0 and 36; 50 columns: one tile
     assert tiling_module.pixels_run(100, 50, tiled, 8) == (64 + 8 + 64 + 8) * (50 + 16)
+
+
+def test_a_tiling_the_caller_chose_is_timed_on_its_own_pass(tiny_model, tuning, monkeypatch):
+    """tile=N or one pass: the candidates are timed on that pass (capped at ONNX Runtime's tile side), not on the
+    cache-sized tile `tile="auto"` would have used, which ranks eager too well for large passes."""
+    timer = fake(monkeypatch)
+    tiny_model.upscale(torch.rand(1, 3, 600, 600), tile=400)
+    tiny_model.upscale(torch.rand(1, 3, 300, 280), tile=None)
+    assert tiling_module.cpu_tile_side(tiny_model, 1) < 400  # "auto" would have timed a 256 probe
+    assert {shape for _, shape in timer.calls} == {(1, 3, 416, 416), (1, 3, 320, 320)}
