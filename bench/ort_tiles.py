@@ -57,13 +57,14 @@ def main() -> None:
                f"--sizes {' '.join(args.sizes)}")
     lines = ["# ONNX Runtime: cache-sized tiles, the default plan, mid-sized tiles, the whole image", "",
              f"`{command}`; CPU: {cpu_description()}.", f"Load at the start: {machine_load()}.", "",
-             "bsr-lite-x2, `upscale(backend=\"onnxruntime\")`, fastest of the timed calls, peak RSS of the row's own "
-             "process (model, image and output included).", "",
+             ("bsr-lite-x2, `upscale(backend=\"onnxruntime\")`, fastest of the timed calls, peak RSS of the row's own "
+              "process (model, image and output included)."), "",
              "| size | tiles | LR pixels run (with border) | s | vs cache-sized | peak GiB |",
              "|---|---|---:|---:|---:|---:|"]
     for size in args.sizes:
         w, h = (int(v) for v in size.split("x"))
-        mid = tiling._best_tile(h, w, tiling.cpu_tile_side(lite, 1, 16 << 20), tiling.DEFAULT_TILE_OVERLAP)
+        ort_side = tiling.cpu_tile_side(lite, 1, tiling.ONNXRUNTIME_TILE_FEATURE_BYTES)
+        mid = tiling._best_tile(h, w, ort_side, tiling.DEFAULT_TILE_OVERLAP)
         rows = {"cache-sized (2 MiB maps)": tiling.plan_tiling(lite, 1, h, w).size or 0,
                 "default for onnxruntime": tiling.plan_tiling(lite, 1, h, w, backend="onnxruntime").size or 0,
                 "mid-sized (16 MiB maps)": 0 if mid >= max(w, h) else mid,
@@ -76,24 +77,12 @@ def main() -> None:
         base = results["cache-sized (2 MiB maps)"]["seconds"]
         for label, tile in rows.items():
             r = results[label]
-            pixels = _pixels_run(w, h, tile)
+            pixels = tiling.pixels_run(h, w, tiling.Tiling(tile or None))
             what = f"{tile}x{tile}" if tile else "one pass"
             lines.append(f"| {w}x{h} | {label}: {what} | {pixels:,} | {r['seconds']:.2f} | "
                          f"{r['seconds'] / base:.2f} | {r['peak_gib']:.2f} |")
     lines += ["", f"Load at the end: {machine_load()}."]
     write_result(args.out, lines)
-
-
-def _pixels_run(w: int, h: int, tile: int, overlap: int = 16, context: int = 8) -> int:
-    """LR pixels the network runs over: the tiles (with the mirrored border on the image's sides) or the whole."""
-    from bsr_hub.inference.tiling import _tile_starts
-
-    if not tile or (w <= tile and h <= tile):
-        return (w + 2 * context) * (h + 2 * context)
-    tw, th = min(tile, w), min(tile, h)
-    xs, ys = _tile_starts(w, tile, tile - overlap), _tile_starts(h, tile, tile - overlap)
-    return sum((tw + context * ((x == 0) + (x + tw == w))) * (th + context * ((y == 0) + (y + th == h)))
-               for x in xs for y in ys)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def _raw_forward(model: torch.nn.Module, x: torch.Tensor, tuning: Tuning, shape:
     best = tuning.best()
     # A tiled plan is compared with its own tile's time scaled to the image's pixels, not with one whole pass: for
     # eager PyTorch a whole large image is slower than its tiles (its maps leave the caches), but ONNX Runtime ran
-    # bsr-lite-x2 whole faster than tiled at 512x512 (bench/results/cpu_inference.md), so for it this understates
+    # bsr-lite-x2 whole faster than on cache-sized tiles (bench/results/ort_tiles.md), so for it this understates
     # the gap to the fastest raw forward.
     if not whole:
         pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
