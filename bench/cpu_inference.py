@@ -16,8 +16,8 @@ For `bsr-tiny-x2` and `bsr-lite-x2` (the bundled weights: int8 calibration depen
 against the speed of a plain 64->64 3x3 convolution measured in the same run (the practical ceiling: what the
 network's convolutions could reach if nothing else cost anything).
 
-Rounds are interleaved (every configuration once per round, in the same order) and the median is reported, so a
-neighbour's load falls on all of them alike: compare ratios within this run, not with other files.
+Rounds are interleaved (every configuration once per round, the order rotated each round) and the median is
+reported, so a neighbour's load falls on all of them alike: compare ratios within this run, not with other files.
 """
 
 from __future__ import annotations
@@ -183,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             configs = _configs(name, width, height)
             chosen[(name, size)] = _auto_choice(name, width, height)
             times: dict[str, list[float]] = {f"{p}|{c}": [] for p, c, _, _ in configs}
-            for _ in range(args.rounds):
-                for path, config, run, _ in configs:
+            for r in range(args.rounds):
+                # The order rotates each round, so that no configuration always runs right after the same other one
+                # (the last run's threads or caches can slow the next: the default once ran 1.46x slower than the
+                # same plan named, right after the int8 session, in the fixed order of cpu_inference.md at fe09365).
+                for path, config, run, _ in configs[r % len(configs):] + configs[: r % len(configs)]:
                     times[f"{path}|{config}"].append(_timed(run))
             rows += [Row(name, size, p, c, times[f"{p}|{c}"], f) for p, c, _, f in configs]
             print(f"{name} {size}: done", file=sys.stderr)
@@ -219,7 +222,8 @@ def _report(args, rows: list[Row], ceiling: float, chosen, threads: int, load_be
         "",
         f"Plain 64->64 3x3 convolution on 256x256 (the ceiling), fastest layout: **{ceiling:.0f} GFLOP/s**.",
         "",
-        f"Median of {args.rounds} interleaved rounds per configuration. raw: the network on the whole image; "
+        f"Median of {args.rounds} interleaved rounds per configuration (order rotated each round). raw: the network "
+        "on the whole image; "
         "upscale: `model.upscale(image)` on a PIL image (conversion, border, tiles, output included). "
         "fps = 1 / s; '% ceiling' = the network's convolution FLOPs / s over the ceiling.",
         "",

@@ -41,7 +41,7 @@ def _report(name: str, model, size: tuple[int, int], profile, cache: str) -> dic
     machine = machine_key()
     return {"model": name, "scale": model.scale, "parameters": sum(p.numel() for p in model.parameters()),
             "size": list(size), "cpu": describe_cpu(), "threads": torch.get_num_threads(), "machine": machine,
-            "candidates": describe(profile.tuning, profile.work), "measured_now": profile.tuning.fresh,
+            "candidates": describe(profile.tuning), "measured_now": profile.tuning.fresh,
             "measure_seconds": profile.tuning.cost, "cache": cache,
             **profile.as_dict()}
 
@@ -50,18 +50,17 @@ def _print_table(r: dict) -> None:
     from ..inference.autotune import RETIME_WITHIN
 
     w, h = r["size"]
-    _, ph, pw = r["probe_shape"]
     print(f"{r['model']} (x{r['scale']}, {r['parameters']:,} parameters) on {r['cpu']}, {r['threads']} torch threads, "
           f"torch {r['machine']['torch']}, onnxruntime {r['machine']['onnxruntime'] or 'not installed'}")
     print(f"input {w}x{h} RGB 8-bit (PIL) -> {w * r['scale']}x{h * r['scale']}; plan: {r['plan']}")
     source = f"measured now in {r['measure_seconds']:.2f} s, builds included" if r["measured_now"] else "from the cache"
-    print(f"\nbackends on one {pw}x{ph} input, after a warm-up on a corner; one pass each, the faster of two for those "
-          f"within {RETIME_WITHIN}x of the fastest ({source}; {r['cache']}):")
-    print(f"  {'':22} {'one pass':>9}    {'the image, on its own tiling (estimated)':>9}")
+    print(f"\nbackends, each on one pass of its own tiling after a warm-up on a corner; one pass each, the faster of two "
+          f"for those within {RETIME_WITHIN}x of the least estimate ({source}; {r['cache']}):")
+    print(f"  {'':22} {'pass':>9}    {'one pass':>9}    {'passes':>6}    {'the image (estimated)':>9}")
     for row in r["candidates"]:
-        image = row["seconds"] * row["work"]
-        print(f"  {row['candidate']:22} {1000 * row['seconds']:9.1f} ms {image:9.3f} s"
-              f"{'   <- fastest' if row['chosen'] else ''}")
+        _, ph, pw = row["probe_shape"]
+        print(f"  {row['candidate']:22} {f'{pw}x{ph}':>9} {1000 * row['seconds']:9.1f} ms {row['work']:8.2f}"
+              f" {row['image_seconds']:9.3f} s{'   <- fastest' if row['chosen'] else ''}")
     print(f"upscale runs: {r['runs_as']}")
     total = sum(r["steps"].values())
     print(f"\nupscale, median of the plain calls   {r['upscale']:8.3f} s")

@@ -9,7 +9,9 @@ from .cpu import describe_cpu
 from .examples import example_images
 from .extras import MissingExtraError, require
 from .files import (
+    CACHE_ENV,
     append_text,
+    cache_folder,
     plan_jobs,
     save_image_atomic,
     write_atomically,
@@ -31,11 +33,13 @@ from .typed import from_mapping
 from .version import __version__
 
 __all__ = [
+    "CACHE_ENV",
     "MODES",
     "ImageReadError",
     "MissingExtraError",
     "__version__",
     "append_text",
+    "cache_folder",
     "check_launch",
     "describe_cpu",
     "describe_process",

@@ -100,6 +100,21 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+CACHE_ENV = "BSR_HUB_CACHE"
+"""A folder for bsr_hub's cache files; default $XDG_CACHE_HOME/bsr_hub, else ~/.cache/bsr_hub (the XDG layout that
+huggingface_hub's ~/.cache/huggingface also follows on every platform)."""
+
+
+def cache_folder() -> Path:
+    """bsr_hub's cache folder (CACHE_ENV): what is measured or built once per machine and reused by later processes
+    (the backends' timings, ONNX graphs). Not created here."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "bsr_hub")
+    return Path(folder)
+
+
 def append_text(target: str | os.PathLike, text: str) -> None:
     """Append to a log file (history.jsonl) without following a symlink planted under its name, which would have
     us append to whatever file it points at."""

@@ -33,7 +33,6 @@ from .tiling import (
     Tiling,
     _run_tiled,
     _warn_if_one_pass_is_too_large,
-    pixels_run,
     release_cached_memory,
     resolve_tiling,
 )
@@ -102,21 +101,17 @@ def plan_run(model: Upscaler, x_shape: Sequence[int], *, tile: int | str | None 
     """The RunPlan for a (B, 3, h, w) input. On the CPU, `backend="auto"` is measured on this machine once per model
     and pass shape (autotune.choice_for) and fixed from then on; where it is not (a named backend, a GPU, a small
     input, BSR_HUB_AUTOTUNE=0) the fixed rules of backends.resolve_backend and `RunPlan.memory_format` hold."""
-    # The backends are measured on the tiling PyTorch would run (a cache-sized tile's pass, not the image's); the
-    # tiling is then planned for the backend that runs (ONNX Runtime's tiles are larger: tiling.plan_tiling).
-    tiling = resolve_tiling(tile, tile_overlap, model, x_shape)
     context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
 
-    def work(name: str) -> float:  # LR pixels the backend's own tiling runs: each candidate is judged by its plan
-        return pixels_run(x_shape[-2], x_shape[-1], resolve_tiling(tile, tile_overlap, model, x_shape, name), context)
+    def tiling_for(name: str) -> Tiling:  # each backend has its own tiling (ONNX Runtime's tiles are larger)
+        return resolve_tiling(tile, tile_overlap, model, x_shape, name)
 
-    tuned = choice_for(model, backend, channels_last, tiling, x_shape, context, work, planned=tile == AUTO)
+    tuned = choice_for(model, backend, channels_last, x_shape, context, tiling_for, planned=tile == AUTO)
     if tuned is not None:
         backend, channels_last = tuned.backend, channels_last if channels_last is not None else tuned.channels_last
     else:
         backend = resolve_backend(model, backend, pixels=x_shape[0] * x_shape[-2] * x_shape[-1])
-    if model.device.type == "cpu":
-        tiling = resolve_tiling(tile, tile_overlap, model, x_shape, backend)
+    tiling = tiling_for(backend) if model.device.type == "cpu" else resolve_tiling(tile, tile_overlap, model, x_shape)
     return RunPlan(tiling, backend, context, channels_last, model.device.type, model.dtype)
 
 

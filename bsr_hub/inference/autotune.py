@@ -3,13 +3,13 @@
 The fastest way differs from CPU to CPU. On the 2-core AVX2 machine of bench/results/fast_path.md ONNX Runtime won
 on tiles; on an AVX-512 BF16 machine (issue 27) eager PyTorch beat TorchScript and ONNX Runtime, and channels_last
 ran the raw forward in about half of NCHW's time, the opposite of the AVX2 machines. So `backend="auto"` on a CPU
-does not follow a fixed order measured on one of them: the first time a model and a network input shape need a
-choice (`choice_for`), each lossless candidate (TUNABLE_BACKENDS, eager in NCHW and in channels_last) is timed on
-one input (`probe_shape`: a cache-sized tile, or a tile-sized part of a whole image, so that the measurement costs a
-pass of one tile per candidate, not of the image), the fastest is used, and the table is written to a JSON file in
-the user's cache folder (`cache_path`), keyed by what makes the timings differ (`machine_key`: CPU, threads, library
-versions), so later processes start with it. Once a key has a table in a process, its choice is fixed for the life
-of the process.
+does not follow a fixed order measured on one of them: the first time a model and an input need a choice
+(`choice_for`), each lossless candidate (TUNABLE_BACKENDS, eager in NCHW and in channels_last) is timed on one pass of
+the tiling its backend would run for that input (`plan_probes`: a tile, or the whole image where the plan runs it
+whole), and the candidate with the least estimated time for the image (one pass x the passes its tiling makes) is
+used. The times are written to a JSON file in the user's cache folder (`cache_path`), keyed by what makes them differ
+(`machine_key`: CPU, threads, library versions) and by model and pass shape, so that later calls and processes with
+passes of the same shape start with them. A time once measured in a process never changes in it.
 
 BSR_HUB_AUTOTUNE=0 turns the measuring off (the fixed order, backends.CPU_BACKEND_PREFERENCE); BSR_HUB_CACHE names
 the folder of the file.
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..core import __version__, describe_cpu, write_text_atomically
+from ..core import __version__, cache_folder, describe_cpu, write_text_atomically
 from .backends import (
     CPU_BUILD_MIN_PIXELS,
     LAYOUT_FREE_BACKENDS,
@@ -42,7 +42,7 @@ from .backends import (
     _onnxruntime_available,
     get_runner,
 )
-from .tiling import AUTO, ONNXRUNTIME_TILE_FEATURE_BYTES, Tiling, cpu_tile_side
+from .tiling import AUTO, ONNXRUNTIME_TILE_FEATURE_BYTES, Tiling, cpu_tile_side, pixels_run
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ accuracy, which only the caller may decide)."""
 
 TUNE_ENV = "BSR_HUB_AUTOTUNE"
 """Set to 0 (or false, no, off) to skip the measurement: "auto" then follows backends.CPU_BACKEND_PREFERENCE."""
-
-CACHE_ENV = "BSR_HUB_CACHE"
-"""A folder for bsr_hub's cache files; default $XDG_CACHE_HOME/bsr_hub, else ~/.cache/bsr_hub (the XDG layout that
-huggingface_hub's ~/.cache/huggingface also follows on every platform)."""
 
 CACHE_FILE = "autotune.json"
 FORMAT_VERSION = 2  # 2: one layout-free "jit" candidate where 1 had "jit NCHW" and "jit channels_last"
@@ -77,8 +73,11 @@ backend in a process carries one-off work (oneDNN's setup, the first run of a fr
 session) that says nothing of its speed; a corner takes that at a few per cent of a full probe pass."""
 
 SHAPE_STEP = 32
-"""Probe sides are rounded up to this many pixels, so that tiles and images of nearly the same size share one
-measurement (1024x1024 tiles at 128, 1000x1000 at 125: both measured at 128)."""
+"""Probes are squares whose side is rounded up to this many pixels up to 256, to twice this up to 512 and to four
+times beyond (`probe_side`): tiles and images of nearly the same size share one measurement (1024x1024 tiles of 128
+and 1000x1000 ones of 125 are both measured at 128), and a folder of photos of every size costs a dozen measurements
+per model, not one per size. A pass's time follows its pixel count (the feature maps' size against the caches) far
+more than its aspect."""
 
 
 @dataclass(frozen=True)
@@ -115,26 +114,39 @@ _BY_NAME = {c.name: c for c in CANDIDATES}
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What one candidate is timed on for one call: a (B, h, w) network input, and how many such passes its own
+    tiling makes of the image (the LR pixels that tiling runs, border and overlaps included, over the probe's), so that
+    its time for the image is estimated as one pass x `work`."""
+
+    shape: tuple[int, int, int]
+    work: float = 1.0
+
+
+@dataclass(frozen=True)
 class Tuning:
-    """One measurement: seconds per network pass for each candidate that ran (name -> seconds), and whether it was
-    measured in this process (`fresh`) or read from the cache file."""
+    """One call's measurement: seconds per pass on its probe for each candidate that ran (name -> seconds), the probes
+    (name -> Probe), and whether any of it was measured in this process (`fresh`) or all read from a table."""
 
     seconds: dict[str, float]
+    probes: dict[str, Probe]
     fresh: bool = True
     cost: float | None = None
-    """Seconds the measurement took in this process, builds included (None when the table was read, not measured)."""
+    """Seconds the measuring took in this process, builds included (None when nothing was measured)."""
 
-    def best(self, channels_last: bool | None = None, work: dict[str, float] | None = None) -> Candidate:
-        """The fastest candidate, or the fastest that runs in the layout the caller asked for (a layout-free one runs
-        in either). `work` scales each backend's time by what it runs of the image relative to the others (its own
-        tiling: ONNX Runtime's larger tiles recompute less overlap than PyTorch's); by default all alike. Ties go to
-        the earlier of CANDIDATES, so the choice is a function of the table (and `work`) alone."""
+    def image_seconds(self, name: str) -> float:
+        """The candidate's estimated time for the image: one pass on its probe x its probe passes per image."""
+        return self.seconds[name] * self.probes[name].work
+
+    def best(self, channels_last: bool | None = None) -> Candidate:
+        """The candidate with the least estimated time for the image, or the least of those that run in the layout
+        the caller asked for (a layout-free one runs in either). Ties go to the earlier of CANDIDATES, so the choice
+        is a function of the table alone."""
         names = [c.name for c in CANDIDATES if c.name in self.seconds
                  and (channels_last is None or c.layout_free or c.channels_last == channels_last)]
         if not names:
             return Candidate("eager", bool(channels_last))
-        work = work or {}
-        return _BY_NAME[min(names, key=lambda n: self.seconds[n] * work.get(_BY_NAME[n].backend, 1.0))]
+        return _BY_NAME[min(names, key=self.image_seconds)]
 
 
 def enabled() -> bool:
@@ -142,12 +154,9 @@ def enabled() -> bool:
 
 
 def cache_path() -> Path:
-    """The cache file: $BSR_HUB_CACHE/autotune.json, else under $XDG_CACHE_HOME/bsr_hub or ~/.cache/bsr_hub."""
-    folder = os.environ.get(CACHE_ENV)
-    if not folder:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(base, "bsr_hub")
-    return Path(folder) / CACHE_FILE
+    """The cache file: autotune.json in bsr_hub's cache folder (core.cache_folder: $BSR_HUB_CACHE, else under
+    $XDG_CACHE_HOME/bsr_hub or ~/.cache/bsr_hub)."""
+    return cache_folder() / CACHE_FILE
 
 
 @functools.cache  # read once per process: metadata lookups scan site-packages, and every large upscale asks
@@ -178,22 +187,45 @@ def model_key(model: torch.nn.Module) -> str:
     return f"{label}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
-def probe_shape(x_shape: torch.Size | tuple, tiling: Tiling, context: int, largest: int) -> tuple[int, int, int]:
-    """(B, h, w) of the input the candidates are timed on for a (B, 3, H, W) input: one network pass (a tile of
-    `tiling.size`, or the whole image with its mirrored border), each side rounded up to SHAPE_STEP and at most
-    `largest` rounded up (the CPU tile side, tiling.cpu_tile_side). A whole image of up to four tiles' worth is timed
-    on a tile-sized part of it: its time per pixel ranks the candidates as the whole does (the image is small enough to
-    run whole because its maps stay in the caches, as a tile's do) at a quarter of the cost or less."""
+def probe_side(pixels: float) -> int:
+    """The side of the square probe for a pass of `pixels` pixels (SHAPE_STEP)."""
+    side = math.ceil(math.sqrt(pixels))
+    step = SHAPE_STEP * (1 if side <= 256 else 2 if side <= 512 else 4)
+    return -(-side // step) * step
+
+
+def probe_shape(x_shape: torch.Size | tuple, tiling: Tiling, context: int,
+                largest: int | None = None) -> tuple[int, int, int]:
+    """(B, s, s) of the probe for the pass `tiling` makes for a (B, 3, H, W) input (a tile of `tiling.size`, or the
+    whole image with its mirrored border, each side at most `largest` when given): a square of about its pixels,
+    rounded up (probe_side)."""
     b, _, h, w = x_shape
     if tiling.size is not None and (h > tiling.size or w > tiling.size):
         h, w = min(tiling.size, h), min(tiling.size, w)
     else:
         h, w = h + 2 * context, w + 2 * context
+    if largest:
+        h, w = min(h, largest), min(w, largest)
+    side = probe_side(h * w)
+    return b, side, side
 
-    def side(n: int) -> int:
-        return -(-min(n, largest) // SHAPE_STEP) * SHAPE_STEP
 
-    return b, side(h), side(w)
+def plan_probes(model: torch.nn.Module, x_shape: torch.Size | tuple, context: int,
+                tiling_for: Callable[[str], Tiling], planned: bool = True) -> dict[str, Probe]:
+    """Each available candidate's Probe for a (B, 3, H, W) input: a pass of its own backend's tiling (`tiling_for`,
+    api.plan_run's: ONNX Runtime's tiles are larger than PyTorch's), so that each is timed on what it would run. A
+    smaller stand-in ranks them wrongly: on one 160x160 part of a 256x256 image eager channels_last beat ONNX
+    Runtime, on the whole image ONNX Runtime was 1.2x faster (bench/results/cpu_inference.md). `planned`: the tiling
+    is `tile="auto"`'s, whose passes are bounded by memory-sized tiles; a tiling the caller chose (one pass of a large
+    image, or large tiles) is timed on a part of its pass of at most ONNX Runtime's tile side, to bound the cost."""
+    b, _, h, w = x_shape
+    largest = None if planned else cpu_tile_side(model, b, ONNXRUNTIME_TILE_FEATURE_BYTES)
+    probes = {}
+    for candidate in available_candidates():
+        tiling = tiling_for(candidate.backend)
+        shape = probe_shape(x_shape, tiling, context, largest)
+        probes[candidate.name] = Probe(shape, pixels_run(h, w, tiling, context) / (shape[1] * shape[2]))
+    return probes
 
 
 def _key(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -226,18 +258,21 @@ def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tenso
         return time.perf_counter() - start
 
 
-def _measure(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, float]:
-    """Seconds per pass on a (B, 3, h, w) `shape` for each available candidate: one pass each, a second for those
-    within RETIME_WITHIN of the fastest (the faster of the two counts)."""
-    b, h, w = shape
-    generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
-    x = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
-    candidates = available_candidates()
-    seconds = {c.name: _time_candidate(model, c, x) for c in candidates}
-    fastest = min(seconds.values())
-    for c in candidates:
-        if seconds[c.name] <= RETIME_WITHIN * fastest:
-            seconds[c.name] = min(seconds[c.name], _time_candidate(model, c, x, warm_up=False))
+def _measure(model: torch.nn.Module, probes: dict[str, Probe], known: dict[str, float] | None = None
+             ) -> dict[str, float]:
+    """Seconds per pass on its probe for each candidate of `probes` that `known` (seconds read from a table) lacks: one
+    pass each, a second for those whose estimated time for the image is within RETIME_WITHIN of the least of all."""
+    known = known or {}
+    todo = {name: p for name, p in probes.items() if name not in known}
+    inputs: dict[tuple[int, int, int], torch.Tensor] = {}
+    for b, h, w in {p.shape for p in todo.values()}:
+        generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
+        inputs[(b, h, w)] = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
+    seconds = {name: _time_candidate(model, _BY_NAME[name], inputs[p.shape]) for name, p in todo.items()}
+    least = min(s * probes[name].work for name, s in {**known, **seconds}.items())
+    for name, p in todo.items():
+        if seconds[name] * p.work <= RETIME_WITHIN * least:
+            seconds[name] = min(seconds[name], _time_candidate(model, _BY_NAME[name], inputs[p.shape], warm_up=False))
     return seconds
 
 
@@ -294,22 +329,23 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float]) -> dict[str, float]:
-    """Write the table under its key and return the table to use: the one already in the file when another process
-    stored one for this key while we measured (so every process on the machine uses the same choice), else ours.
-    A cache that cannot be written (a read-only home) costs a measurement per process, never an error."""
+    """Add `seconds` (candidates timed on the key's shape) to the key's table in the file, and return the table to
+    use: a candidate another process stored for this key while we measured keeps its stored time (so every process
+    on the machine makes the same choice), the others take ours. A cache that cannot be written (a read-only home)
+    costs a measurement per process, never an error."""
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path):
             entries = _read_entries(path)
-            theirs = _stored_seconds(entries, key_text)
-            if theirs is not None:
-                return theirs
-            # "choice": the probe's fastest, for a reader of the file; a call also weighs each backend's tiling.
-            entries[key_text] = {"key": key, "seconds": seconds, "choice": Tuning(seconds).best().name,
-                                 "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            kept = dict(list(entries.items())[-MAX_ENTRIES:])
-            write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": kept}, indent=1) + "\n")
+            stored = _stored_seconds(entries, key_text) or {}  # {} for a missing or untrustworthy entry
+            table = {**seconds, **stored}
+            if table != stored:
+                entries.pop(key_text, None)  # re-inserted last: the most recent entries are the ones kept
+                entries[key_text] = {"key": key, "seconds": table, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                kept = dict(list(entries.items())[-MAX_ENTRIES:])
+                write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": kept}, indent=1) + "\n")
+            return table
     except OSError as err:
         logger.warning("could not write the autotune cache %s (%s); the choice holds for this process only", path, err)
     return seconds
@@ -317,32 +353,45 @@ def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float]) -> dic
 
 # ---------------------------------------------------------------------------------------------- the choice
 
-_TUNINGS: dict[str, Tuning] = {}
-"""This process's tables: once a key is here its choice never changes in this process."""
+_TUNINGS: dict[str, dict[str, float]] = {}
+"""This process's tables (key text -> candidate -> seconds): a time once here never changes in this process."""
 _LOCK = threading.Lock()  # one measurement at a time: concurrent ones would slow each other and skew the table
 
 
-def tune(model: torch.nn.Module, shape: tuple[int, int, int], *, fresh: bool = False) -> Tuning:
-    """The table for `model` on network inputs of (B, h, w) `shape`: this process's, else the cache file's, else
-    measured now and stored. `fresh=True` measures again and replaces both (`bsr-hub bench --retune`)."""
-    key = _key(model, shape)
-    text = _key_text(key)
+def tune(model: torch.nn.Module, probes: dict[str, Probe], *, fresh: bool = False) -> Tuning:
+    """The times of the candidates of `probes` (plan_probes) for `model`, each on its probe: this process's tables,
+    else the cache file's, else measured now and stored (keyed by machine, model, dtype and probe shape, so that
+    another image with a pass of the same shape reuses them). `fresh=True` measures them all again and replaces the
+    stored times (`bsr-hub bench --retune`)."""
+    keys = {name: _key(model, p.shape) for name, p in probes.items()}
+    texts = {name: _key_text(key) for name, key in keys.items()}
     with _LOCK:
-        if not fresh and text in _TUNINGS:
-            return _TUNINGS[text]
-        stored = None if fresh else _stored_seconds(_read_entries(cache_path()), text)
-        if stored is not None:
-            tuning = Tuning(stored, fresh=False)
-        else:
-            if fresh:
+        if fresh:
+            for text in set(texts.values()):
                 forget(text)
-            start = time.perf_counter()
-            seconds = _measure(model, shape)
-            cost = time.perf_counter() - start
-            tuning = Tuning(_store(text, key, seconds), fresh=True, cost=cost)
-            # The probe's fastest; the call's choice also weighs each backend's own tiling (choice_for).
-            logger.info("measured %s on %s in %.2f s: %s", model_key(model), shape, cost, tuning.best().name)
-        _TUNINGS[text] = Tuning(tuning.seconds, fresh=False)  # a later lookup reads what was measured before
+        known: dict[str, float] = {}
+        entries = None
+        for name, text in texts.items():
+            if name not in _TUNINGS.get(text, {}):
+                if entries is None:
+                    entries = _read_entries(cache_path())
+                _TUNINGS[text] = {**(_stored_seconds(entries, text) or {}), **_TUNINGS.get(text, {})}
+            if name in _TUNINGS[text]:
+                known[name] = _TUNINGS[text][name]
+        if len(known) == len(probes):
+            return Tuning(known, probes, fresh=False)
+        start = time.perf_counter()
+        measured = _measure(model, probes, known)
+        cost = time.perf_counter() - start
+        for text in {texts[name] for name in measured}:
+            ours = {name: s for name, s in measured.items() if texts[name] == text}
+            key = keys[next(iter(ours))]
+            table = _store(text, key, ours)
+            _TUNINGS[text] = {**table, **_TUNINGS[text]}
+            known.update({name: _TUNINGS[text][name] for name in ours})
+        tuning = Tuning(known, probes, fresh=True, cost=cost)
+        shapes = sorted({probes[name].shape for name in measured})
+        logger.info("measured %s on %s in %.2f s: %s", model_key(model), shapes, cost, tuning.best().name)
         return tuning
 
 
@@ -359,34 +408,27 @@ def forget(key_text: str | None = None) -> None:
             write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": entries}, indent=1) + "\n")
 
 
-def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None, tiling: Tiling,
-               x_shape: torch.Size | tuple, context: int,
-               work: Callable[[str], float] | None = None, planned: bool = True) -> Candidate | None:
+def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None, x_shape: torch.Size | tuple,
+               context: int, tiling_for: Callable[[str], Tiling], planned: bool = True) -> Candidate | None:
     """The measured choice for this call, or None where `backend="auto"` keeps its fixed rules
     (backends.resolve_backend): a backend named by the caller, a device other than the CPU, a module without
     learned weights (bicubic), a dtype other than float32 (bf16 joins only once its cost is measured:
     bench/bf16_cost.py), an input of fewer than CPU_BUILD_MIN_PIXELS pixels (a thumbnail would wait longer for the
-    measurement than it saves) and BSR_HUB_AUTOTUNE=0. `work(backend)`: the LR pixels that backend's own tiling
-    runs for this input (api.plan_run), so that each is judged by what it would do with the image, not the probe.
-    `planned`: the tiling is `tile="auto"`'s, so the probe is capped at PyTorch's cache-sized tile; a tiling the
-    caller chose (one pass, or tiles of their size) is timed on its own pass, capped at ONNX Runtime's larger tile
-    (ONNXRUNTIME_TILE_FEATURE_BYTES) to bound the measurement."""
+    measurement than it saves) and BSR_HUB_AUTOTUNE=0. `tiling_for(backend)`: the tiling that backend would run
+    (api.plan_run); each candidate is timed on a pass of it and judged by its estimated time for the whole image
+    (plan_probes). `planned`: as in plan_probes."""
     if backend != AUTO or model.device.type != "cpu" or model.dtype != torch.float32 or not enabled():
         return None
     if not _has_learned_weights(model) or x_shape[0] * x_shape[-2] * x_shape[-1] < CPU_BUILD_MIN_PIXELS:
         return None
-    largest = cpu_tile_side(model, x_shape[0], None if planned else ONNXRUNTIME_TILE_FEATURE_BYTES)
-    tuning = tune(model, probe_shape(x_shape, tiling, context, largest))
-    per_backend = {c.backend: work(c.backend) for c in CANDIDATES} if work is not None else None
-    return tuning.best(channels_last, per_backend)
+    return tune(model, plan_probes(model, x_shape, context, tiling_for, planned)).best(channels_last)
 
 
-def describe(tuning: Tuning, work: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """The table as rows (candidate, seconds, relative work of its tiling, chosen), fastest first, for `bsr-hub
-    bench`; `work` as in Tuning.best."""
-    chosen = tuning.best(work=work).name
-    work = work or {}
-    rows = [{"candidate": name, "seconds": s, "work": work.get(_BY_NAME[name].backend, 1.0), "chosen": name == chosen}
+def describe(tuning: Tuning) -> list[dict[str, Any]]:
+    """The table as rows (candidate, probe shape, seconds per pass, probe passes per image, estimated seconds for the
+    image, chosen), the least estimate first, for `bsr-hub bench`."""
+    chosen = tuning.best().name
+    rows = [{"candidate": name, "probe_shape": list(tuning.probes[name].shape), "seconds": s,
+             "work": tuning.probes[name].work, "image_seconds": tuning.image_seconds(name), "chosen": name == chosen}
             for name, s in tuning.seconds.items()]
-    return sorted(rows, key=lambda row: row["seconds"] * row["work"])
-
+    return sorted(rows, key=lambda row: row["image_seconds"])

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .graph_cache import cached_graph
+from .graph_cache import forget as forget_graph
 from .onnx import INPUT_NAME, trace_to_onnx
 from .tiling import AUTO
 
@@ -126,20 +128,32 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
         if backend == "onnxruntime-int8" and model.dtype != torch.float32:
             raise ValueError(f"backend='onnxruntime-int8' quantizes a float32 model; this one is {model.dtype}")
 
-        buffer = io.BytesIO()
-        try:
-            trace_to_onnx(model, example.contiguous(), buffer)
-        except Exception as err:  # torch reports a missing `onnx` as its own error type
-            raise ImportError(f"backend={backend!r} could not export the model ({err}); "
-                              "pip install 'bsr-hub[export]'") from err
-        graph = buffer.getvalue()
-        if backend == "onnxruntime-int8":
-            from .quantize import quantize_for_backend
+        def build() -> bytes:
+            buffer = io.BytesIO()
+            try:
+                trace_to_onnx(model, example.contiguous(), buffer)
+            except Exception as err:  # torch reports a missing `onnx` as its own error type
+                raise ImportError(f"backend={backend!r} could not export the model ({err}); "
+                                  "pip install 'bsr-hub[export]'") from err
+            if backend == "onnxruntime-int8":
+                from .quantize import quantize_for_backend
 
-            graph = quantize_for_backend(graph)  # calibrated on the bundled photos: a few seconds, once per weights
+                return quantize_for_backend(buffer.getvalue())  # calibrated on the bundled photos: seconds
+            return buffer.getvalue()
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads PyTorch would use
-        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        # Built once per weights on this machine and kept in the cache folder: a later process skips importing
+        # `onnx` and tracing (graph_cache.py).
+        graph, cached = cached_graph(model, backend, build)
+        try:
+            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's own error types: a damaged cache file is built again and replaced
+            if cached is None:
+                raise
+            forget_graph(cached)
+            graph, _ = cached_graph(model, backend, build)
+            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         def run(x: torch.Tensor) -> torch.Tensor:
             (y,) = session.run(None, {INPUT_NAME: x.detach().float().contiguous().numpy()})

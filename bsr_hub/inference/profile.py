@@ -4,7 +4,7 @@
 with a clock around each step: conversion in (the caller's image to float RGB), the network (each pass of the
 runner alone), conversion out (clamping and writing the caller's samples), and tiling (what is left: windows,
 mirrored borders, the layout copy, cross-fading). The raw forward is the fastest measured candidate
-(autotune.tune) on the image's pixels alone, with no border, overlap or conversion: what `upscale` would take if
+(autotune.tune, each on a pass of its own tiling) on the image's pixels alone, with no border, overlap or conversion: what `upscale` would take if
 nothing but the network cost time.
 """
 
@@ -19,18 +19,10 @@ from typing import Any
 import torch
 
 from .api import plan_run, upscale
-from .autotune import Tuning, available_candidates, probe_shape, tune
+from .autotune import Tuning, plan_probes, tune
 from .backends import LAYOUT_FREE_BACKENDS, get_runner
 from .convert import _network_input, _Output, _prepare
-from .tiling import (
-    AUTO,
-    BORDER_CONTEXT,
-    DEFAULT_TILE_OVERLAP,
-    _run_tiled,
-    cpu_tile_side,
-    pixels_run,
-    resolve_tiling,
-)
+from .tiling import AUTO, BORDER_CONTEXT, DEFAULT_TILE_OVERLAP, Tiling, _run_tiled, resolve_tiling
 
 STEPS = ("conversion in", "network", "tiling", "conversion out")
 
@@ -45,17 +37,14 @@ class UpscaleProfile:
     raw_forward: float
     raw_forward_how: str
     passes: int
-    probe_shape: tuple[int, int, int]
     plan: str
     runs_as: str
     tuning: Tuning
-    work: dict[str, float]
-    """Per backend: the image's network work under that backend's own tiling, in probe passes (autotune.Tuning.best)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "upscale": self.upscale, "raw_forward": self.raw_forward,
                 "raw_forward_how": self.raw_forward_how, "upscale_over_raw_forward": self.upscale / self.raw_forward,
-                "passes": self.passes, "probe_shape": list(self.probe_shape), "plan": self.plan, "runs_as": self.runs_as}
+                "passes": self.passes, "plan": self.plan, "runs_as": self.runs_as}
 
 
 def _instrumented(model: torch.nn.Module, image: Any) -> tuple[dict[str, float], int]:
@@ -96,9 +85,9 @@ def _instrumented(model: torch.nn.Module, image: Any) -> tuple[dict[str, float],
     return seconds, passes
 
 
-def _raw_forward(model: torch.nn.Module, x: torch.Tensor, tuning: Tuning, shape: tuple[int, int, int],
-                 whole: bool) -> tuple[float, str]:
+def _raw_forward(model: torch.nn.Module, x: torch.Tensor, tuning: Tuning, whole: bool) -> tuple[float, str]:
     best = tuning.best()
+    shape = tuning.probes[best.name].shape
     # A tiled plan is compared with its own tile's time scaled to the image's pixels, not with one whole pass: for
     # eager PyTorch a whole large image is slower than its tiles (its maps leave the caches), but ONNX Runtime ran
     # bsr-lite-x2 whole faster than on cache-sized tiles (bench/results/ort_tiles.md), so for it this understates
@@ -124,15 +113,13 @@ def profile_upscale(model: torch.nn.Module, image: Any, *, repeats: int = 3, ret
     measures the backends if needed and builds the chosen one) and the raw forward it is compared with."""
     x, spec = _prepare(image)
     x = _network_input(x, spec)
-    tiling = resolve_tiling(AUTO, DEFAULT_TILE_OVERLAP, model, x.shape)
-    shape = probe_shape(x.shape, tiling, getattr(model, "border_context", BORDER_CONTEXT),
-                        cpu_tile_side(model, x.shape[0]))
-    tuning = tune(model, shape, fresh=retune)  # the table `bsr-hub bench` prints, measured whatever upscale uses
     context = getattr(model, "border_context", BORDER_CONTEXT)
-    # Probe passes per image for each backend under its own tiling: its probe time x this is its network time.
-    work = {c.backend: pixels_run(x.shape[-2], x.shape[-1], resolve_tiling(AUTO, DEFAULT_TILE_OVERLAP, model, x.shape,
-                                                                         c.backend), context) / math.prod(shape)
-            for c in available_candidates()}
+
+    def tiling_for(name: str) -> Tiling:
+        return resolve_tiling(AUTO, DEFAULT_TILE_OVERLAP, model, x.shape, name)
+
+    # The table `bsr-hub bench` prints, measured whatever upscale uses (a named backend, BSR_HUB_AUTOTUNE=0).
+    tuning = tune(model, plan_probes(model, x.shape, context, tiling_for), fresh=retune)
     plan = plan_run(model, x.shape)
     upscale(model, image)  # builds what the timed calls reuse
     totals = []
@@ -142,9 +129,9 @@ def profile_upscale(model: torch.nn.Module, image: Any, *, repeats: int = 3, ret
         totals.append(time.perf_counter() - begin)
     runs = [_instrumented(model, image) for _ in range(repeats)]
     steps, passes = min(runs, key=lambda run: sum(run[0].values()))
-    raw, how = _raw_forward(model, x, tuning, shape, plan.tiling.whole)
+    raw, how = _raw_forward(model, x, tuning, plan.tiling.whole)
     layout = "channels_last" if plan.memory_format(plan.tiling.whole) == torch.channels_last else "NCHW"
     runs_as = plan.backend if plan.backend in LAYOUT_FREE_BACKENDS else f"{plan.backend} {layout}"
     where = "whole image" if plan.tiling.whole else f"tiles of {plan.tiling.size}"
-    return UpscaleProfile(steps, statistics.median(totals), raw, how, passes, shape, f"{where} ({plan.tiling.reason})",
-                          runs_as, tuning, work)
+    return UpscaleProfile(steps, statistics.median(totals), raw, how, passes, f"{where} ({plan.tiling.reason})",
+                          runs_as, tuning)

@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from bsr_hub import BSRModel
 from bsr_hub.commands.main import main
+from bsr_hub.core import CACHE_ENV
 from bsr_hub.inference import api, autotune, backends
 from bsr_hub.inference import tiling as tiling_module
 
@@ -20,30 +21,37 @@ SMALL = (1, 3, 64, 64)
 
 
 class FakeTimer:
-    """Stands in for autotune._time_candidate: the seconds it is told, and a record of what it was asked to time."""
+    """Stands in for autotune._time_candidate: the seconds it is told for a 256x256 pass, in proportion for other
+    sizes, and a record of what it was asked to time."""
 
     def __init__(self, seconds: dict[str, float]):
         self.seconds, self.calls = seconds, []
 
     def __call__(self, model, candidate, x, warm_up=True):
         self.calls.append((candidate.name, tuple(x.shape)))
-        return self.seconds.get(candidate.name, 1.0)
+        return self.seconds.get(candidate.name, 1.0) * x.shape[-2] * x.shape[-1] / 256**2
 
 
 @pytest.fixture
 def tuning(tmp_path, monkeypatch):
     """Tuning on, the cache file in tmp_path, nothing in this process's memory before or after."""
     monkeypatch.setenv(autotune.TUNE_ENV, "1")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     autotune.forget()
     yield tmp_path / "cache" / autotune.CACHE_FILE
     autotune.forget()
 
 
+def probes(model, shape, tile="auto") -> dict[str, autotune.Probe]:
+    """What each candidate is timed on for an input of `shape`, as upscale computes it."""
+    return autotune.plan_probes(model, shape, 8, lambda backend: api.resolve_tiling(tile, 16, model, shape, backend),
+                                planned=tile == "auto")
+
+
 def probe(model, x) -> tuple[int, int, int]:
-    """The (B, h, w) the candidates are timed on for input x, as upscale computes it."""
-    tiling = api.resolve_tiling("auto", 16, model, x.shape)
-    return autotune.probe_shape(x.shape, tiling, 8, tiling_module.cpu_tile_side(model, x.shape[0]))
+    """The (B, h, w) every candidate is timed on for input x, where all of them run it in one pass."""
+    (shape,) = {p.shape for p in probes(model, tuple(getattr(x, "shape", x))).values()}
+    return shape
 
 
 def fake(monkeypatch, **seconds) -> FakeTimer:
@@ -80,19 +88,29 @@ def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, m
     assert len(timer.calls) == len(names)  # measured once, then fixed for the process
 
 
-def test_the_candidates_are_timed_on_one_tile_sized_input(tiny_model, tuning, monkeypatch):
-    """A whole image is timed on a tile-sized part of it, a tiled one on its tile rounded up to SHAPE_STEP: the
-    measurement costs passes of one tile whatever the image's size."""
+def test_each_candidate_is_timed_on_a_pass_of_its_own_tiling(tiny_model, tuning, monkeypatch):
+    """A whole image is timed on a square of its pixels, a tiled one on its tile, each backend on its own tiling
+    (ONNX Runtime's tiles are larger than PyTorch's): a smaller stand-in ranks them wrongly."""
     timer = fake(monkeypatch)
-    side = tiling_module.cpu_tile_side(tiny_model, 1)
-    assert side % autotune.SHAPE_STEP == 0  # (256 for this model) so that the whole image's probe is exactly a tile
-    tiny_model.upscale(torch.rand(1, 3, 300, 280))  # runs whole (at most four tiles' worth): 316x296 with the border
-    tiny_model.upscale(torch.rand(1, 3, 1000, 700))  # tiled
-    tile = api.resolve_tiling("auto", 16, tiny_model, (1, 3, 1000, 700)).size  # PyTorch's tiles: what is timed
-    step = autotune.SHAPE_STEP
-    assert tile % step and tile < side  # (187) the probe rounds it up
-    probe = -(-tile // step) * step
-    assert {shape for _, shape in timer.calls} == {(1, 3, side, side), (1, 3, probe, probe)}
+    tiny_model.upscale(torch.rand(1, 3, 300, 280))  # runs whole: 316x296 with the border, 306 px a side on average
+    assert {shape for _, shape in timer.calls} == {(1, 3, 320, 320)}
+    timer.calls.clear()
+    shape = (1, 3, 1000, 700)
+    tiny_model.upscale(torch.rand(*shape))
+    tiles = {b: api.resolve_tiling("auto", 16, tiny_model, shape, b).size for b in ("eager", "jit", "onnxruntime")}
+    assert tiles == {"eager": 187, "jit": 187, "onnxruntime": 362}
+    expected = {"eager": (1, 3, 192, 192), "jit": (1, 3, 192, 192), "onnxruntime": (1, 3, 384, 384)}
+    assert {(name, s) for name, s in timer.calls} == {(c.name, expected[c.backend])
+                                                     for c in autotune.available_candidates()}
+
+
+def test_probes_of_nearby_sizes_are_shared():
+    """Sides rounded up to 32 up to 256, 64 up to 512, 128 beyond: a dozen probes for every size of photo."""
+    assert [autotune.probe_side(n * n) for n in (100, 128, 129, 257, 300, 513, 1000)] == [128, 128, 160, 320, 320,
+                                                                                         640, 1024]
+    assert autotune.probe_side(400 * 100) == 224  # a strip is timed on a square of its pixels
+    sides = {autotune.probe_side(h * w) for h in range(64, 1025, 7) for w in range(64, 1025, 7)}
+    assert len(sides) <= 20
 
 
 def test_the_table_is_cached_for_a_later_process(tiny_model, tuning, monkeypatch):
@@ -100,7 +118,8 @@ def test_the_table_is_cached_for_a_later_process(tiny_model, tuning, monkeypatch
     tiny_model.upscale(torch.rand(*LARGE))
     stored = json.loads(tuning.read_text())
     (entry,) = stored["entries"].values()
-    assert entry["choice"] == "eager channels_last" and entry["key"]["threads"] == torch.get_num_threads()
+    assert set(entry["seconds"]) == {c.name for c in autotune.available_candidates()}
+    assert entry["key"]["threads"] == torch.get_num_threads() and entry["key"]["shape"] == list(probe(tiny_model, LARGE))
     autotune.forget()  # a new process: nothing in memory
     later = fake(monkeypatch, onnxruntime=0.01, jit_nchw=0.01)  # would choose otherwise if it measured
     used = runners_used(monkeypatch)
@@ -127,7 +146,8 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
     assert len(timer.calls) == 5 * per_measurement
     tiny_model.upscale(torch.rand(*LARGE))  # the same key as the last: nothing new
     assert len(timer.calls) == 5 * per_measurement
-    assert len(json.loads(tuning.read_text())["entries"]) == 5
+    # Six shapes: the tiled input's candidates are timed on PyTorch's tile and on ONNX Runtime's larger pass.
+    assert len(json.loads(tuning.read_text())["entries"]) == 5 + any(c.backend == "onnxruntime" for c in autotune.available_candidates())
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": []}', "\x00\xff",
@@ -143,7 +163,8 @@ def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tiny_model, tuning
     used = runners_used(monkeypatch)
     tiny_model.upscale(x)
     assert timer.calls and used == [("jit", torch.contiguous_format)]
-    assert json.loads(tuning.read_text())["entries"][key]["choice"] == "jit"
+    side = probe(tiny_model, x)[1]  # (320)
+    assert json.loads(tuning.read_text())["entries"][key]["seconds"]["jit"] == pytest.approx(0.1 * side**2 / 256**2)
 
 
 def test_tuning_off_follows_the_fixed_order(tiny_model, tuning, monkeypatch):
@@ -190,14 +211,15 @@ def test_two_processes_that_measured_at_once_agree(tuning):
     first = autotune._store("K", key, {"eager NCHW": 0.2, "jit": 0.1})
     second = autotune._store("K", key, {"eager NCHW": 0.1, "jit": 0.2})  # measured meanwhile, stored later
     assert second == first  # the later one adopts the stored table: one choice per key on the machine
-    assert autotune.Tuning(second).best().name == "jit"
+    assert autotune.Tuning(second, dict.fromkeys(second, autotune.Probe((1, 64, 64)))).best().name == "jit"
+    assert autotune._store("K", key, {"eager channels_last": 0.05}) == {**first, "eager channels_last": 0.05}
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.delenv(autotune.CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert autotune.cache_path() == tmp_path / "xdg" / "bsr_hub" / "autotune.json"
-    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "mine"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert autotune.cache_path() == tmp_path / "mine" / "autotune.json"
 
 
@@ -219,17 +241,16 @@ def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, m
 def test_the_real_measurement_times_every_candidate(tiny_model):
     """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
     is not checked, only that every candidate has a time."""
-    seconds = autotune._measure(tiny_model, (1, 64, 64))
+    seconds = autotune._measure(tiny_model, {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates()})
     assert set(seconds) == {c.name for c in autotune.available_candidates()}
     assert all(0 < s < 60 for s in seconds.values())
 
 
-def test_each_backend_is_judged_by_its_own_tiling(tiny_model, tuning, monkeypatch):
-    """The probe times one tile for every candidate, but ONNX Runtime then runs larger tiles that recompute less
-    overlap: a candidate's time counts per pixel of what its own plan runs. Where both plans run the image whole the
-    probe alone decides."""
+def test_each_backend_is_judged_by_its_estimated_time_for_the_image(tiny_model, tuning, monkeypatch):
+    """ONNX Runtime runs larger tiles that recompute less overlap: a candidate's time per pixel on its own probe counts
+    per pixel of what its own plan runs. Where both plans run the image whole the same pass decides."""
     pytest.importorskip("onnxruntime")
-    fake(monkeypatch, eager_nchw=0.3, eager_cl=0.100, jit=0.3, onnxruntime=0.102)
+    fake(monkeypatch, eager_nchw=0.3, eager_cl=0.100, jit=0.3, onnxruntime=0.102)  # per 256x256 pixels
     used = runners_used(monkeypatch)
     shape = (1, 3, 1000, 700)
     work = {b: tiling_module.pixels_run(1000, 700, api.resolve_tiling("auto", 16, tiny_model, shape, b), 8)
@@ -237,8 +258,26 @@ def test_each_backend_is_judged_by_its_own_tiling(tiny_model, tuning, monkeypatc
     assert work["onnxruntime"] < 0.95 * work["eager"]  # (0.94)
     tiny_model.upscale(torch.rand(*shape))
     assert used[-1][0] == "onnxruntime"
-    tiny_model.upscale(torch.rand(*LARGE))  # whole for both: eager channels_last's faster probe decides
+    tuning = autotune.tune(tiny_model, probes(tiny_model, shape))
+    assert not tuning.fresh and tuning.image_seconds("onnxruntime") == pytest.approx(0.102 * work["onnxruntime"] / 256**2)
+    tiny_model.upscale(torch.rand(*LARGE))  # whole for both: eager channels_last's faster pass decides
     assert used[-1] == ("eager", torch.channels_last)
+
+
+def test_a_probe_measured_before_is_not_measured_again(tiny_model, tuning, monkeypatch):
+    """Times are stored per candidate and probe shape: a later call that shares one candidate's probe measures only
+    the others, in this process and in a later one."""
+    timer = fake(monkeypatch)
+    first = {"eager NCHW": autotune.Probe((1, 64, 64)), "jit": autotune.Probe((1, 96, 96))}
+    autotune.tune(tiny_model, first)
+    assert sorted(timer.calls) == [("eager NCHW", (1, 3, 64, 64))] * 2 + [("jit", (1, 3, 96, 96))]  # 2.25x: once
+    timer.calls.clear()
+    later = {"eager NCHW": autotune.Probe((1, 64, 64)), "jit": autotune.Probe((1, 128, 128))}
+    tuning = autotune.tune(tiny_model, later)
+    assert {name for name, _ in timer.calls} == {"jit"} and tuning.fresh
+    autotune.forget()  # a new process
+    timer.calls.clear()
+    assert not autotune.tune(tiny_model, later).fresh and timer.calls == []
 
 
 def test_pixels_run_counts_tiles_overlap_and_border():
@@ -255,4 +294,4 @@ def test_a_tiling_the_caller_chose_is_timed_on_its_own_pass(tiny_model, tuning, 
     tiny_model.upscale(torch.rand(1, 3, 600, 600), tile=400)
     tiny_model.upscale(torch.rand(1, 3, 300, 280), tile=None)
     assert tiling_module.cpu_tile_side(tiny_model, 1) < 400  # "auto" would have timed a 256 probe
-    assert {shape for _, shape in timer.calls} == {(1, 3, 416, 416), (1, 3, 320, 320)}
+    assert {shape for _, shape in timer.calls} == {(1, 3, 448, 448), (1, 3, 320, 320)}
