@@ -32,16 +32,26 @@ def _test_image(width: int, height: int):
     return Image.fromarray(np.clip(base * 200 + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
 
 
+def _candidates(tuning) -> list[dict]:
+    """The measured table as rows (candidate, probe shape, seconds per pass, probe passes per image, estimated seconds
+    for the image, chosen), the least estimate first."""
+    chosen = tuning.best().name
+    rows = [{"candidate": name, "probe_shape": list(tuning.probes[name].shape), "seconds": s,
+             "work": tuning.probes[name].work, "image_seconds": tuning.image_seconds(name), "chosen": name == chosen}
+            for name, s in tuning.seconds.items()]
+    return sorted(rows, key=lambda row: row["image_seconds"])
+
+
 def _report(name: str, model, size: tuple[int, int], profile, cache: str) -> dict:
     import torch
 
     from ..core import describe_cpu
-    from ..inference.autotune import describe, machine_key
+    from ..inference.autotune import machine_key
 
     machine = machine_key()
     return {"model": name, "scale": model.scale, "parameters": sum(p.numel() for p in model.parameters()),
             "size": list(size), "cpu": describe_cpu(), "threads": torch.get_num_threads(), "machine": machine,
-            "candidates": describe(profile.tuning), "measured_now": profile.tuning.fresh,
+            "candidates": _candidates(profile.tuning), "measured_now": profile.tuning.fresh,
             "measure_seconds": profile.tuning.cost, "cache": cache,
             **profile.as_dict()}
 

@@ -100,6 +100,25 @@ def write_text_atomically(target: str | os.PathLike, text: str) -> Path:
     return write_atomically(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` + ".lock" between processes, held around a read, merge and write of `path`. Where
+    fcntl is missing (Windows) nothing is locked: the write is still atomic, but one of two writers' changes may then
+    be lost."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 CACHE_ENV = "BSR_HUB_CACHE"
 """A folder for bsr_hub's cache files; default $XDG_CACHE_HOME/bsr_hub, else ~/.cache/bsr_hub (the XDG layout that
 huggingface_hub's ~/.cache/huggingface also follows on every platform)."""

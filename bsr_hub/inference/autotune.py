@@ -7,9 +7,10 @@ does not follow a fixed order measured on one of them: the first time a model an
 (`choice_for`), each lossless candidate (TUNABLE_BACKENDS, eager in NCHW and in channels_last) is timed on one pass of
 the tiling its backend would run for that input (`plan_probes`: a tile, or the whole image where the plan runs it
 whole), and the candidate with the least estimated time for the image (one pass x the passes its tiling makes) is
-used. The times are written to a JSON file in the user's cache folder (`cache_path`), keyed by what makes them differ
-(`machine_key`: CPU, threads, library versions) and by model and pass shape, so that later calls and processes with
-passes of the same shape start with them. A time once measured in a process never changes in it.
+used. The table is written to a JSON file in the user's cache folder (`cache_path`), keyed by what makes its times
+differ (`machine_key`: CPU, threads, library versions), the model and every candidate's probe (rounded, so that
+nearby sizes share one), so that later calls and processes whose candidates have the same probes start with it.
+A table is always measured whole, at one moment; once a key has one in a process, its choice never changes there.
 
 BSR_HUB_AUTOTUNE=0 turns the measuring off (the fixed order, backends.CPU_BACKEND_PREFERENCE); BSR_HUB_CACHE names
 the folder of the file.
@@ -17,7 +18,6 @@ the folder of the file.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -27,14 +27,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core import __version__, cache_folder, describe_cpu, write_text_atomically
+from ..core import __version__, cache_folder, describe_cpu, file_lock, write_text_atomically
 from .backends import (
     CPU_BUILD_MIN_PIXELS,
     LAYOUT_FREE_BACKENDS,
@@ -56,16 +56,17 @@ TUNE_ENV = "BSR_HUB_AUTOTUNE"
 """Set to 0 (or false, no, off) to skip the measurement: "auto" then follows backends.CPU_BACKEND_PREFERENCE."""
 
 CACHE_FILE = "autotune.json"
-FORMAT_VERSION = 2  # 2: one layout-free "jit" candidate where 1 had "jit NCHW" and "jit channels_last"
+FORMAT_VERSION = 3  # 3: keyed by every candidate's probe (2: one shape for all; 1: "jit NCHW" and "jit channels_last")
 MAX_ENTRIES = 256
 """Entries kept in the file (the most recent): one per machine setting, model and shape, so it stays small."""
 
 RETIME_WITHIN = 1.5
-"""Each candidate is timed once on the probe; those within this factor of the fastest are timed once more and keep
-the faster of their two. One pass is what a candidate costs, but a backend's first pass at a new input size can
-carry one-off work (eager PyTorch sets up oneDNN's kernels per shape); a second pass for the contenders keeps that
-from deciding the choice, and the clear losers (ONNX Runtime 8-15x faster than eager on this machine under load:
-bench/results/autotune.md) cost no more than one pass. Timings under load only ever grow, so the faster counts."""
+"""Each candidate is timed once on its probe; those whose estimated time for the image is within this factor of the
+least are timed once more and keep the faster of their two. One pass is what a candidate costs, but a backend's
+first pass at a new input size can carry one-off work (eager PyTorch sets up oneDNN's kernels per shape); a second
+pass for the contenders keeps that from deciding the choice, and the clear losers (ONNX Runtime 8-15x faster than
+eager on this machine under load: bench/results/autotune.md) cost no more than one pass. Timings under load only ever
+grow, so the faster counts."""
 
 WARMUP_SIDE = 32
 """Each candidate first runs once, untimed, on a WARMUP_SIDE x WARMUP_SIDE corner of the probe: the first pass of a
@@ -228,9 +229,12 @@ def plan_probes(model: torch.nn.Module, x_shape: torch.Size | tuple, context: in
     return probes
 
 
-def _key(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, Any]:
+def _key(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, Any]:
+    """What a table is stored under: the machine, the model and every candidate's probe shape. One table is always
+    measured together, in one process at one moment: times taken under different loads are never weighed against
+    each other."""
     return {**machine_key(), "model": model_key(model), "dtype": str(model.dtype).removeprefix("torch."),
-            "shape": list(shape)}
+            "probes": {name: list(p.shape) for name, p in sorted(probes.items())}}
 
 
 def _key_text(key: dict[str, Any]) -> str:
@@ -258,19 +262,16 @@ def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tenso
         return time.perf_counter() - start
 
 
-def _measure(model: torch.nn.Module, probes: dict[str, Probe], known: dict[str, float] | None = None
-             ) -> dict[str, float]:
-    """Seconds per pass on its probe for each candidate of `probes` that `known` (seconds read from a table) lacks: one
-    pass each, a second for those whose estimated time for the image is within RETIME_WITHIN of the least of all."""
-    known = known or {}
-    todo = {name: p for name, p in probes.items() if name not in known}
+def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, float]:
+    """Seconds per pass on its probe for each candidate of `probes`: one pass each, a second for those whose estimated
+    time for the image is within RETIME_WITHIN of the least."""
     inputs: dict[tuple[int, int, int], torch.Tensor] = {}
-    for b, h, w in {p.shape for p in todo.values()}:
+    for b, h, w in {p.shape for p in probes.values()}:
         generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
         inputs[(b, h, w)] = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
-    seconds = {name: _time_candidate(model, _BY_NAME[name], inputs[p.shape]) for name, p in todo.items()}
-    least = min(s * probes[name].work for name, s in {**known, **seconds}.items())
-    for name, p in todo.items():
+    seconds = {name: _time_candidate(model, _BY_NAME[name], inputs[p.shape]) for name, p in probes.items()}
+    least = min(s * probes[name].work for name, s in seconds.items())
+    for name, p in probes.items():
         if seconds[name] * p.work <= RETIME_WITHIN * least:
             seconds[name] = min(seconds[name], _time_candidate(model, _BY_NAME[name], inputs[p.shape], warm_up=False))
     return seconds
@@ -311,41 +312,23 @@ def _read_entries(path: Path) -> dict[str, Any]:
     return data["entries"]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Held around read, merge and write, so that two processes that tuned at once both keep their entries and agree
-    on one table per key. Where fcntl is missing (Windows) the write is still atomic; one entry may then be lost."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float]) -> dict[str, float]:
-    """Add `seconds` (candidates timed on the key's shape) to the key's table in the file, and return the table to
-    use: a candidate another process stored for this key while we measured keeps its stored time (so every process
-    on the machine makes the same choice), the others take ours. A cache that cannot be written (a read-only home)
+def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float], replace: bool = False) -> dict[str, float]:
+    """Write the table under its key and return the table to use: the one already in the file when another process
+    stored one for this key while we measured (so every process on the machine makes the same choice), else ours;
+    ours in any case with `replace` (a measurement asked for anew). A cache that cannot be written (a read-only home)
     costs a measurement per process, never an error."""
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(path):
+        with file_lock(path):  # two processes that tuned at once agree on one table per key
             entries = _read_entries(path)
-            stored = _stored_seconds(entries, key_text) or {}  # {} for a missing or untrustworthy entry
-            table = {**seconds, **stored}
-            if table != stored:
-                entries.pop(key_text, None)  # re-inserted last: the most recent entries are the ones kept
-                entries[key_text] = {"key": key, "seconds": table, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                kept = dict(list(entries.items())[-MAX_ENTRIES:])
-                write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": kept}, indent=1) + "\n")
-            return table
+            theirs = None if replace else _stored_seconds(entries, key_text)
+            if theirs is not None and set(theirs) == set(seconds):
+                return theirs
+            entries.pop(key_text, None)  # (re)inserted last: the most recent entries are the ones kept
+            entries[key_text] = {"key": key, "seconds": seconds, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            kept = dict(list(entries.items())[-MAX_ENTRIES:])
+            write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": kept}, indent=1) + "\n")
     except OSError as err:
         logger.warning("could not write the autotune cache %s (%s); the choice holds for this process only", path, err)
     return seconds
@@ -354,58 +337,36 @@ def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float]) -> dic
 # ---------------------------------------------------------------------------------------------- the choice
 
 _TUNINGS: dict[str, dict[str, float]] = {}
-"""This process's tables (key text -> candidate -> seconds): a time once here never changes in this process."""
+"""This process's tables (key text -> candidate -> seconds): once a key is here its choice never changes in this
+process."""
 _LOCK = threading.Lock()  # one measurement at a time: concurrent ones would slow each other and skew the table
 
 
 def tune(model: torch.nn.Module, probes: dict[str, Probe], *, fresh: bool = False) -> Tuning:
-    """The times of the candidates of `probes` (plan_probes) for `model`, each on its probe: this process's tables,
-    else the cache file's, else measured now and stored (keyed by machine, model, dtype and probe shape, so that
-    another image with a pass of the same shape reuses them). `fresh=True` measures them all again and replaces the
-    stored times (`bsr-hub bench --retune`)."""
-    keys = {name: _key(model, p.shape) for name, p in probes.items()}
-    texts = {name: _key_text(key) for name, key in keys.items()}
+    """The times of the candidates of `probes` (plan_probes) for `model`, each on its probe: this process's table for
+    these probes, else the cache file's, else measured now, all together, and stored. Another image whose candidates
+    have the same probes reuses it. `fresh=True` measures again and replaces both (`bsr-hub bench --retune`)."""
+    key = _key(model, probes)
+    text = _key_text(key)
     with _LOCK:
-        if fresh:
-            for text in set(texts.values()):
-                forget(text)
-        known: dict[str, float] = {}
-        entries = None
-        for name, text in texts.items():
-            if name not in _TUNINGS.get(text, {}):
-                if entries is None:
-                    entries = _read_entries(cache_path())
-                _TUNINGS[text] = {**(_stored_seconds(entries, text) or {}), **_TUNINGS.get(text, {})}
-            if name in _TUNINGS[text]:
-                known[name] = _TUNINGS[text][name]
-        if len(known) == len(probes):
-            return Tuning(known, probes, fresh=False)
+        if not fresh:
+            table = _TUNINGS.get(text) or _stored_seconds(_read_entries(cache_path()), text)
+            if table is not None and set(table) == set(probes):
+                _TUNINGS[text] = table
+                return Tuning(table, probes, fresh=False)
         start = time.perf_counter()
-        measured = _measure(model, probes, known)
+        measured = _measure(model, probes)
         cost = time.perf_counter() - start
-        for text in {texts[name] for name in measured}:
-            ours = {name: s for name, s in measured.items() if texts[name] == text}
-            key = keys[next(iter(ours))]
-            table = _store(text, key, ours)
-            _TUNINGS[text] = {**table, **_TUNINGS[text]}
-            known.update({name: _TUNINGS[text][name] for name in ours})
-        tuning = Tuning(known, probes, fresh=True, cost=cost)
-        shapes = sorted({probes[name].shape for name in measured})
+        table = _TUNINGS[text] = _store(text, key, measured, replace=fresh)
+        tuning = Tuning(table, probes, fresh=True, cost=cost)
+        shapes = sorted({p.shape for p in probes.values()})
         logger.info("measured %s on %s in %.2f s: %s", model_key(model), shapes, cost, tuning.best().name)
         return tuning
 
 
-def forget(key_text: str | None = None) -> None:
-    """Drop this process's table for one key (its entry in the file too), or every in-memory table (None)."""
-    if key_text is None:
-        _TUNINGS.clear()
-        return
-    _TUNINGS.pop(key_text, None)
-    path = cache_path()
-    with contextlib.suppress(OSError), _file_lock(path):
-        entries = _read_entries(path)
-        if entries.pop(key_text, None) is not None:
-            write_text_atomically(path, json.dumps({"version": FORMAT_VERSION, "entries": entries}, indent=1) + "\n")
+def forget() -> None:
+    """Drop this process's tables (a new process's start; the cache file stays)."""
+    _TUNINGS.clear()
 
 
 def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None, x_shape: torch.Size | tuple,
@@ -422,13 +383,3 @@ def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None,
     if not _has_learned_weights(model) or x_shape[0] * x_shape[-2] * x_shape[-1] < CPU_BUILD_MIN_PIXELS:
         return None
     return tune(model, plan_probes(model, x_shape, context, tiling_for, planned)).best(channels_last)
-
-
-def describe(tuning: Tuning) -> list[dict[str, Any]]:
-    """The table as rows (candidate, probe shape, seconds per pass, probe passes per image, estimated seconds for the
-    image, chosen), the least estimate first, for `bsr-hub bench`."""
-    chosen = tuning.best().name
-    rows = [{"candidate": name, "probe_shape": list(tuning.probes[name].shape), "seconds": s,
-             "work": tuning.probes[name].work, "image_seconds": tuning.image_seconds(name), "chosen": name == chosen}
-            for name, s in tuning.seconds.items()]
-    return sorted(rows, key=lambda row: row["image_seconds"])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .graph_cache import cached_graph
-from .graph_cache import forget as forget_graph
+from .graph_cache import keep as keep_graph
 from .onnx import INPUT_NAME, trace_to_onnx
 from .tiling import AUTO
 
@@ -76,10 +76,10 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
     """"auto" -> eager off the CPU (and for a bf16 model on it), else the first available of CPU_BACKEND_PREFERENCE
     (eager for an input of fewer than CPU_BUILD_MIN_PIXELS `pixels`); names are checked. This is the fixed rule,
     for where nothing was measured: on the CPU, `upscale` first asks autotune.choice_for, which measures the
-    backends on this machine once per model and probe shape and then keeps that table for the life of the process
-    (and in the cache file for later ones). Either way the choice never depends on what earlier calls happened to
-    build: the backends agree only to within rounding, and the same image must give the same result whatever was
-    upscaled before in the process."""
+    backends on this machine once per model and set of probes (each backend's pass for the input) and then keeps
+    that table for the life of the process (and in the cache file for later ones). Either way the choice for an
+    input never depends on what earlier calls happened to build: the backends agree only to within rounding, and
+    the same image must give the same result whatever was upscaled before in the process."""
     if backend not in (AUTO, *BACKENDS):
         raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == AUTO:
@@ -151,8 +151,8 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
         except Exception:  # onnxruntime's own error types: a damaged cache file is built again and replaced
             if cached is None:
                 raise
-            forget_graph(cached)
-            graph, _ = cached_graph(model, backend, build)
+            graph = build()
+            keep_graph(cached, graph)
             session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         def run(x: torch.Tensor) -> torch.Tensor:

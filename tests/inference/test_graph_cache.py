@@ -4,6 +4,8 @@ a "later process" is a second model object with the same weights (the in-process
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -78,8 +80,49 @@ def test_a_cache_that_cannot_be_written_costs_a_build_not_an_error(tiny_model, t
     assert "could not keep the ONNX graph" in caplog.text
 
 
-def test_only_the_most_recent_graphs_are_kept(tiny_model, cache, monkeypatch):
+def test_only_the_most_recently_used_graphs_are_kept(tiny_model, cache, monkeypatch):
     monkeypatch.setattr(graph_cache, "MAX_GRAPHS", 2)
-    for width in (8, 10, 12):
-        run(BSRModel(tiny_config(num_features=width)).eval())
-    assert len(list(cache.glob("*.onnx"))) == 2
+    models = [BSRModel(tiny_config(num_features=width)).eval() for width in (8, 10, 12)]
+    run(models[0])
+    run(models[1])
+    (first,) = cache.glob(f"*{graph_cache.graph_key(models[0], 'onnxruntime')}*")
+    (second,) = cache.glob(f"*{graph_cache.graph_key(models[1], 'onnxruntime')}*")
+    os.utime(first, (1, 1))  # written long ago...
+    os.utime(second, (2, 2))
+    run(twin(models[0]))  # ...but read now
+    run(models[2])
+    names = {p.name for p in cache.glob("*.onnx")}
+    assert names == {f"onnxruntime-{graph_cache.graph_key(m, 'onnxruntime')}.onnx" for m in (models[0], models[2])}
+
+
+class WithExtraState(torch.nn.Module):
+    """A module that keeps non-tensor state beside its weights (Module.get_extra_state)."""
+
+    def __init__(self, note: str):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.note = note
+
+    def get_extra_state(self):
+        return {"note": self.note}
+
+    def set_extra_state(self, state):
+        self.note = state["note"]
+
+
+def test_the_key_covers_extra_state_the_code_and_the_int8_runtime(tiny_model):
+    assert graph_cache.graph_key(WithExtraState("a"), "onnxruntime") != graph_cache.graph_key(WithExtraState("b"),
+                                                                                               "onnxruntime")
+    files = graph_cache._source_files(tiny_model, "onnxruntime-int8")
+    assert any(f.endswith("network.py") for f in files) and any(f.endswith("onnx.py") for f in files)
+    assert any(f.endswith("quantize.py") for f in files)
+    assert graph_cache.graph_key(tiny_model, "onnxruntime-int8") != graph_cache.graph_key(tiny_model, "onnxruntime")
+
+
+def test_a_refused_graph_is_rebuilt_even_where_it_cannot_be_removed(tiny_model, cache, monkeypatch):
+    expected = run(tiny_model)
+    (stored,) = cache.glob("*.onnx")
+    stored.write_bytes(b"not a graph")
+    monkeypatch.setattr(graph_cache, "keep", lambda path, graph: None)  # as if the folder were read-only now
+    monkeypatch.setattr(backends, "keep_graph", lambda path, graph: None)
+    assert torch.equal(run(twin(tiny_model)), expected)
