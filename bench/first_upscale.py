@@ -5,7 +5,7 @@ for inputs of 256x256 or more, measures the backends on this machine once and bu
 
 Each round is a fresh process, as the command line is, in three settings: `backend="auto"` in a process that finds
 no stored measurement (a new user's first command: an empty BSR_HUB_CACHE folder), "auto" in a later process (the
-table stored by the first), and eager PyTorch (no measurement, no build). "of which measuring" is the time
+table and the ONNX graph stored by the first), and eager PyTorch (no measurement, no build). "of which measuring" is the time
 autotune.tune logged for the measurement, builds of every candidate included. Writes
 bench/results/first_upscale.md.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,9 +75,12 @@ def main() -> None:
         load_before = machine_load()
         for _ in range(args.rounds):  # interleaved, so load changes hit every setting alike
             for name, (backend, empty) in SETTINGS.items():
-                if empty:
-                    for file in Path(cache).iterdir():
-                        file.unlink()
+                if empty:  # the timings and the ONNX graphs (onnx/) a first process on this machine has not got
+                    for entry in Path(cache).iterdir():
+                        if entry.is_dir():
+                            shutil.rmtree(entry)
+                        else:
+                            entry.unlink()
                 out = subprocess.run([sys.executable, "-c", ROUND, args.model, backend, str(args.threads)],
                                      capture_output=True, text=True, check=True, env=env)
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -102,7 +106,7 @@ def main() -> None:
         total = statistics.median(sum(r[p] for p in ("import", "load", "first call")) for r in rows)
         lines.append(f"| {name} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
     first = runs[next(iter(SETTINGS))]
-    lines += ["", "What the first process measured (seconds, the probe's fastest, probe shape (B, h, w)), per round:", ""]
+    lines += ["", "What the first process measured (seconds, its choice, the probes (B, h, w)), per round:", ""]
     lines += [f"- {json.dumps(r['measured'])}" for r in first]
     write_result(args.out, lines)
 
