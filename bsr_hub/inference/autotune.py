@@ -214,9 +214,10 @@ def probe_shape(x_shape: torch.Size | tuple, tiling: Tiling, context: int,
 def plan_probes(model: torch.nn.Module, x_shape: torch.Size | tuple, context: int,
                 tiling_for: Callable[[str], Tiling], planned: bool = True) -> dict[str, Probe]:
     """Each available candidate's Probe for a (B, 3, H, W) input: a pass of its own backend's tiling (`tiling_for`,
-    api.plan_run's: ONNX Runtime's tiles are larger than PyTorch's), so that each is timed on what it would run. A
-    smaller stand-in ranks them wrongly: on one 160x160 part of a 256x256 image eager channels_last beat ONNX
-    Runtime, on the whole image ONNX Runtime was 1.2x faster (bench/results/cpu_inference.md). `planned`: the tiling
+    api.plan_run's: ONNX Runtime's tiles are larger than PyTorch's), so that each is timed on what it would run
+    and its time per pixel there is the one that counts. In bench/results/probe_sizes.md this estimated ONNX
+    Runtime's real time better than one cache-sized tile did (0.97x against 1.31x of it for bsr-tiny at 1280x720,
+    0.80x against 1.29x for bsr-lite at 512x512) and picked the same candidates in all six cases. `planned`: the tiling
     is `tile="auto"`'s, whose passes are bounded by memory-sized tiles; a tiling the caller chose (one pass of a large
     image, or large tiles) is timed on a part of its pass of at most ONNX Runtime's tile side, to bound the cost."""
     b, _, h, w = x_shape

@@ -90,7 +90,7 @@ def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, m
 
 def test_each_candidate_is_timed_on_a_pass_of_its_own_tiling(tiny_model, tuning, monkeypatch):
     """A whole image is timed on a square of its pixels, a tiled one on its tile, each backend on its own tiling
-    (ONNX Runtime's tiles are larger than PyTorch's): a smaller stand-in ranks them wrongly."""
+    (ONNX Runtime's tiles are larger than PyTorch's): each is timed on what it would run."""
     timer = fake(monkeypatch)
     tiny_model.upscale(torch.rand(1, 3, 300, 280))  # runs whole: 316x296 with the border, 306 px a side on average
     assert {shape for _, shape in timer.calls} == {(1, 3, 320, 320)}
