@@ -72,7 +72,8 @@ def _configs(name: str, width: int, height: int):
     runs: list[tuple[str, Callable[[], object]]] = []
     for n in own:
         c = autotune._BY_NAME[n]
-        runs.append((f"upscale|{n}", lambda c=c: model.upscale(image, backend=c.backend, channels_last=c.channels_last)))
+        runs.append((f"upscale|{n}",
+                     lambda c=c: model.upscale(image, backend=c.backend, channels_last=c.channels_last)))
         for way, probe in (("cache-sized tile", old[n]), ("own tiling's pass", own[n])):
             x = torch.rand(*probe.shape[:1], 3, *probe.shape[1:]).contiguous(memory_format=c.memory_format)
             runner = get_runner(model, c.backend, c.memory_format)
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             real = {n: median[f"upscale|{n}"] for n in probes["own tiling's pass"]}
             fastest = min(real.values())
             lines += [f"## {name}, {size}", "",
-                      "| candidate | upscale (s) | cache-sized tile: pass | estimate (s) | own tiling: pass | estimate (s) |",
+                      "| candidate | upscale (s) | cache-sized tile: pass | estimate (s) | own tiling: pass "
+                      "| estimate (s) |",
                       "|---|---:|---|---:|---|---:|"]
             estimates = {way: {n: median[f"{way}|{n}"] * p.work for n, p in ps.items()} for way, ps in probes.items()}
             for n in real:

@@ -64,8 +64,8 @@ def _print_table(r: dict) -> None:
           f"torch {r['machine']['torch']}, onnxruntime {r['machine']['onnxruntime'] or 'not installed'}")
     print(f"input {w}x{h} RGB 8-bit (PIL) -> {w * r['scale']}x{h * r['scale']}; plan: {r['plan']}")
     source = f"measured now in {r['measure_seconds']:.2f} s, builds included" if r["measured_now"] else "from the cache"
-    print(f"\nbackends, each on one pass of its own tiling after a warm-up on a corner; one pass each, the faster of two "
-          f"for those within {RETIME_WITHIN}x of the least estimate ({source}; {r['cache']}):")
+    print(f"\nbackends, each on one pass of its own tiling after a warm-up on a corner; one pass each, the faster of "
+          f"two for those within {RETIME_WITHIN}x of the least estimate ({source}; {r['cache']}):")
     print(f"  {'':22} {'pass':>9}    {'one pass':>9}    {'passes':>6}    {'the image (estimated)':>9}")
     for row in r["candidates"]:
         _, ph, pw = row["probe_shape"]

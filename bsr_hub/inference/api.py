@@ -99,8 +99,9 @@ def plan_run(model: Upscaler, x_shape: Sequence[int], *, tile: int | str | None 
              tile_overlap: int = DEFAULT_TILE_OVERLAP, channels_last: bool | None = None,
              backend: str = AUTO) -> RunPlan:
     """The RunPlan for a (B, 3, h, w) input. On the CPU, `backend="auto"` is measured on this machine once per model
-    and pass shape (autotune.choice_for) and fixed from then on; where it is not (a named backend, a GPU, a small
-    input, BSR_HUB_AUTOTUNE=0) the fixed rules of backends.resolve_backend and `RunPlan.memory_format` hold."""
+    and set of passes, each backend on its own tiling's (autotune.choice_for), and fixed from then on; where it is
+    not (a named backend, a GPU, a small input, BSR_HUB_AUTOTUNE=0) the fixed rules of backends.resolve_backend and
+    `RunPlan.memory_format` hold."""
     context = getattr(model, "border_context", BORDER_CONTEXT)  # 0 for a graph that mirrors its own (protocol.py)
 
     def tiling_for(name: str) -> Tiling:  # each backend has its own tiling (ONNX Runtime's tiles are larger)

@@ -78,8 +78,9 @@ def graph_key(model: torch.nn.Module, backend: str) -> str:
 
 def cached_graph(model: torch.nn.Module, backend: str, build: Callable[[], bytes]) -> tuple[bytes, Path | None]:
     """The graph's bytes: read from the cache when there, else `build()` and stored. Also the file they were read
-    from (None when built now), so that a caller whose runtime refuses them can build them again and `keep` those. A key that cannot be
-    computed (state that does not hash) or a folder that cannot be written costs a build, never an error."""
+    from (None when built now), so that a caller whose runtime refuses them can build them again and `keep` those.
+    A key that cannot be computed (state that does not hash) or a folder that cannot be written costs a build, never
+    an error."""
     try:
         path = cache_folder() / FOLDER / f"{backend}-{graph_key(model, backend)}.onnx"
     except (TypeError, ValueError, RuntimeError, AttributeError, OSError) as err:  # state it cannot digest

@@ -4,8 +4,8 @@
 with a clock around each step: conversion in (the caller's image to float RGB), the network (each pass of the
 runner alone), conversion out (clamping and writing the caller's samples), and tiling (what is left: windows,
 mirrored borders, the layout copy, cross-fading). The raw forward is the fastest measured candidate
-(autotune.tune, each on a pass of its own tiling) on the image's pixels alone, with no border, overlap or conversion: what `upscale` would take if
-nothing but the network cost time.
+(autotune.tune, each on a pass of its own tiling) on the image's pixels alone, with no border, overlap or
+conversion: what `upscale` would take if nothing but the network cost time.
 """
 
 from __future__ import annotations

@@ -241,7 +241,8 @@ def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, m
 def test_the_real_measurement_times_every_candidate(tiny_model):
     """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
     is not checked, only that every candidate has a time."""
-    seconds = autotune._measure(tiny_model, {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates()})
+    probes = {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates()}
+    seconds = autotune._measure(tiny_model, probes)
     assert set(seconds) == {c.name for c in autotune.available_candidates()}
     assert all(0 < s < 60 for s in seconds.values())
 
@@ -259,7 +260,8 @@ def test_each_backend_is_judged_by_its_estimated_time_for_the_image(tiny_model, 
     tiny_model.upscale(torch.rand(*shape))
     assert used[-1][0] == "onnxruntime"
     tuning = autotune.tune(tiny_model, probes(tiny_model, shape))
-    assert not tuning.fresh and tuning.image_seconds("onnxruntime") == pytest.approx(0.102 * work["onnxruntime"] / 256**2)
+    assert not tuning.fresh
+    assert tuning.image_seconds("onnxruntime") == pytest.approx(0.102 * work["onnxruntime"] / 256**2)
     tiny_model.upscale(torch.rand(*LARGE))  # whole for both: eager channels_last's faster pass decides
     assert used[-1] == ("eager", torch.channels_last)
 
