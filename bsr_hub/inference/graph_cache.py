@@ -2,9 +2,8 @@
 
 Building the graph is most of what `backend="onnxruntime"` costs a process before its first pass: importing `onnx`
 and tracing the network, where the session itself is quick (bench/results/first_upscale.md; the int8 graph adds a
-calibration of seconds). A command-line user pays that on every
-`bsr-hub upscale`, so the bytes are written once to <cache folder>/onnx/ (core.cache_folder) under a key of
-everything they depend on (`graph_key`: the weights themselves, the architecture, the code that defines and exports
+calibration of seconds). A command-line user pays that on every `bsr-hub upscale`, so the bytes are written once to
+<cache folder>/onnx/ (core.cache_folder) under a key of everything they depend on (`graph_key`: the weights themselves, the architecture, the code that defines and exports
 it, the bsr_hub, torch and, for int8, onnxruntime versions) and read back by later processes. A file that cannot be
 read or written costs a build, never an error; one that ONNX Runtime refuses (damaged) is built again and replaced
 (backends.py).
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 FOLDER = "onnx"
 MAX_GRAPHS = 16
-"""Graphs kept (the most recently written): a few MB each (1.9 MB for bsr-lite), one per weights and backend."""
+"""Graphs kept (the most recently used): a few MB each (1.9 MB for bsr-lite), one per weights and backend."""
 
 
 def _source_files(model: torch.nn.Module, backend: str) -> list[str]:
@@ -43,8 +42,8 @@ def _source_files(model: torch.nn.Module, backend: str) -> list[str]:
         names.add(__name__.rsplit(".", 1)[0] + ".quantize")
     files = []
     for name in sorted(n for n in names if n.split(".")[0] != "torch"):
-        path = getattr(importlib.import_module(name), "__file__", None)  # imported for sure: the key is the same
-        # whether or not the build has run in this process
+        # Imported here for sure, so that the key is the same whether or not a build has run in this process.
+        path = getattr(importlib.import_module(name), "__file__", None)
         if path:
             files.append(path)
     return files
