@@ -13,6 +13,7 @@ bsr_hub.commands.train's (`load_train_config`). docs/ARCHITECTURE.md maps the re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import shlex
@@ -45,6 +46,7 @@ from bsr_hub.training import (
     publish,
     step_decay,
 )
+from bsr_hub.training.precision import AUTO, settle_mixed_precision
 
 HELD_OUT_PHOTO = "astronaut"  # the bundled photo kept out of the demonstration's training, to validate on
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    check_mixed_precision(cfg)
+    cfg = settle_precision(cfg)
     choose_kernels(cfg.optim, cuda=torch.cuda.is_available())  # cuDNN autotuned, as bench/gpu.py times it, or fixed
     try:  # `accelerate launch --cpu --num_machines 2` starts unsynchronised processes that would each train alone
         check_launch()
@@ -178,14 +180,24 @@ def read_settings(argv: list[str] | None) -> tuple[TrainConfig, str]:
     return cfg, " ".join(["accelerate launch train.py", *map(shlex.quote, args)])
 
 
-def check_mixed_precision(cfg: TrainConfig) -> None:
-    """Refuse fp16 without a GPU; warn when bf16 autocast would run on a CPU without native bf16."""
-    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "fp16":
-        raise SystemExit("error: --optim.mixed_precision fp16 needs a GPU; on a CPU use bf16 (autocast) or no")
-    if not torch.cuda.is_available() and cfg.optim.mixed_precision == "bf16" and not has_native_bf16():
-        print(f"warning: this CPU ({describe_cpu()}) has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs "
-              "10 to 200 times slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
-              "--optim.mixed_precision no is faster here", file=sys.stderr)
+def settle_precision(cfg: TrainConfig) -> TrainConfig:
+    """`optim.mixed_precision` settled for this device (training/precision.py): fp16 without a GPU stops the run,
+    `auto` becomes bf16 or no, and bf16 on a CPU without native bf16 runs with a warning that fp32 is faster."""
+    cuda = torch.cuda.is_available()
+    native = torch.cuda.is_bf16_supported() if cuda else has_native_bf16()
+    try:
+        chosen = settle_mixed_precision(cfg.optim.mixed_precision, cuda=cuda, native_bf16=native)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    device = torch.cuda.get_device_name() if cuda else f"this CPU ({describe_cpu()})"
+    if cfg.optim.mixed_precision == AUTO:
+        print(f"optim.mixed_precision auto: {'bf16 autocast' if chosen == 'bf16' else 'fp32'} on {device}",
+              file=sys.stderr)
+    elif chosen == "bf16" and not native and not cuda:
+        print(f"warning: {device} has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs 10 to 200 times "
+              "slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
+              "--optim.mixed_precision no (or auto) is faster here", file=sys.stderr)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, mixed_precision=chosen))
 
 
 def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:

@@ -24,7 +24,7 @@ from ..data import DataConfig, DegradationMix, RFSConfig
 from ..models import BSRConfig
 from .losses import LossConfig
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -60,7 +60,8 @@ class OptimSection:
     ema_decay: float | None = 0.999
     """Exponential moving average of the weights; the EMA weights are the ones saved and evaluated. None = off."""
     mixed_precision: str = "no"
-    """no, fp16 or bf16 (GPU only: both are unsupported or 10-200x slower on a CPU)."""
+    """no, fp16 (GPU only), bf16 (autocast; on a CPU only where it has avx512_bf16 or AMX: 10-200x slower
+    elsewhere), or auto: bf16 where the device computes it natively, no elsewhere (training/precision.py)."""
     channels_last: bool = True
     deterministic: bool = False
     """Deterministic cuDNN/cuBLAS kernels (slower): a GPU run resumed from a checkpoint then equals an

@@ -230,6 +230,37 @@ def test_bf16_on_cpu_trains_and_is_recorded(tmp_path, capsys, how):
     assert validated and abs(validated[-1] - final["psnr"]) < 1e-9, (validated[-1], final["psnr"])
 
 
+def test_auto_precision_is_settled_for_this_cpu_and_recorded(tmp_path, capsys):
+    """`optim.mixed_precision auto` trains in bf16 autocast on a CPU with native bf16 and in fp32 elsewhere; the run
+    says which, and its recipe and card record the settled value, so that a resume on this machine matches it."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    import yaml
+
+    from bsr_hub.core.cpu import has_native_bf16
+
+    out = tmp_path / "run"
+    assert run(out, "--optim.mixed_precision", "auto", "--optim.max_steps", "2", "--output.checkpointing_steps",
+               "100", "--validation.steps", "100") == 0
+    native = has_native_bf16()
+    training = json.loads((out / "model" / "training.json").read_text())
+    assert ("bf16 autocast" in training["hardware"]) == native, training["hardware"]
+    assert yaml.safe_load(training["recipe"])["optim"]["mixed_precision"] == ("bf16" if native else "no")
+    assert f"optim.mixed_precision auto: {'bf16 autocast' if native else 'fp32'} on this CPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("requested", "cuda", "native", "settled"), [
+    ("auto", False, True, "bf16"), ("auto", False, False, "no"), ("auto", True, True, "bf16"),
+    ("auto", True, False, "no"), ("bf16", False, False, "bf16"), ("no", False, True, "no"), ("fp16", True, False, "fp16"),
+])
+def test_settle_mixed_precision(requested, cuda, native, settled):
+    from bsr_hub.training.precision import settle_mixed_precision
+
+    assert settle_mixed_precision(requested, cuda=cuda, native_bf16=native) == settled
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        settle_mixed_precision("fp16", cuda=False, native_bf16=native)
+
+
 def test_validation_runs_the_fp32_network_and_gives_the_mixed_precision_wrapper_back():
     """Accelerate's bf16 wrapper is taken off the live model for validation (the shipped network is fp32, and the
     graph backends cannot trace its casts) and put back for the rest of the run; the EMA copy never has it."""
