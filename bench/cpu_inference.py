@@ -6,24 +6,28 @@
 For `bsr-tiny-x2` and `bsr-lite-x2` (the bundled weights: int8 calibration depends on them) at each size:
 
 - the network's raw forward on the whole image, for every backend (eager, jit, onnxruntime, onnxruntime-int8), in
-  NCHW and channels_last where the backend has a layout, in fp32, and in bf16 where the CPU computes it natively;
+  NCHW and channels_last where the backend has a layout, in fp32, and in bf16 where the CPU computes it natively
+  (eager-bf16: the float32 model under bf16 autocast, its convs cast once, the output conv in float32; and a model
+  whose weights are all bf16, `model.to(torch.bfloat16)`);
 - `upscale(model, image)` as a user calls it (the default: `backend="auto"`, tiles as planned), and with each
   backend named;
 - an ESPCN-shaped network (5x5 1->64, 3x3 64->32, 3x3 32->s^2, pixel shuffle, on Y; random weights: speed does not
   depend on them) in OpenCV's dnn with dnn_superres's colour handling around it: what OpenCV's ESPCN costs here.
   OpenCV 5.1 cannot load the published ESPCN .pb files (bench/results/leaderboard.md), so its graph is rebuilt;
 
-against the speed of a plain 64->64 3x3 convolution measured in the same run (the practical ceiling: what the
-network's convolutions could reach if nothing else cost anything).
+against the speed of a plain 64->64 3x3 convolution measured in the same run, in fp32 and (where native) bf16 (the
+practical ceiling: what the network's convolutions could reach if nothing else cost anything).
 
-Rounds are interleaved (every configuration once per round, the order rotated each round) and the median is
-reported, so a neighbour's load falls on all of them alike: compare ratios within this run, not with other files.
+Rounds are interleaved (every configuration once per round, in an order shuffled each round with a fixed seed) and
+the median is reported, so a neighbour's load falls on all of them alike and no configuration always follows the same
+other one: compare ratios within this run, not with other files.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import random
 import statistics
 import sys
 import time
@@ -39,8 +43,9 @@ from common import conv_flops, cpu_description, machine_load, write_result
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_inference.md"
 MODELS = ("bsr-tiny-x2", "bsr-lite-x2")
 SIZES = ("256x256", "512x512", "1280x720")
-BACKENDS = ("eager", "jit", "onnxruntime", "onnxruntime-int8")
-HAS_LAYOUT = {"eager": True, "jit": True, "onnxruntime": False, "onnxruntime-int8": False}
+BACKENDS = ("eager", "jit", "onnxruntime", "onnxruntime-int8", "eager-bf16")
+HAS_LAYOUT = {"eager": True, "jit": True, "onnxruntime": False, "onnxruntime-int8": False, "eager-bf16": False}
+PRECISION = {"onnxruntime-int8": "int8", "eager-bf16": "bf16 autocast channels_last"}
 
 
 @dataclass
@@ -79,12 +84,12 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _conv_ceiling() -> float:
-    """GFLOP/s of a plain 64->64 3x3 conv on 256x256, the faster of the two layouts (best of 5)."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval()
+def _conv_ceiling(dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a plain 64->64 3x3 conv on 256x256 in `dtype`, the faster of the two layouts (best of 5)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().to(dtype)
     best = float("inf")
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.rand(1, 64, 256, 256).contiguous(memory_format=fmt)
+        x = torch.rand(1, 64, 256, 256).to(dtype).contiguous(memory_format=fmt)
         with torch.no_grad():
             conv(x)
             best = min(best, *(_timed(lambda: conv(x)) for _ in range(5)))
@@ -134,21 +139,21 @@ def _configs(name: str, width: int, height: int) -> list[tuple[str, str, Callabl
         t = tensor.contiguous(memory_format=layout)
         return lambda: runner(t)
 
-    for backend in BACKENDS:
-        layouts = (torch.contiguous_format, torch.channels_last) if HAS_LAYOUT[backend] else (torch.contiguous_format,)
+    backends = [b for b in BACKENDS if b != "eager-bf16" or has_native_bf16()]
+    for backend in backends:
+        layouts = (torch.contiguous_format, torch.channels_last) if HAS_LAYOUT[backend] else (torch.channels_last,)
         for layout in layouts:
             label = "NCHW" if layout == torch.contiguous_format else "channels_last"
-            precision = "int8" if backend.endswith("int8") else "fp32"
-            config = f"{backend} {precision}" + (f" {label}" if HAS_LAYOUT[backend] else "")
+            config = f"{backend} {PRECISION.get(backend, 'fp32')}" + (f" {label}" if HAS_LAYOUT[backend] else "")
             with torch.no_grad():
                 runner = get_runner(model, backend, layout)
                 found.append(("raw", config, torch.no_grad()(raw(runner, layout, x)), flops))
     if has_native_bf16():
         half = BSRModel.from_pretrained(name).eval().to(torch.bfloat16)
-        found.append(("raw", "eager bf16 channels_last",
+        found.append(("raw", "eager bf16 weights channels_last",
                       torch.no_grad()(raw(half, torch.channels_last, x.to(torch.bfloat16))), flops))
     found.append(("upscale", "default (auto)", lambda: model.upscale(image), flops))
-    for backend in BACKENDS:
+    for backend in backends:
         found.append(("upscale", f"backend={backend}", lambda b=backend: model.upscale(image, backend=b), flops))
     if has_native_bf16():
         found.append(("upscale", "bf16 model (default otherwise)", lambda: half.upscale(image), flops))
@@ -174,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     cv2.setNumThreads(threads)
     load_before = machine_load()
+    from bsr_hub.core.cpu import has_native_bf16
+
     ceiling = _conv_ceiling()
+    bf16_ceiling = _conv_ceiling(torch.bfloat16) if has_native_bf16() else None
     rows: list[Row] = []
     chosen: dict[tuple[str, str], str] = {}
     for name in args.models:
@@ -184,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
             chosen[(name, size)] = _auto_choice(name, width, height)
             times: dict[str, list[float]] = {f"{p}|{c}": [] for p, c, _, _ in configs}
             for r in range(args.rounds):
-                # The order rotates each round, so that no configuration always runs right after the same other one
-                # (the last run's threads or caches can slow the next: the default once ran 1.46x slower than the
-                # same plan named, right after the int8 session, in the fixed order of cpu_inference.md at fe09365).
-                for path, config, run, _ in configs[r % len(configs):] + configs[: r % len(configs)]:
+                # A new order each round (seeded, so a rerun repeats it), so that no configuration always runs right
+                # after the same other one: the last run's threads or caches can slow the next (the default once ran
+                # 1.46x slower than the same plan named, right after the int8 session, in a fixed order at fe09365;
+                # an order rotated each round, as at 627099c, still kept every configuration's neighbour).
+                order = random.Random(f"{name} {size} {r}").sample(configs, len(configs))
+                for path, config, run, _ in order:
                     times[f"{path}|{config}"].append(_timed(run))
             rows += [Row(name, size, p, c, times[f"{p}|{c}"], f) for p, c, _, f in configs]
             print(f"{name} {size}: done", file=sys.stderr)
-    write_result(args.output, _report(args, rows, ceiling, chosen, threads, load_before))
+    write_result(args.output, _report(args, rows, (ceiling, bf16_ceiling), chosen, threads, load_before))
     return 0
 
 
@@ -208,9 +218,11 @@ def _auto_choice(name: str, width: int, height: int) -> str:
     return f"{plan.backend}{layout} on {tiles}"
 
 
-def _report(args, rows: list[Row], ceiling: float, chosen, threads: int, load_before: str) -> list[str]:
+def _report(args, rows: list[Row], ceilings: tuple[float, float | None], chosen, threads: int,
+            load_before: str) -> list[str]:
     from bsr_hub.core.version import __version__
 
+    ceiling, bf16_ceiling = ceilings
     command = "python bench/cpu_inference.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
     lines = [
         "# CPU inference: every backend, precision and layout, side by side (issue 27)",
@@ -220,24 +232,25 @@ def _report(args, rows: list[Row], ceiling: float, chosen, threads: int, load_be
         "",
         f"CPU: {cpu_description()}. Load before: {load_before}; after: {machine_load()}.",
         "",
-        f"Plain 64->64 3x3 convolution on 256x256 (the ceiling), fastest layout: **{ceiling:.0f} GFLOP/s**.",
+        f"Plain 64->64 3x3 convolution on 256x256 (the ceiling), fastest layout: **{ceiling:.0f} GFLOP/s** in fp32"
+        + (f", {bf16_ceiling:.0f} GFLOP/s in bf16." if bf16_ceiling else "; no native bf16."),
         "",
-        f"Median of {args.rounds} interleaved rounds per configuration (order rotated each round). raw: the network "
+        f"Median of {args.rounds} interleaved rounds per configuration (order shuffled each round). raw: the network "
         "on the whole image; "
         "upscale: `model.upscale(image)` on a PIL image (conversion, border, tiles, output included). "
-        "fps = 1 / s; '% ceiling' = the network's convolution FLOPs / s over the ceiling.",
+        "fps = 1 / s; '% ceiling' = the network's convolution FLOPs / s over the fp32 ceiling.",
         "",
     ]
     for (name, size), group in _grouped(rows).items():
-        # The default is lossless, so it is held to the fastest lossless (fp32) forward; int8 is shown beside it.
+        # The default never runs int8, so it is held to the fastest forward in fp32 or bf16; int8 is shown beside it.
         raw = [r for r in group if r.path == "raw" and "int8" not in r.config]
         best_raw = min(raw, key=lambda r: r.seconds)
         default = next(r for r in group if r.path == "upscale" and r.config == "default (auto)")
         lines += [
             f"## {name}, {size}",
             "",
-            f"`backend=\"auto\"` chose: {chosen[(name, size)]}. Default `upscale` vs the fastest lossless raw "
-            f"forward ({best_raw.config}): **{default.seconds / best_raw.seconds:.2f}x** its time.",
+            f"`backend=\"auto\"` chose: {chosen[(name, size)]}. Default `upscale` vs the fastest raw forward "
+            f"other than int8 ({best_raw.config}): **{default.seconds / best_raw.seconds:.2f}x** its time.",
             "",
             "| path | configuration | s | fps | % ceiling |",
             "|---|---|---:|---:|---:|",

@@ -84,6 +84,11 @@ class RunPlan:
     device_type: str
     dtype: torch.dtype
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the convolutions compute in: the model's dtype, or bf16 under backend="eager-bf16"'s autocast."""
+        return torch.bfloat16 if self.backend == "eager-bf16" else self.dtype
+
     def memory_format(self, whole: bool) -> torch.memory_format:
         # Without a measurement: channels_last feeds CUDA's tensor cores and the CPU's native bf16 kernels (oneDNN's
         # bf16 convolutions are blocked for it); on AVX2 CPUs it was faster on tiles in every run of
@@ -91,7 +96,7 @@ class RunPlan:
         # bench/results/inference.md), so fp32 on the CPU without a measurement uses it for tiles only.
         use = self.channels_last
         if use is None:
-            use = self.device_type == "cuda" or self.dtype == torch.bfloat16 or not whole
+            use = self.device_type == "cuda" or torch.bfloat16 in (self.dtype, self.compute_dtype) or not whole
         return torch.channels_last if use else torch.contiguous_format
 
 

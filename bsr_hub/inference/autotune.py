@@ -1,16 +1,17 @@
 """Which backend and memory layout run the network fastest on this CPU: measured here, once, and remembered.
 
-The fastest way differs from CPU to CPU. On the 2-core AVX2 machine of bench/results/fast_path.md ONNX Runtime won
-on tiles; on an AVX-512 BF16 machine (issue 27) eager PyTorch beat TorchScript and ONNX Runtime, and channels_last
-ran the raw forward in about half of NCHW's time, the opposite of the AVX2 machines. So `backend="auto"` on a CPU
-does not follow a fixed order measured on one of them: the first time a model and an input need a choice
-(`choice_for`), each lossless candidate (TUNABLE_BACKENDS, eager in NCHW and in channels_last) is timed on one pass of
-the tiling its backend would run for that input (`plan_probes`: a tile, or the whole image where the plan runs it
-whole), and the candidate with the least estimated time for the image (one pass x the passes its tiling makes) is
-used. The table is written to a JSON file in the user's cache folder (`cache_path`), keyed by what makes its times
-differ (`machine_key`: CPU, threads, library versions), the model and every candidate's probe (rounded, so that
-nearby sizes share one), so that later calls and processes whose candidates have the same probes start with it.
-A table is always measured whole, at one moment; once a key has one in a process, its choice never changes there.
+The fastest way differs from CPU to CPU. On the 2-core AVX2 machine of bench/results/fast_path.md ONNX Runtime won on
+tiles; on an AVX-512 BF16 machine (issue 27) eager PyTorch beat TorchScript and ONNX Runtime, and channels_last ran
+the raw forward in about half of NCHW's time, the opposite of the AVX2 machines. So `backend="auto"` on a CPU does not
+follow a fixed order measured on one of them: the first time a model and an input need a choice (`choice_for`), each
+candidate (TUNABLE_BACKENDS: the lossless ones, eager in NCHW and in channels_last, and bf16 autocast where the CPU
+computes bf16 natively) is timed on one pass of the tiling its backend would run for that input (`plan_probes`: a
+tile, or the whole image where the plan runs it whole), and the candidate with the least estimated time for the image
+(one pass x the passes its tiling makes) is used. The table is written to a JSON file in the user's cache folder
+(`cache_path`), keyed by what makes its times differ (`machine_key`: CPU, threads, library versions), the model and
+every candidate's probe (rounded, so that nearby sizes share one), so that later calls and processes whose candidates
+have the same probes start with it. A table is always measured whole, at one moment; once a key has one in a process,
+its choice never changes there.
 
 BSR_HUB_AUTOTUNE=0 turns the measuring off (the fixed order, backends.CPU_BACKEND_PREFERENCE); BSR_HUB_CACHE names
 the folder of the file.
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..core import __version__, cache_folder, describe_cpu, file_lock, write_text_atomically
+from ..core import __version__, cache_folder, cpu, describe_cpu, file_lock, write_text_atomically
 from .backends import (
     CPU_BUILD_MIN_PIXELS,
     LAYOUT_FREE_BACKENDS,
@@ -46,11 +47,13 @@ from .tiling import AUTO, ONNXRUNTIME_TILE_FEATURE_BYTES, Tiling, cpu_tile_side,
 
 logger = logging.getLogger(__name__)
 
-TUNABLE_BACKENDS = ("eager", "jit", "onnxruntime")
-"""What the measurement may choose from: every backend whose output equals eager's to within float rounding. Left
-out: "compile", whose first call on each input shape costs 12 s on a quiet machine and over 200 s under load
-(bench/results/fast_path.md), more than tuning may spend; and any lossy backend (an int8 one is faster by giving up
-accuracy, which only the caller may decide)."""
+TUNABLE_BACKENDS = ("eager", "jit", "onnxruntime", "eager-bf16")
+"""What the measurement may choose from: every backend whose output equals eager's to within float rounding, and
+bf16 autocast where the CPU computes bf16 natively and the network keeps its output in float32 (BSRNetwork's
+`output_fp32_under_autocast`): measured within 0.01 dB of float32 on Set5 and Set14 (bench/results/bf16_cost.md),
+the bound issue 27 set. Left out: "compile", whose first call on each input shape costs 12 s on a quiet machine and
+over 200 s under load (bench/results/fast_path.md), more than tuning may spend; and int8, faster by giving up 0.01-0.04
+dB on Set5 and Set14 (bench/results/int8.md), which only the caller may decide."""
 
 TUNE_ENV = "BSR_HUB_AUTOTUNE"
 """Set to 0 (or false, no, off) to skip the measurement: "auto" then follows backends.CPU_BACKEND_PREFERENCE."""
@@ -110,6 +113,7 @@ CANDIDATES = (
     Candidate("eager", True),
     Candidate("jit", False),
     Candidate("onnxruntime", False),
+    Candidate("eager-bf16", True),  # oneDNN's bf16 convolutions want channels_last
 )
 _BY_NAME = {c.name: c for c in CANDIDATES}
 
@@ -223,7 +227,7 @@ def plan_probes(model: torch.nn.Module, x_shape: torch.Size | tuple, context: in
     b, _, h, w = x_shape
     largest = None if planned else cpu_tile_side(model, b, ONNXRUNTIME_TILE_FEATURE_BYTES)
     probes = {}
-    for candidate in available_candidates():
+    for candidate in available_candidates(model):
         tiling = tiling_for(candidate.backend)
         shape = probe_shape(x_shape, tiling, context, largest)
         probes[candidate.name] = Probe(shape, pixels_run(h, w, tiling, context) / (shape[1] * shape[2]))
@@ -245,9 +249,12 @@ def _key_text(key: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def available_candidates() -> list[Candidate]:
+def available_candidates(model: torch.nn.Module) -> list[Candidate]:
+    """The candidates that can run `model` here: ONNX Runtime where it is installed, bf16 autocast where the CPU
+    computes bf16 natively and the network keeps its output in float32 (TUNABLE_BACKENDS)."""
+    bf16 = cpu.has_native_bf16() and getattr(model, "output_fp32_under_autocast", False)
     return [c for c in CANDIDATES if c.backend in TUNABLE_BACKENDS
-            and (c.backend != "onnxruntime" or _onnxruntime_available())]
+            and (c.backend != "onnxruntime" or _onnxruntime_available()) and (c.backend != "eager-bf16" or bf16)]
 
 
 def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tensor, *, warm_up: bool = True) -> float:
@@ -374,8 +381,8 @@ def choice_for(model: torch.nn.Module, backend: str, channels_last: bool | None,
                context: int, tiling_for: Callable[[str], Tiling], planned: bool = True) -> Candidate | None:
     """The measured choice for this call, or None where `backend="auto"` keeps its fixed rules
     (backends.resolve_backend): a backend named by the caller, a device other than the CPU, a module without
-    learned weights (bicubic), a dtype other than float32 (bf16 joins only once its cost is measured:
-    bench/bf16_cost.py), an input of fewer than CPU_BUILD_MIN_PIXELS pixels (a thumbnail would wait longer for the
+    learned weights (bicubic), a dtype other than float32 (a bf16 model runs eager; bf16 autocast of a float32 one is
+    a candidate where the CPU has it: TUNABLE_BACKENDS), an input of fewer than CPU_BUILD_MIN_PIXELS pixels (a thumbnail would wait longer for the
     measurement than it saves) and BSR_HUB_AUTOTUNE=0. `tiling_for(backend)`: the tiling that backend would run
     (api.plan_run); each candidate is timed on a pass of it and judged by its estimated time for the whole image
     (plan_probes). `planned`: as in plan_probes."""

@@ -1,4 +1,5 @@
-"""How the network is run: eager PyTorch, a frozen TorchScript graph, torch.compile or ONNX Runtime.
+"""How the network is run: eager PyTorch (in float32 or under bf16 autocast), a frozen TorchScript graph,
+torch.compile or ONNX Runtime.
 
 `resolve_backend` turns the caller's `backend` ("auto" by default, from measurements:
 bench/results/fast_path.md) into one of BACKENDS, and `get_runner` builds that backend's callable once per
@@ -22,14 +23,15 @@ from .graph_cache import keep as keep_graph
 from .onnx import INPUT_NAME, trace_to_onnx
 from .tiling import AUTO
 
-BACKENDS = ("eager", "jit", "compile", "onnxruntime", "onnxruntime-int8")
-"""eager: the nn.Module as it is. jit: a traced TorchScript graph, frozen (weights become constants) and passed
-through torch.jit.optimize_for_inference (conv + ReLU fusion, MKL-DNN layouts). compile: torch.compile with the
-inductor backend and freezing; compiled once per input shape (about a minute on this CPU), reused after. onnxruntime:
-the model exported to ONNX (opset 17, any height and width) and run by ONNX Runtime's CPU provider; needs the
-`export` extra. onnxruntime-int8: that graph statically quantized to int8 (quantize.py), calibrated on patches of the
-bundled example photos when first built; lossy (bench/results/int8.md measures its cost), so only when named: "auto"
-never picks it."""
+BACKENDS = ("eager", "jit", "compile", "onnxruntime", "onnxruntime-int8", "eager-bf16")
+"""eager: the nn.Module as it is. eager-bf16: the float32 module under bf16 autocast, where the device computes bf16
+natively (a CPU with avx512_bf16 or AMX, a GPU with bf16); BSRNetwork keeps its output conv in float32 there. jit: a
+traced TorchScript graph, frozen (weights become constants) and passed through torch.jit.optimize_for_inference (conv
++ ReLU fusion, MKL-DNN layouts). compile: torch.compile with the inductor backend and freezing; compiled once per
+input shape (about a minute on this CPU), reused after. onnxruntime: the model exported to ONNX (opset 17, any height
+and width) and run by ONNX Runtime's CPU provider; needs the `export` extra. onnxruntime-int8: that graph statically
+quantized to int8 (quantize.py), calibrated on patches of the bundled example photos when first built; lossy
+(bench/results/int8.md measures its cost), so only when named: "auto" never picks it."""
 
 CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
 """What `backend="auto"` runs on the CPU when nothing was measured (BSR_HUB_AUTOTUNE=0; otherwise autotune.py
@@ -91,6 +93,8 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
         preferred = next(b for b in CPU_BACKEND_PREFERENCE if available[b])
         small = pixels is not None and pixels < CPU_BUILD_MIN_PIXELS
         return "eager" if small else preferred
+    if backend == "eager-bf16":
+        check_native_bf16(model)
     if backend in ("onnxruntime", "onnxruntime-int8") and model.device.type != "cpu":
         raise ValueError(f"backend={backend!r} runs on the CPU only; the model is on {model.device}")
     if backend in ("onnxruntime", "onnxruntime-int8"):
@@ -98,6 +102,37 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
 
         require("onnxruntime", "onnx", extra="export", what=f"backend={backend!r}")
     return backend
+
+
+def check_native_bf16(model: torch.nn.Module) -> None:
+    """ValueError, saying why, unless `model` is float32 on a device that computes bf16 natively: autocast is given
+    float32 weights, and bf16 is emulated on other CPUs (10 to 200 times slower than float32)."""
+    from ..core import cpu
+
+    if model.dtype != torch.float32:
+        raise ValueError(f"backend='eager-bf16' runs a float32 model under bf16 autocast; this one is {model.dtype}")
+    if model.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"backend='eager-bf16': {torch.cuda.get_device_name(model.device)} has no bf16")
+    if model.device.type == "cpu" and not cpu.has_native_bf16():
+        raise ValueError(f"backend='eager-bf16': this CPU ({cpu.describe_cpu()}) has no native bf16 "
+                         f"({' or '.join(cpu.NATIVE_BF16_FLAGS)}), where bf16 runs 10 to 200 times slower than float32")
+
+
+def _bf16_autocast_runner(model: torch.nn.Module) -> Callable:
+    """A private copy of `model` whose convs hold their weights in bf16, cast once (autocast alone would cast the
+    float32 weights at every call: bench/results/bf16_cost.md times both), run under bf16 autocast. The model's
+    `output_conv` and its buffers (the RGB mean) stay float32: the network computes its output in float32."""
+    copy_ = copy.deepcopy(model).eval()
+    keep = getattr(copy_, "output_conv", None)
+    for module in copy_.modules():
+        if isinstance(module, torch.nn.Conv2d) and module is not keep:
+            module.to(torch.bfloat16)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return copy_(x)
+
+    return run
 
 
 LAYOUT_FREE_BACKENDS = ("jit", "onnxruntime", "onnxruntime-int8")
@@ -112,6 +147,8 @@ def _build_runner(model: torch.nn.Module, backend: str, memory_format: torch.mem
     if backend in LAYOUT_FREE_BACKENDS:
         # Built once for either layout (LAYOUT_FREE_BACKENDS); the ONNX export makes its example contiguous itself.
         memory_format = torch.channels_last
+    if backend == "eager-bf16":
+        return _bf16_autocast_runner(model)
     example = torch.rand(1, 3, 32, 32, device=model.device, dtype=model.dtype).contiguous(memory_format=memory_format)
     if backend == "jit":
         with torch.no_grad(), warnings.catch_warnings():

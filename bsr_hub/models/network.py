@@ -84,7 +84,13 @@ class BSRNetwork(nn.Module):
 
     `forward` takes (B, 3, h, w) RGB in [0, 1] and returns (B, 3, h*scale, w*scale), not clamped (clamp when
     converting to an image; training losses want the raw values). Follows the `inference.Upscaler` protocol.
+    Under bf16 autocast (training, or `backend="eager-bf16"`) the last conv runs in float32 and so does the output.
     """
+
+    output_fp32_under_autocast = True
+    """What lets `backend="auto"` consider bf16 autocast for this network (inference/autotune.py): its output is
+    computed in float32 (by `output_conv`), which kept bf16's cost within 0.01 dB on Set5 and Set14
+    (bench/results/bf16_cost.md)."""
 
     def __init__(self, config: BSRConfig):
         super().__init__()
@@ -110,6 +116,12 @@ class BSRNetwork(nn.Module):
         return self.config.scale
 
     @property
+    def output_conv(self) -> nn.Conv2d:
+        """The conv whose output is the image: run in float32 under autocast, so kept in float32 by a runner that
+        casts the other convs' weights to bf16 once (backend="eager-bf16") rather than at every call."""
+        return self.tail
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -128,8 +140,13 @@ class BSRNetwork(nn.Module):
             fused = self.fusion(torch.cat(features, dim=1))  # (B, G*C, h, w) -> (B, C, h, w)
         else:
             fused = self.fusion(f)
-        out = self.tail(self.upsampler(fused + f0))  # (B, 3, h*s, w*s)
-        return out + mean
+        up = self.upsampler(fused + f0)  # (B, C, h*s, w*s)
+        if torch.is_autocast_enabled(x.device.type):
+            # The tail's output is the image itself: bf16's 8-bit mantissa would round it to about half a grey
+            # level, the largest single part of what bf16 autocast costs in PSNR, for a 64->3 conv's worth of time.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.tail(up.float()) + mean  # (B, 3, h*s, w*s) float32
+        return self.tail(up) + mean  # (B, 3, h*s, w*s)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

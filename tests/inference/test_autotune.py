@@ -78,7 +78,7 @@ def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, m
     out = tiny_model.upscale(x)
     assert used == [("eager", torch.channels_last)]
     names = [name for name, _ in timer.calls]
-    candidates = [c.name for c in autotune.available_candidates()]
+    candidates = [c.name for c in autotune.available_candidates(tiny_model)]
     contenders = [n for n in candidates if n in ("eager channels_last", "onnxruntime")]  # within 1.5x of 0.1
     assert names == candidates + contenders  # each candidate once, then the contenders once more
     shape = probe(tiny_model, x)
@@ -99,9 +99,10 @@ def test_each_candidate_is_timed_on_a_pass_of_its_own_tiling(tiny_model, tuning,
     tiny_model.upscale(torch.rand(*shape))
     tiles = {b: api.resolve_tiling("auto", 16, tiny_model, shape, b).size for b in ("eager", "jit", "onnxruntime")}
     assert tiles == {"eager": 187, "jit": 187, "onnxruntime": 362}
-    expected = {"eager": (1, 3, 192, 192), "jit": (1, 3, 192, 192), "onnxruntime": (1, 3, 384, 384)}
+    expected = {"eager": (1, 3, 192, 192), "jit": (1, 3, 192, 192), "onnxruntime": (1, 3, 384, 384),
+                "eager-bf16": (1, 3, 192, 192)}
     assert {(name, s) for name, s in timer.calls} == {(c.name, expected[c.backend])
-                                                     for c in autotune.available_candidates()}
+                                                     for c in autotune.available_candidates(tiny_model)}
 
 
 def test_probes_of_nearby_sizes_are_shared():
@@ -118,7 +119,7 @@ def test_the_table_is_cached_for_a_later_process(tiny_model, tuning, monkeypatch
     tiny_model.upscale(torch.rand(*LARGE))
     stored = json.loads(tuning.read_text())
     (entry,) = stored["entries"].values()
-    assert set(entry["seconds"]) == {c.name for c in autotune.available_candidates()}
+    assert set(entry["seconds"]) == {c.name for c in autotune.available_candidates(tiny_model)}
     assert entry["key"]["threads"] == torch.get_num_threads()
     assert set(map(tuple, entry["key"]["probes"].values())) == {probe(tiny_model, LARGE)}
     autotune.forget()  # a new process: nothing in memory
@@ -199,10 +200,18 @@ def test_the_caller_s_layout_is_kept(tiny_model, tuning, monkeypatch):
     assert used[-1][0] == "jit"  # layout-free: fit for the layout asked for
 
 
-def test_only_lossless_backends_are_candidates(monkeypatch):
-    monkeypatch.setattr(backends, "BACKENDS", (*backends.BACKENDS, "onnxruntime-int8"))
-    names = {c.backend for c in autotune.available_candidates()}
-    assert names <= {"eager", "jit", "onnxruntime"} and "compile" not in names
+def test_only_lossless_backends_and_native_bf16_are_candidates(tiny_model, monkeypatch):
+    """int8 and torch.compile never; bf16 autocast only where the CPU computes bf16 natively and the network keeps
+    its output in float32 (BSRNetwork does; a module that does not say so is not given bf16)."""
+    from bsr_hub.core import cpu
+
+    for native in (False, True):
+        monkeypatch.setattr(cpu, "has_native_bf16", lambda native=native: native)
+        names = {c.backend for c in autotune.available_candidates(tiny_model)}
+        assert names - {"eager-bf16"} <= {"eager", "jit", "onnxruntime"} and "eager" in names
+        assert ("eager-bf16" in names) == native
+    monkeypatch.setattr(type(tiny_model), "output_fp32_under_autocast", False)
+    assert "eager-bf16" not in {c.backend for c in autotune.available_candidates(tiny_model)}
     assert autotune._valid_seconds({"onnxruntime-int8": 0.001, "eager NCHW": 1.0}) is None
     assert autotune._valid_seconds({"compile NCHW": 0.001}) is None
 
@@ -241,9 +250,9 @@ def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, m
 def test_the_real_measurement_times_every_candidate(tiny_model):
     """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
     is not checked, only that every candidate has a time."""
-    probes = {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates()}
+    probes = {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates(tiny_model)}
     seconds = autotune._measure(tiny_model, probes)
-    assert set(seconds) == {c.name for c in autotune.available_candidates()}
+    assert set(seconds) == {c.name for c in autotune.available_candidates(tiny_model)}
     assert all(0 < s < 60 for s in seconds.values())
 
 

@@ -95,3 +95,44 @@ def test_bf16_elsewhere_is_refused_with_the_reason(tiny_model, monkeypatch):
     with pytest.raises(ValueError, match="float16 on the CPU"):  # fp16 stays refused on every CPU
         monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
         tiny_model.to(torch.float16).upscale(torch.rand(1, 3, 8, 8))
+
+
+def test_eager_bf16_backend_runs_the_float32_model_under_autocast(tiny_model, monkeypatch):
+    """backend="eager-bf16": the float32 weights under bf16 autocast, channels_last, the output conv (and so the
+    output) in float32; close to float32, not equal. The flag is faked where the CPU lacks it (slow, not wrong)."""
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    x = torch.rand(1, 3, 20, 24)
+    expected = tiny_model.upscale(x, backend="eager")
+    seen = []
+    tiny_model.register_forward_pre_hook(lambda module, args: seen.append(
+        (torch.is_autocast_enabled("cpu"), args[0].is_contiguous(memory_format=torch.channels_last))))
+    tail = []
+    tiny_model.tail.register_forward_hook(lambda module, args, out: tail.append((args[0].dtype, out.dtype)))
+    got = tiny_model.upscale(x, backend="eager-bf16")
+    assert seen == [(True, True)] and tail == [(torch.float32, torch.float32)]
+    assert tiny_model.dtype == torch.float32  # the caller's model is left as it was
+    mse = torch.mean((got - expected) ** 2).item()
+    assert 0 < mse and 10 * math.log10(1 / mse) > 35
+
+
+def test_the_network_keeps_its_output_in_float32_under_autocast(tiny_model):
+    """Under bf16 autocast (training on a CPU with native bf16, or eager-bf16) every conv but the last computes in
+    bf16: the last one's output is the image, which bf16 would round to about half a grey level."""
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = tiny_model(x)
+        body = tiny_model.head(x)
+    assert body.dtype == torch.bfloat16 and y.dtype == torch.float32
+
+
+def test_eager_bf16_is_refused_where_it_cannot_run(tiny_model, monkeypatch):
+    from bsr_hub.core import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="eager-bf16.*has no native bf16 .*avx512_bf16 or amx_bf16.*10 to 200 times"):
+        tiny_model.upscale(torch.rand(1, 3, 8, 8), backend="eager-bf16")
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    with pytest.raises(ValueError, match="runs a float32 model under bf16 autocast; this one is torch.bfloat16"):
+        copy.deepcopy(tiny_model).to(torch.bfloat16).upscale(torch.rand(1, 3, 8, 8), backend="eager-bf16")
