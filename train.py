@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from bsr_hub import BSRModel
 from bsr_hub.commands.train import load_train_config
-from bsr_hub.core.cpu import describe_cpu, has_native_bf16
+from bsr_hub.core.cpu import describe_cpu, native_bf16
 from bsr_hub.core.launch import check_launch, launched_world_size
 from bsr_hub.training import (
     HybridLoss,
@@ -184,7 +184,7 @@ def settle_precision(cfg: TrainConfig) -> TrainConfig:
     """`optim.mixed_precision` settled for this device (training/precision.py): fp16 without a GPU stops the run,
     `auto` becomes bf16 or no, and bf16 on a CPU without native bf16 runs with a warning that fp32 is faster."""
     cuda = torch.cuda.is_available()
-    native = torch.cuda.is_bf16_supported() if cuda else has_native_bf16()
+    native = native_bf16("cuda" if cuda else "cpu")
     try:
         chosen = settle_mixed_precision(cfg.optim.mixed_precision, cuda=cuda, native_bf16=native)
     except ValueError as err:

@@ -141,7 +141,8 @@ def _configs(name: str, width: int, height: int) -> list[tuple[str, str, Callabl
 
     backends = [b for b in BACKENDS if b != "eager-bf16" or has_native_bf16()]
     for backend in backends:
-        layouts = (torch.contiguous_format, torch.channels_last) if HAS_LAYOUT[backend] else (torch.channels_last,)
+        layouts = ((torch.contiguous_format, torch.channels_last) if HAS_LAYOUT[backend] else
+                   (torch.channels_last,) if backend == "eager-bf16" else (torch.contiguous_format,))
         for layout in layouts:
             label = "NCHW" if layout == torch.contiguous_format else "channels_last"
             config = f"{backend} {PRECISION.get(backend, 'fp32')}" + (f" {label}" if HAS_LAYOUT[backend] else "")

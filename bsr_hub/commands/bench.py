@@ -46,7 +46,7 @@ def _report(name: str, model, size: tuple[int, int], profile, cache: str) -> dic
     import torch
 
     from ..core import describe_cpu
-    from ..inference.autotune import machine_key
+    from ..inference.tuning_cache import machine_key
 
     machine = machine_key()
     return {"model": name, "scale": model.scale, "parameters": sum(p.numel() for p in model.parameters()),
@@ -66,10 +66,10 @@ def _print_table(r: dict) -> None:
     source = f"measured now in {r['measure_seconds']:.2f} s, builds included" if r["measured_now"] else "from the cache"
     print(f"\nbackends, each on one pass of its own tiling after a warm-up on a corner; one pass each, the faster of "
           f"two for those within {RETIME_WITHIN}x of the least estimate ({source}; {r['cache']}):")
-    print(f"  {'':22} {'pass':>9}    {'one pass':>9}    {'passes':>6}    {'the image (estimated)':>9}")
+    print(f"  {'':24} {'pass':>9}    {'one pass':>9}    {'passes':>6}    {'the image (estimated)':>9}")
     for row in r["candidates"]:
         _, ph, pw = row["probe_shape"]
-        print(f"  {row['candidate']:22} {f'{pw}x{ph}':>9} {1000 * row['seconds']:9.1f} ms {row['work']:8.2f}"
+        print(f"  {row['candidate']:24} {f'{pw}x{ph}':>9} {1000 * row['seconds']:9.1f} ms {row['work']:8.2f}"
               f" {row['image_seconds']:9.3f} s{'   <- fastest' if row['chosen'] else ''}")
     print(f"upscale runs: {r['runs_as']}")
     total = sum(r["steps"].values())
@@ -87,8 +87,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)  # before anything is measured: the thread count is part of the key
-    from ..inference.autotune import cache_path, enabled
+    from ..inference.autotune import enabled
     from ..inference.profile import profile_upscale
+    from ..inference.tuning_cache import cache_path
     from .info import preset_or_checkpoint
 
     try:

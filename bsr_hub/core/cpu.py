@@ -42,6 +42,20 @@ def has_native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
+def native_bf16(device) -> bool:
+    """Whether `device` (a torch.device or its type) computes bf16 natively: a CPU with NATIVE_BF16_FLAGS, an NVIDIA
+    GPU of compute capability 8.0 or more (Volta and Turing emulate it, which `torch.cuda.is_bf16_supported()`
+    counts by default), or an AMD GPU under ROCm. Anything else counts as not."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cpu":
+        return has_native_bf16()
+    if device.type == "cuda":
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    return False
+
+
 def describe_cpu() -> str:
     """The model and the flags that decide which paths are fast, for records and benchmark results."""
     present = [f for f in REPORTED_FLAGS if f in cpu_flags()]

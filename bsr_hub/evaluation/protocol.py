@@ -40,6 +40,7 @@ from ..data import (
     read_hr,
 )
 from ..inference import Upscaler
+from ..inference.autotune import exact_only
 from .bicubic import BicubicModel
 from .loading import BICUBIC, load_model
 from .metrics import psnr_ssim, quantize
@@ -125,7 +126,8 @@ def score_image(
     t1, c1 = time.perf_counter(), time.process_time()
     # The library's default fast path (tile="auto", backend="auto"): within one 8-bit level of one pass, and the
     # scores to 0.001 dB (bench/results/evaluate.md); --tile 0 forces one pass.
-    sr = model.upscale(x, tile=tile, self_ensemble=self_ensemble)  # (1, 3, h*s, w*s)
+    with exact_only():  # a score must not depend on which backend won a timing here (no bf16 autocast)
+        sr = model.upscale(x, tile=tile, self_ensemble=self_ensemble)  # (1, 3, h*s, w*s)
     if sr.device.type == "cuda":
         torch.cuda.synchronize(sr.device)
     t2, c2 = time.perf_counter(), time.process_time()

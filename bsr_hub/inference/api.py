@@ -230,8 +230,11 @@ def upscale(
             Tiled output is within one 8-bit grey level of one pass.
         tile_overlap: LR pixels shared by neighbouring tiles, cross-faded so there are no seams.
         self_ensemble: average the 8 flips/rotations (the "+" results in papers; 8x slower).
-        channels_last: use the channels_last memory format (None: on CUDA, and on the CPU for tiles).
-        backend: "auto" (default: on the CPU the fastest measured, `CPU_BACKEND_PREFERENCE`; elsewhere eager),
+        channels_last: use the channels_last memory format (None: the measured layout on the CPU where
+            `backend="auto"` measured; otherwise on CUDA, for bf16, and on the CPU for tiles).
+        backend: "auto" (default: on the CPU the fastest measured, which on a CPU with native bf16 may be
+            "eager-bf16", within 0.01 dB of float32 on Set5 and Set14, bench/results/bf16_cost.md; unmeasured,
+            `CPU_BACKEND_PREFERENCE`; elsewhere eager),
             or one of BACKENDS. A backend other than eager is built once per model (and, for "compile", once per
             input shape) and reused while the weights do not change.
     """

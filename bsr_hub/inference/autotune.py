@@ -8,10 +8,10 @@ candidate (TUNABLE_BACKENDS: the lossless ones, eager in NCHW and in channels_la
 computes bf16 natively) is timed on one pass of the tiling its backend would run for that input (`plan_probes`: a
 tile, or the whole image where the plan runs it whole), and the candidate with the least estimated time for the image
 (one pass x the passes its tiling makes) is used. The table is written to a JSON file in the user's cache folder
-(`cache_path`), keyed by what makes its times differ (`machine_key`: CPU, threads, library versions), the model and
-every candidate's probe (rounded, so that nearby sizes share one), so that later calls and processes whose candidates
-have the same probes start with it. A table is always measured whole, at one moment; once a key has one in a process,
-its choice never changes there.
+(tuning_cache.py), keyed by what makes its times differ (the CPU, threads, library versions), the model and every
+candidate's probe (rounded, so that nearby sizes share one), so that later calls and processes whose candidates have
+the same probes start with it. A table is always measured whole, at one moment; once a key has one in a process, its
+choice never changes there.
 
 BSR_HUB_AUTOTUNE=0 turns the measuring off (the fixed order, backends.CPU_BACKEND_PREFERENCE); BSR_HUB_CACHE names
 the folder of the file.
@@ -19,9 +19,8 @@ the folder of the file.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.metadata
+import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -30,12 +29,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core import __version__, cache_folder, cpu, describe_cpu, file_lock, write_text_atomically
+from ..core import cpu, file_lock, write_text_atomically
 from .backends import (
     CPU_BUILD_MIN_PIXELS,
     LAYOUT_FREE_BACKENDS,
@@ -44,6 +42,15 @@ from .backends import (
     get_runner,
 )
 from .tiling import AUTO, ONNXRUNTIME_TILE_FEATURE_BYTES, Tiling, cpu_tile_side, pixels_run
+from .tuning_cache import (
+    FORMAT_VERSION,
+    MAX_ENTRIES,
+    cache_path,
+    key_text,
+    model_key,
+    read_entries,
+    table_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +64,6 @@ dB on Set5 and Set14 (bench/results/int8.md), which only the caller may decide."
 
 TUNE_ENV = "BSR_HUB_AUTOTUNE"
 """Set to 0 (or false, no, off) to skip the measurement: "auto" then follows backends.CPU_BACKEND_PREFERENCE."""
-
-CACHE_FILE = "autotune.json"
-FORMAT_VERSION = 3  # 3: keyed by every candidate's probe (2: one shape for all; 1: "jit NCHW" and "jit channels_last")
-MAX_ENTRIES = 256
-"""Entries kept in the file (the most recent): one per machine setting, model and shape, so it stays small."""
 
 RETIME_WITHIN = 1.5
 """Each candidate is timed once on its probe; those whose estimated time for the image is within this factor of the
@@ -158,40 +160,6 @@ def enabled() -> bool:
     return os.environ.get(TUNE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def cache_path() -> Path:
-    """The cache file: autotune.json in bsr_hub's cache folder (core.cache_folder: $BSR_HUB_CACHE, else under
-    $XDG_CACHE_HOME/bsr_hub or ~/.cache/bsr_hub)."""
-    return cache_folder() / CACHE_FILE
-
-
-@functools.cache  # read once per process: metadata lookups scan site-packages, and every large upscale asks
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine_key() -> dict[str, Any]:
-    """What makes the same network's timings differ between runs: the CPU (model and the flags that select kernels:
-    two "AMD EPYC" of this project differ in AVX-512), torch's thread count and the versions of what runs it."""
-    return {"cpu": describe_cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "onnxruntime": _version("onnxruntime"), "bsr_hub": __version__}
-
-
-def model_key(model: torch.nn.Module) -> str:
-    """The network's architecture, not its weights (two checkpoints of one preset run at the same speed): its config
-    when it has one (a BSR network), else its class and parameter shapes."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-        label = getattr(config, "preset", None) or "custom"
-    else:
-        text = json.dumps([type(model).__qualname__] + [[n, list(p.shape)] for n, p in model.named_parameters()])
-        label = type(model).__name__
-    return f"{label}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
 def probe_side(pixels: float) -> int:
     """The side of the square probe for a pass of `pixels` pixels (SHAPE_STEP)."""
     side = math.ceil(math.sqrt(pixels))
@@ -234,25 +202,28 @@ def plan_probes(model: torch.nn.Module, x_shape: torch.Size | tuple, context: in
     return probes
 
 
-def _key(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, Any]:
-    """What a table is stored under: the machine, the model and every candidate's probe shape. One table is always
-    measured together, in one process at one moment: times taken under different loads are never weighed against
-    each other."""
-    return {**machine_key(), "model": model_key(model), "dtype": str(model.dtype).removeprefix("torch."),
-            "probes": {name: list(p.shape) for name, p in sorted(probes.items())}}
-
-
-def _key_text(key: dict[str, Any]) -> str:
-    return json.dumps(key, sort_keys=True)
-
-
 # ---------------------------------------------------------------------------------------------- measuring
+
+
+_EXACT = contextvars.ContextVar("bsr_hub_autotune_exact", default=False)
+
+
+@contextlib.contextmanager
+def exact_only():
+    """Within it, `backend="auto"` chooses among the candidates whose output equals eager's to float rounding (no
+    bf16): the evaluation protocol scores under it, so that a published score never depends on which backend won a
+    timing on the machine that measured it."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
 
 
 def available_candidates(model: torch.nn.Module) -> list[Candidate]:
     """The candidates that can run `model` here: ONNX Runtime where it is installed, bf16 autocast where the CPU
-    computes bf16 natively and the network keeps its output in float32 (TUNABLE_BACKENDS)."""
-    bf16 = cpu.has_native_bf16() and getattr(model, "output_fp32_under_autocast", False)
+    computes bf16 natively and the network keeps its output in float32 (TUNABLE_BACKENDS), outside `exact_only`."""
+    bf16 = cpu.has_native_bf16() and getattr(model, "output_fp32_under_autocast", False) and not _EXACT.get()
     return [c for c in CANDIDATES if c.backend in TUNABLE_BACKENDS
             and (c.backend != "onnxruntime" or _onnxruntime_available()) and (c.backend != "eager-bf16" or bf16)]
 
@@ -306,20 +277,6 @@ def _stored_seconds(entries: dict[str, Any], key_text: str) -> dict[str, float] 
     return _valid_seconds(entry.get("seconds")) if isinstance(entry, dict) else None
 
 
-def _read_entries(path: Path) -> dict[str, Any]:
-    """The file's entries; {} for a missing, unreadable or corrupt file (it is measured again and rewritten)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        logger.warning("ignoring the unreadable autotune cache %s (%s); measuring again", path, err)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("entries"), dict):
-        return {}
-    return data["entries"]
-
-
 def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float], replace: bool = False) -> dict[str, float]:
     """Write the table under its key and return the table to use: the one already in the file when another process
     stored one for this key while we measured (so every process on the machine makes the same choice), else ours;
@@ -329,7 +286,7 @@ def _store(key_text: str, key: dict[str, Any], seconds: dict[str, float], replac
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(path):  # two processes that tuned at once agree on one table per key
-            entries = _read_entries(path)
+            entries = read_entries(path)
             theirs = None if replace else _stored_seconds(entries, key_text)
             if theirs is not None and set(theirs) == set(seconds):
                 return theirs
@@ -354,11 +311,11 @@ def tune(model: torch.nn.Module, probes: dict[str, Probe], *, fresh: bool = Fals
     """The times of the candidates of `probes` (plan_probes) for `model`, each on its probe: this process's table for
     these probes, else the cache file's, else measured now, all together, and stored. Another image whose candidates
     have the same probes reuses it. `fresh=True` measures again and replaces both (`bsr-hub bench --retune`)."""
-    key = _key(model, probes)
-    text = _key_text(key)
+    key = table_key(model, probes)
+    text = key_text(key)
     with _LOCK:
         if not fresh:
-            table = _TUNINGS.get(text) or _stored_seconds(_read_entries(cache_path()), text)
+            table = _TUNINGS.get(text) or _stored_seconds(read_entries(cache_path()), text)
             if table is not None and set(table) == set(probes):
                 _TUNINGS[text] = table
                 return Tuning(table, probes, fresh=False)

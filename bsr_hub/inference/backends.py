@@ -35,7 +35,8 @@ quantized to int8 (quantize.py), calibrated on patches of the bundled example ph
 
 CPU_BACKEND_PREFERENCE = ("onnxruntime", "jit", "eager")
 """What `backend="auto"` runs on the CPU when nothing was measured (BSR_HUB_AUTOTUNE=0; otherwise autotune.py
-measures eager, jit and onnxruntime on this machine and runs the fastest): the first of these that is available
+measures eager, jit, onnxruntime and, where the CPU has native bf16, eager-bf16 on this machine and runs the
+fastest): the first of these that is available
 (onnxruntime only with the `export` extra). The order comes from one machine and does not hold on another: on an
 AVX-512 BF16 EPYC (issue 27) eager beat jit and onnxruntime at 1024x1024. bench/fast_path.py times every backend
 side by side on bsr-lite-x2. With training jobs on the cores, ONNX Runtime took about a third of eager's and jit's time on the same tiles (bench/results/fast_path_384.md); on the
@@ -105,14 +106,19 @@ def resolve_backend(model: torch.nn.Module, backend: str, pixels: int | None = N
 
 
 def check_native_bf16(model: torch.nn.Module) -> None:
-    """ValueError, saying why, unless `model` is float32 on a device that computes bf16 natively: autocast is given
-    float32 weights, and bf16 is emulated on other CPUs (10 to 200 times slower than float32)."""
+    """ValueError, saying why, unless `model` is a float32 network that keeps its output in float32 under autocast
+    (`output_fp32_under_autocast`: the bound on bf16's cost rests on it) on a device that computes bf16 natively
+    (elsewhere bf16 is emulated: 10 to 200 times slower than float32 on a CPU)."""
     from ..core import cpu
 
     if model.dtype != torch.float32:
         raise ValueError(f"backend='eager-bf16' runs a float32 model under bf16 autocast; this one is {model.dtype}")
-    if model.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"backend='eager-bf16': {torch.cuda.get_device_name(model.device)} has no bf16")
+    if not getattr(model, "output_fp32_under_autocast", False):
+        raise ValueError(f"backend='eager-bf16' needs a network that computes its output in float32 under autocast "
+                         f"(output_fp32_under_autocast, as BSRNetwork does); {type(model).__name__} does not say so: "
+                         "model.to(torch.bfloat16) runs every layer in bf16")
+    if model.device.type == "cuda" and not cpu.native_bf16(model.device):
+        raise ValueError(f"backend='eager-bf16': {torch.cuda.get_device_name(model.device)} has no native bf16")
     if model.device.type == "cpu" and not cpu.has_native_bf16():
         raise ValueError(f"backend='eager-bf16': this CPU ({cpu.describe_cpu()}) has no native bf16 "
                          f"({' or '.join(cpu.NATIVE_BF16_FLAGS)}), where bf16 runs 10 to 200 times slower than float32")
@@ -205,7 +211,9 @@ def get_runner(model: torch.nn.Module, backend: str, memory_format: torch.memory
     device and dtype stay the same."""
     if backend == "eager":
         return model
-    key = (backend, None if backend in LAYOUT_FREE_BACKENDS else memory_format, _weights_key(model))
+    # eager-bf16's copy takes either layout: one copy, whatever the layout asked for.
+    layout_free = backend in LAYOUT_FREE_BACKENDS or backend == "eager-bf16"
+    key = (backend, None if layout_free else memory_format, _weights_key(model))
     # One build at a time: concurrent first calls (a demo's simultaneous requests) would otherwise run
     # torch.onnx.export in parallel, which it refuses ("GLOBALS.in_onnx_export must be False").
     with _RUNNERS_LOCK:

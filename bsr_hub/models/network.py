@@ -22,6 +22,16 @@ from ..inference import PixelMemory
 from .configuration import BSRConfig
 
 
+# torch.is_autocast_enabled takes the device type from torch 2.4 on; pyproject allows 2.3.
+_AUTOCAST_BY_DEVICE = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    if _AUTOCAST_BY_DEVICE:
+        return torch.is_autocast_enabled(device_type)
+    return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
@@ -141,7 +151,7 @@ class BSRNetwork(nn.Module):
         else:
             fused = self.fusion(f)
         up = self.upsampler(fused + f0)  # (B, C, h*s, w*s)
-        if torch.is_autocast_enabled(x.device.type):
+        if _autocast_enabled(x.device.type):
             # The tail's output is the image itself: bf16's 8-bit mantissa would round it to about half a grey
             # level, the largest single part of what bf16 autocast costs in PSNR, for a 64->3 conv's worth of time.
             with torch.autocast(x.device.type, enabled=False):

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from bsr_hub import BSRModel
 from bsr_hub.commands.main import main
 from bsr_hub.core import CACHE_ENV
-from bsr_hub.inference import api, autotune, backends
+from bsr_hub.inference import api, autotune, backends, tuning_cache
 from bsr_hub.inference import tiling as tiling_module
 
 LARGE = (1, 3, 260, 260)  # at least CPU_BUILD_MIN_PIXELS: "auto" measures
@@ -38,7 +38,7 @@ def tuning(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.TUNE_ENV, "1")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     autotune.forget()
-    yield tmp_path / "cache" / autotune.CACHE_FILE
+    yield tmp_path / "cache" / tuning_cache.CACHE_FILE
     autotune.forget()
 
 
@@ -143,7 +143,7 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
     finally:
         torch.set_num_threads(threads)
     assert len(timer.calls) == 4 * per_measurement
-    monkeypatch.setattr(autotune, "__version__", "99.0")
+    monkeypatch.setattr(tuning_cache, "__version__", "99.0")
     tiny_model.upscale(torch.rand(*LARGE))
     assert len(timer.calls) == 5 * per_measurement
     tiny_model.upscale(torch.rand(*LARGE))  # the same key as the last: nothing new
@@ -159,7 +159,7 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
 def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tiny_model, tuning, monkeypatch, content):
     timer = fake(monkeypatch, jit=0.1)
     x = torch.rand(*LARGE)
-    key = autotune._key_text(autotune._key(tiny_model, probes(tiny_model, x.shape)))
+    key = tuning_cache.key_text(tuning_cache.table_key(tiny_model, probes(tiny_model, x.shape)))
     tuning.parent.mkdir(parents=True)
     tuning.write_text(content.replace('"KEY"', json.dumps(key)), encoding="latin-1")
     used = runners_used(monkeypatch)
@@ -227,9 +227,9 @@ def test_two_processes_that_measured_at_once_agree(tuning):
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert autotune.cache_path() == tmp_path / "xdg" / "bsr_hub" / "autotune.json"
+    assert tuning_cache.cache_path() == tmp_path / "xdg" / "bsr_hub" / "autotune.json"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
-    assert autotune.cache_path() == tmp_path / "mine" / "autotune.json"
+    assert tuning_cache.cache_path() == tmp_path / "mine" / "autotune.json"
 
 
 def test_bench_command_prints_the_table_and_stores_it(tiny_checkpoint, tuning, monkeypatch, capsys):
@@ -316,3 +316,26 @@ def test_retune_measures_even_where_the_cache_cannot_be_written(tiny_model, tmp_
     assert retuned.fresh and timer.calls and retuned.best().name == "eager NCHW"
     assert "could not write the autotune cache" in caplog.text
     autotune.forget()
+
+
+def test_bf16_is_chosen_where_it_is_fastest_but_never_for_a_score(tiny_model, tuning, monkeypatch):
+    """On a CPU with native bf16 eager-bf16 is a candidate and runs where it measured fastest; within exact_only
+    (which the evaluation protocol uses) it is not, so a published score never depends on a timing."""
+    import numpy as np
+
+    from bsr_hub.core import cpu
+    from bsr_hub.evaluation.protocol import score_image
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    monkeypatch.setattr(autotune, "_time_candidate", FakeTimer({"eager-bf16 channels_last": 0.01}))
+    used = runners_used(monkeypatch)
+    tiny_model.upscale(torch.rand(*LARGE))
+    assert used[-1] == ("eager-bf16", torch.channels_last)
+    with autotune.exact_only():
+        tiny_model.upscale(torch.rand(*LARGE))
+    assert used[-1][0] != "eager-bf16"
+    hr = np.random.default_rng(0).integers(0, 256, (LARGE[2] * tiny_model.scale, LARGE[3] * tiny_model.scale, 3))
+    score_image(tiny_model, hr.astype(np.uint8), tiny_model.scale)
+    assert used[-1][0] != "eager-bf16"
+    tiny_model.upscale(torch.rand(*LARGE))  # outside it again
+    assert used[-1][0] == "eager-bf16"

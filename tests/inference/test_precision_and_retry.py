@@ -121,10 +121,13 @@ def test_the_network_keeps_its_output_in_float32_under_autocast(tiny_model):
     """Under bf16 autocast (training on a CPU with native bf16, or eager-bf16) every conv but the last computes in
     bf16: the last one's output is the image, which bf16 would round to about half a grey level."""
     x = torch.rand(1, 3, 16, 16)
+    tail = []
+    tiny_model.output_conv.register_forward_hook(lambda module, args, out: tail.append((args[0].dtype, out.dtype)))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = tiny_model(x)
         body = tiny_model.head(x)
     assert body.dtype == torch.bfloat16 and y.dtype == torch.float32
+    assert tail == [(torch.float32, torch.float32)]  # not a bf16 conv whose output the mean's add promotes
 
 
 def test_eager_bf16_is_refused_where_it_cannot_run(tiny_model, monkeypatch):
@@ -136,3 +139,6 @@ def test_eager_bf16_is_refused_where_it_cannot_run(tiny_model, monkeypatch):
     monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
     with pytest.raises(ValueError, match="runs a float32 model under bf16 autocast; this one is torch.bfloat16"):
         copy.deepcopy(tiny_model).to(torch.bfloat16).upscale(torch.rand(1, 3, 8, 8), backend="eager-bf16")
+    monkeypatch.setattr(type(tiny_model), "output_fp32_under_autocast", False)  # its output would be bf16
+    with pytest.raises(ValueError, match="needs a network that computes its output in float32 under autocast"):
+        tiny_model.upscale(torch.rand(1, 3, 8, 8), backend="eager-bf16")
