@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import shlex
 import sys
 import time
@@ -190,10 +191,11 @@ def settle_precision(cfg: TrainConfig) -> TrainConfig:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     device = torch.cuda.get_device_name() if cuda else f"this CPU ({describe_cpu()})"
-    if cfg.optim.mixed_precision == AUTO:
+    said_here = os.environ.get("LOCAL_RANK", "0") == "0"  # once per machine: machines may differ, their processes not
+    if said_here and cfg.optim.mixed_precision == AUTO:
         print(f"optim.mixed_precision auto: {'bf16 autocast' if chosen == 'bf16' else 'fp32'} on {device}",
               file=sys.stderr)
-    elif chosen == "bf16" and not native and not cuda:
+    elif said_here and chosen == "bf16" and not native and not cuda:
         print(f"warning: {device} has no native bf16 (avx512_bf16 or AMX): bf16 autocast runs 10 to 200 times "
               "slower than fp32 on such CPUs (`python bench/train_speed.py` measures yours); "
               "--optim.mixed_precision no (or auto) is faster here", file=sys.stderr)

@@ -249,6 +249,17 @@ def test_auto_precision_is_settled_for_this_cpu_and_recorded(tmp_path, capsys):
     assert f"optim.mixed_precision auto: {'bf16 autocast' if native else 'fp32'} on this CPU" in capsys.readouterr().err
 
 
+def test_auto_precision_is_said_once_per_machine(monkeypatch, capsys):
+    """Every process settles `auto` for itself (machines may differ); the first of each machine says so."""
+    cfg, _ = train.read_settings(["--config", DEBUG, "--optim.mixed_precision", "auto"])
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    settled = train.settle_precision(cfg).optim.mixed_precision
+    assert settled in ("bf16", "no") and "optim.mixed_precision auto" not in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert train.settle_precision(cfg).optim.mixed_precision == settled
+    assert "optim.mixed_precision auto" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("requested", "cuda", "native", "settled"), [
     ("auto", False, True, "bf16"), ("auto", False, False, "no"), ("auto", True, True, "bf16"),
     ("auto", True, False, "no"), ("bf16", False, False, "bf16"), ("no", False, True, "no"), ("fp16", True, False, "fp16"),
