@@ -126,7 +126,7 @@ def check_native_bf16(model: torch.nn.Module) -> None:
 
 def _bf16_autocast_runner(model: torch.nn.Module) -> Callable:
     """A private copy of `model` whose convs hold their weights in bf16, cast once (autocast alone would cast the
-    float32 weights at every call: bench/results/bf16_cost.md times both), run under bf16 autocast. The model's
+    float32 weights at every call; bench/bf16_cost.py times both), run under bf16 autocast. The model's
     `output_conv` and its buffers (the RGB mean) stay float32: the network computes its output in float32."""
     copy_ = copy.deepcopy(model).eval()
     keep = getattr(copy_, "output_conv", None)

@@ -152,8 +152,9 @@ class BSRNetwork(nn.Module):
             fused = self.fusion(f)
         up = self.upsampler(fused + f0)  # (B, C, h*s, w*s)
         if _autocast_enabled(x.device.type):
-            # The tail's output is the image itself: bf16's 8-bit mantissa would round it to about half a grey
-            # level, the largest single part of what bf16 autocast costs in PSNR, for a 64->3 conv's worth of time.
+            # The tail's output is the image itself, which bf16's 8-bit mantissa would round to about half a grey
+            # level: the whole network in bf16 cost 0.010-0.017 dB on Set5, with this conv in fp32 0.003-0.008
+            # (bench/results/bf16_cost.md), for a 64->3 conv's worth of time.
             with torch.autocast(x.device.type, enabled=False):
                 return self.tail(up.float()) + mean  # (B, 3, h*s, w*s) float32
         return self.tail(up) + mean  # (B, 3, h*s, w*s)
