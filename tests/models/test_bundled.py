@@ -27,7 +27,7 @@ REQUIRED = {
     # Issue 16: on the published protocol, within 0.5 dB of bsr-lite-x2 (37.25 / 32.86 / 31.81 on its card).
     "bsr-lite-x2-robust": ("bsr-lite-x2 - 0.5 dB", (36.75, 32.36, 31.31)),
     # Issue 24: the same bar at x3 and x4, against the bsr-lite-x3 (33.42 / 29.55 / 28.70) and -x4 (31.11 / 27.86 /
-    # 27.18) weights they were trained from (issue 21 has since replaced bsr-lite-x3 with better ones).
+    # 27.18) weights they were trained from (issue 21 has since replaced both with better ones).
     "bsr-lite-x3-robust": ("bsr-lite-x3 - 0.5 dB", (32.92, 29.05, 28.20)),
     "bsr-lite-x4-robust": ("bsr-lite-x4 - 0.5 dB", (30.61, 27.36, 26.68)),
 }
