@@ -1,0 +1,104 @@
+"""Bundle a trained model as a package checkpoint (issue 21's replacement step), names and records made consistent.
+
+    python bench/bundle.py outputs/bsr-lite-x2-stage3 bsr-lite-x2     # the run folder (or its model/) -> the package
+    python bench/bundle.py bsr_hub/checkpoints/bsr-lite-x3 bsr-lite-x3  # already copied: only the names are fixed
+
+A run writes its model as what it was called while training (`bsr-lite-x3-stage4`); bundled, it is `bsr-lite-x3`. The
+card, `eval_results.json` and the last stage of `training.json`'s lineage must all say the bundled name (a later
+`init_from: bsr-lite-x3` carries that lineage into its own card, and tests/training/test_train.py checks it). This
+script copies the run's model folder and its history into bsr_hub/checkpoints/NAME, sets the three names, re-renders
+the card, and removes the old checkpoint's robustness results (they describe the weights that were replaced),
+printing the commands that re-measure them. It does not decide whether a run may replace a checkpoint: that is the
+rule in issue 21 (every one of Set5 / Set14 / BSD100 better, mean at least +0.10 dB), checked by the person running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bsr_hub.models.card import update_card  # noqa: E402
+from bsr_hub.models.records import ROBUSTNESS_RESULTS_NAME, TRAINING_INFO_NAME, TrainingRecord  # noqa: E402
+
+CHECKPOINTS = ROOT / "bsr_hub" / "checkpoints"
+HISTORY_NAME = "training_history.jsonl"
+
+
+def model_folder(source: Path) -> Path:
+    """The folder holding the weights: `source` itself, or the `model/` train.py writes inside a run folder."""
+    if (source / "model.safetensors").is_file():
+        return source
+    if (source / "model" / "model.safetensors").is_file():
+        return source / "model"
+    raise SystemExit(f"{source} holds no model.safetensors (nor does {source / 'model'})")
+
+
+def copy_run(model_dir: Path, target: Path) -> Path | None:
+    """Replace `target` with the run's model folder and history; the old folder is moved aside until the copy is
+    complete, so a failed copy leaves the old checkpoint in place. Returns the old robustness file kept aside."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for path in model_dir.iterdir():
+            if path.is_file():
+                shutil.copy2(path, staging / path.name)
+        history = model_dir.parent / "history.jsonl"  # train.py's log, beside model/ in the run folder
+        if history.is_file():
+            shutil.copy2(history, staging / HISTORY_NAME)
+        old_robustness = None
+        if (target / ROBUSTNESS_RESULTS_NAME).is_file():
+            old_robustness = staging / f".old-{ROBUSTNESS_RESULTS_NAME}"
+            shutil.copy2(target / ROBUSTNESS_RESULTS_NAME, old_robustness)
+        aside = target.with_name(f".{target.name}.replaced")
+        if target.exists():
+            target.rename(aside)
+        staging.rename(target)
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / old_robustness.name if old_robustness else None
+
+
+def set_names(target: Path, name: str) -> None:
+    """The bundled name in the lineage's last stage, then in eval_results.json and the card (update_card writes both)."""
+    record_path = target / TRAINING_INFO_NAME
+    if record_path.is_file():
+        record = TrainingRecord.load(record_path)
+        if record.lineage:
+            record.lineage[-1].model = name
+            record.save(record_path)
+    update_card(target, [], model_name=name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a run folder (outputs/NAME) or a model folder")
+    parser.add_argument("name", help="the bundled name, e.g. bsr-lite-x2")
+    args = parser.parse_args()
+
+    target = CHECKPOINTS / args.name
+    model_dir = model_folder(args.source)
+    old_robustness = None
+    if model_dir.resolve() != target.resolve():
+        old_robustness = copy_run(model_dir, target)
+    set_names(target, args.name)
+    print(f"bundled {model_dir} as {target}")
+    if old_robustness is not None:
+        commands = json.loads(old_robustness.read_text()).get("commands") or []
+        old_robustness.unlink()
+        print("the old robustness results described the replaced weights; re-measure them (each adds to the card):")
+        for command in commands:
+            print(f"  {command} --update-card {target.relative_to(ROOT)}")
+    print("then: evaluate.py --update-card on Set5 Set14 BSD100, python bench/robust_zoo.py, the README's zoo rows, "
+          "tests/models/test_bundled.py")
+
+
+if __name__ == "__main__":
+    main()
