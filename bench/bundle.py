@@ -77,11 +77,11 @@ def set_names(target: Path, name: str) -> None:
     update_card(target, [], model_name=name)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a run folder (outputs/NAME) or a model folder")
     parser.add_argument("name", help="the bundled name, e.g. bsr-lite-x2")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     target = CHECKPOINTS / args.name
     model_dir = model_folder(args.source)
@@ -95,7 +95,7 @@ def main() -> None:
         old_robustness.unlink()
         print("the old robustness results described the replaced weights; re-measure them (each adds to the card):")
         for command in commands:
-            print(f"  {command} --update-card {target.relative_to(ROOT)}")
+            print(f"  {command} --update-card {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
     print("then: evaluate.py --update-card on Set5 Set14 BSD100, python bench/robust_zoo.py, the README's zoo rows, "
           "tests/models/test_bundled.py")
 

@@ -573,3 +573,29 @@ def test_a_model_returned_from_the_gpu_packs_small_and_loads(tmp_path, monkeypat
     with torch.no_grad():
         assert (back(x) - original(x)).abs().max() < 1e-2  # fp16-rounded weights, fp32 arithmetic
     assert (tmp_path / "back" / "packing.json").is_file()
+
+
+def test_bundling_a_run_names_it_by_the_bundled_name_everywhere(tmp_path, monkeypatch, capsys):
+    """bench/bundle.py: a run made as `<name>-stage4` is bundled as `<name>`; the card, eval_results.json and the
+    lineage's last stage all say so (test_the_bundled_record_loads checks the package's), and the replaced weights'
+    robustness results go, with the commands that re-measure them printed."""
+    from bsr_hub.models.records import EvalResults, TrainingRecord
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import bundle
+
+    assert run(tmp_path / "my-model-stage4", "--optim.max_steps", "2") == 0
+    checkpoints = tmp_path / "checkpoints"
+    old = checkpoints / "my-model"
+    old.mkdir(parents=True)
+    (old / "robustness_results.json").write_text(json.dumps({"commands": ["python evaluate.py --suite robustness"]}))
+    monkeypatch.setattr(bundle, "CHECKPOINTS", checkpoints)
+
+    bundle.main([str(tmp_path / "my-model-stage4"), "my-model"])
+
+    assert TrainingRecord.load(old / "training.json").lineage[-1].model == "my-model"
+    assert EvalResults.load(old).model == "my-model"
+    assert "my-model-stage4" not in (old / "README.md").read_text().split("## Training")[0]
+    assert (old / "model.safetensors").is_file() and (old / "training_history.jsonl").is_file()
+    assert not (old / "robustness_results.json").exists() and not list(checkpoints.glob(".*"))
+    assert f"python evaluate.py --suite robustness --update-card {old}" in capsys.readouterr().out
