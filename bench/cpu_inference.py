@@ -78,10 +78,17 @@ def _photo(width: int, height: int):
     return Image.open(chelsea).convert("RGB").resize((width, height), Image.BICUBIC)
 
 
+SETTLE_S = 0.1
+"""Pause after every timed configuration: ONNX Runtime's threads spin after a run and slow whatever is timed next by up
+to 1.8x for the first tens of ms (bench/results/ort_spin.md), and the shuffled order puts any configuration after it."""
+
+
 def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    time.sleep(SETTLE_S)
+    return seconds
 
 
 def _conv_ceiling(dtype: torch.dtype = torch.float32) -> float:

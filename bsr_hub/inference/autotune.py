@@ -78,6 +78,14 @@ WARMUP_SIDE = 32
 backend in a process carries one-off work (oneDNN's setup, the first run of a frozen graph or an ONNX Runtime
 session) that says nothing of its speed; a corner takes that at a few per cent of a full probe pass."""
 
+SETTLE_AFTER = {"onnxruntime": 0.1}
+"""Seconds to wait after timing a backend before timing the next: ONNX Runtime's threads keep spinning after a run
+(its default intra-op spinning), so a PyTorch pass started at once shares the cores with them. On the AVX-512 machine
+(bench/results/ort_spin.md, 2 threads, quiet) bsr-tiny's 160x160 probe took 1.65x its time in eager and 1.84x in
+eager-bf16 right after a 640x640 ONNX Runtime run, 1.43-1.54x 10 ms after, 1.03-1.15x 25 ms after, and no longer
+than alone from 50 ms on. Without the wait the candidate timed after ONNX Runtime (eager-bf16) lost choices it wins:
+bench/results/cpu_inference_avx512.md's default ran ONNX Runtime where eager-bf16 took 0.65x its time."""
+
 SHAPE_STEP = 32
 """Probes are squares whose side is rounded up to this many pixels up to 256, to twice this up to 512 and to four
 times beyond (`probe_side`): tiles and images of nearly the same size share one measurement (1024x1024 tiles of 128
@@ -243,16 +251,23 @@ def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tenso
 
 def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, float]:
     """Seconds per pass on its probe for each candidate of `probes`: one pass each, a second for those whose estimated
-    time for the image is within RETIME_WITHIN of the least."""
+    time for the image is within RETIME_WITHIN of the least; after ONNX Runtime's, a pause (SETTLE_AFTER)."""
     inputs: dict[tuple[int, int, int], torch.Tensor] = {}
     for b, h, w in {p.shape for p in probes.values()}:
         generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
         inputs[(b, h, w)] = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
-    seconds = {name: _time_candidate(model, _BY_NAME[name], inputs[p.shape]) for name, p in probes.items()}
+
+    def timed(name: str, warm_up: bool = True) -> float:
+        candidate = _BY_NAME[name]
+        seconds = _time_candidate(model, candidate, inputs[probes[name].shape], warm_up=warm_up)
+        time.sleep(SETTLE_AFTER.get(candidate.backend, 0.0))  # the next candidate gets the cores to itself
+        return seconds
+
+    seconds = {name: timed(name) for name in probes}
     least = min(s * probes[name].work for name, s in seconds.items())
     for name, p in probes.items():
         if seconds[name] * p.work <= RETIME_WITHIN * least:
-            seconds[name] = min(seconds[name], _time_candidate(model, _BY_NAME[name], inputs[p.shape], warm_up=False))
+            seconds[name] = min(seconds[name], timed(name, warm_up=False))
     return seconds
 
 

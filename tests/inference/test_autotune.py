@@ -37,6 +37,7 @@ def tuning(tmp_path, monkeypatch):
     """Tuning on, the cache file in tmp_path, nothing in this process's memory before or after."""
     monkeypatch.setenv(autotune.TUNE_ENV, "1")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "SETTLE_AFTER", {})  # fake timers: nothing spins (test_a_pause_follows_...)
     autotune.forget()
     yield tmp_path / "cache" / tuning_cache.CACHE_FILE
     autotune.forget()
@@ -86,6 +87,22 @@ def test_auto_runs_the_fastest_measured_backend_and_layout(tiny_model, tuning, m
     assert torch.allclose(out, tiny_model.upscale(x, backend="eager"), atol=1e-5)
     tiny_model.upscale(x)
     assert len(timer.calls) == len(names)  # measured once, then fixed for the process
+
+
+def test_a_pause_follows_onnx_runtime_s_pass_before_the_next_candidate_is_timed(tiny_model, tuning, monkeypatch):
+    """ONNX Runtime's threads spin after a run and slow the pass timed next (bench/results/ort_spin.md): each of its
+    passes is followed by a pause, the other backends' are not."""
+    monkeypatch.setattr(backends, "_onnxruntime_available", lambda: True)
+    monkeypatch.setattr(autotune, "_onnxruntime_available", lambda: True)
+    monkeypatch.setattr(autotune, "SETTLE_AFTER", {"onnxruntime": 0.1})
+    events = []
+    timer = fake(monkeypatch, eager_nchw=0.5, eager_cl=0.1, jit=0.3, onnxruntime=0.12)
+    monkeypatch.setattr(autotune, "_time_candidate", lambda *a, **k: events.append(a[1].name) or timer(*a, **k))
+    monkeypatch.setattr(autotune.time, "sleep", lambda s: events.append(s) if s else None)
+    tiny_model.upscale(torch.rand(*LARGE))
+    after = [events[i + 1] for i, e in enumerate(events) if e == "onnxruntime"]
+    assert after == [0.1, 0.1]  # its first pass and its second (a contender)
+    assert [e for e in events if isinstance(e, float)] == [0.1, 0.1]
 
 
 def test_each_candidate_is_timed_on_a_pass_of_its_own_tiling(tiny_model, tuning, monkeypatch):
