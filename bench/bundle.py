@@ -40,10 +40,14 @@ def model_folder(source: Path) -> Path:
     raise SystemExit(f"{source} holds no model.safetensors (nor does {source / 'model'})")
 
 
-def copy_run(model_dir: Path, target: Path) -> Path | None:
-    """Replace `target` with the run's model folder and history; the old folder is moved aside until the copy is
-    complete, so a failed copy leaves the old checkpoint in place. Returns the old robustness file kept aside."""
+def copy_run(model_dir: Path, target: Path) -> list[str]:
+    """Replace `target` with the run's model folder and history. The copy is made beside it and swapped in whole; the
+    old folder is moved aside until then and put back if the swap fails. Returns the commands of the old checkpoint's
+    robustness results (they are not carried over: they describe the weights that were replaced)."""
+    old_robustness = target / ROBUSTNESS_RESULTS_NAME
+    commands = (json.loads(old_robustness.read_text()).get("commands") or []) if old_robustness.is_file() else []
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    aside = target.with_name(f".{target.name}.replaced")
     try:
         for path in model_dir.iterdir():
             if path.is_file():
@@ -51,19 +55,16 @@ def copy_run(model_dir: Path, target: Path) -> Path | None:
         history = model_dir.parent / "history.jsonl"  # train.py's log, beside model/ in the run folder
         if history.is_file():
             shutil.copy2(history, staging / HISTORY_NAME)
-        old_robustness = None
-        if (target / ROBUSTNESS_RESULTS_NAME).is_file():
-            old_robustness = staging / f".old-{ROBUSTNESS_RESULTS_NAME}"
-            shutil.copy2(target / ROBUSTNESS_RESULTS_NAME, old_robustness)
-        aside = target.with_name(f".{target.name}.replaced")
         if target.exists():
             target.rename(aside)
         staging.rename(target)
-        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
+        if aside.exists() and not target.exists():
+            aside.rename(target)
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target / old_robustness.name if old_robustness else None
+    shutil.rmtree(aside, ignore_errors=True)
+    return commands
 
 
 def set_names(target: Path, name: str) -> None:
@@ -85,14 +86,10 @@ def main(argv: list[str] | None = None) -> None:
 
     target = CHECKPOINTS / args.name
     model_dir = model_folder(args.source)
-    old_robustness = None
-    if model_dir.resolve() != target.resolve():
-        old_robustness = copy_run(model_dir, target)
+    commands = copy_run(model_dir, target) if model_dir.resolve() != target.resolve() else []
     set_names(target, args.name)
     print(f"bundled {model_dir} as {target}")
-    if old_robustness is not None:
-        commands = json.loads(old_robustness.read_text()).get("commands") or []
-        old_robustness.unlink()
+    if commands:
         print("the old robustness results described the replaced weights; re-measure them (each adds to the card):")
         for command in commands:
             print(f"  {command} --update-card {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
