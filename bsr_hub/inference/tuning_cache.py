@@ -20,7 +20,10 @@ from ..core import __version__, cache_folder, describe_cpu
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "autotune.json"
-FORMAT_VERSION = 3  # 3: keyed by every candidate's probe (2: one shape for all; 1: "jit NCHW" and "jit channels_last")
+FORMAT_VERSION = 4
+"""4: times taken with a pause after ONNX Runtime's pass (autotune.SETTLE_AFTER): a table of 3 timed the candidate after
+it on cores its threads still spun on, so it is measured again rather than trusted. 3: keyed by every candidate's
+probe (2: one shape for all; 1: "jit NCHW" and "jit channels_last")."""
 MAX_ENTRIES = 256
 """Entries kept in the file (the most recent): one per machine setting, model and shape, so it stays small."""
 

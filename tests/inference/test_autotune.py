@@ -170,15 +170,18 @@ def test_another_model_shape_thread_count_or_version_measures_again(tiny_model, 
 
 @pytest.mark.parametrize("content", ["{not json", '{"version": 1, "entries": []}', "\x00\xff",
                                      '{"version": 2, "entries": {"KEY": {"seconds": {"jit": 0.001}}}}',
-                                     '{"version": 3, "entries": {"KEY": {"seconds": {"onnxruntime-int8": 0.001}}}}',
-                                     '{"version": 3, "entries": {"KEY": {"seconds": {"jit": -1}}}}',
-                                     '{"version": 3, "entries": {"KEY": {"seconds": {"jit NCHW": 0.1}}}}'])
+                                     '{"version": 4, "entries": {"KEY": {"seconds": {"onnxruntime-int8": 0.001}}}}',
+                                     '{"version": 4, "entries": {"KEY": {"seconds": {"jit": -1}}}}',
+                                     '{"version": 4, "entries": {"KEY": {"seconds": {"jit NCHW": 0.1}}}}',
+                                     # a whole table, timed before the pause after ONNX Runtime (SETTLE_AFTER)
+                                     '{"version": 3, "entries": {"KEY": {"seconds": ALL}}}'])
 def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tiny_model, tuning, monkeypatch, content):
     timer = fake(monkeypatch, jit=0.1)
     x = torch.rand(*LARGE)
     key = tuning_cache.key_text(tuning_cache.table_key(tiny_model, probes(tiny_model, x.shape)))
     tuning.parent.mkdir(parents=True)
-    tuning.write_text(content.replace('"KEY"', json.dumps(key)), encoding="latin-1")
+    old_table = {c.name: 0.001 if c.name == "eager NCHW" else 1.0 for c in autotune.available_candidates(tiny_model)}
+    tuning.write_text(content.replace('"KEY"', json.dumps(key)).replace("ALL", json.dumps(old_table)), encoding="latin-1")
     used = runners_used(monkeypatch)
     tiny_model.upscale(x)
     assert timer.calls and used == [("jit", torch.contiguous_format)]
