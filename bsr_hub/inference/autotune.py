@@ -84,7 +84,8 @@ SETTLE_AFTER = {"onnxruntime": 0.1}
 (bench/results/ort_spin.md, 2 threads, quiet) bsr-tiny's 160x160 probe took 1.65x its time in eager and 1.84x in
 eager-bf16 right after a 640x640 ONNX Runtime run, 1.43-1.54x 10 ms after, 1.03-1.15x 25 ms after, and no longer
 than alone from 50 ms on. Without the wait the candidate timed after ONNX Runtime (eager-bf16) lost choices it wins:
-bench/results/cpu_inference_avx512.md's default ran ONNX Runtime where eager-bf16 took 0.65x its time."""
+in bench/results/cpu_inference_avx512.md as of commit 6386366 the default ran ONNX Runtime where eager-bf16 took 0.65x
+its time (bsr-lite-x2, 1280x720); the same run with the wait chose eager-bf16 in five of six cases."""
 
 SHAPE_STEP = 32
 """Probes are squares whose side is rounded up to this many pixels up to 256, to twice this up to 512 and to four
