@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bsr_hub.models.card import update_card
+from bsr_hub.models.records import ROBUSTNESS_RESULTS_NAME, TRAINING_INFO_NAME, TrainingRecord
 
-from bsr_hub.models.card import update_card  # noqa: E402
-from bsr_hub.models.records import ROBUSTNESS_RESULTS_NAME, TRAINING_INFO_NAME, TrainingRecord  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHECKPOINTS = ROOT / "bsr_hub" / "checkpoints"
 HISTORY_NAME = "training_history.jsonl"

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import conv_flops, cpu_description, machine_load, write_result
+
+from bsr_hub.inference.autotune import SETTLE_AFTER
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_inference.md"
 MODELS = ("bsr-tiny-x2", "bsr-lite-x2")
@@ -78,9 +79,9 @@ def _photo(width: int, height: int):
     return Image.open(chelsea).convert("RGB").resize((width, height), Image.BICUBIC)
 
 
-SETTLE_S = 0.1
-"""Pause after every timed configuration: ONNX Runtime's threads spin after a run and slow whatever is timed next by up
-to 1.8x for the first tens of ms (bench/results/ort_spin.md), and the shuffled order puts any configuration after it."""
+SETTLE_S = SETTLE_AFTER["onnxruntime"]
+"""Pause after every timed configuration, autotune's pause after ONNX Runtime: its threads spin after a run and slow
+whatever is timed next (bench/results/ort_spin.md), and the shuffled order puts any configuration after it."""
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -261,7 +261,8 @@ def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, floa
     def timed(name: str, warm_up: bool = True) -> float:
         candidate = _BY_NAME[name]
         seconds = _time_candidate(model, candidate, inputs[probes[name].shape], warm_up=warm_up)
-        time.sleep(SETTLE_AFTER.get(candidate.backend, 0.0))  # the next candidate gets the cores to itself
+        if candidate.backend in SETTLE_AFTER:
+            time.sleep(SETTLE_AFTER[candidate.backend])  # the next candidate gets the cores to itself
         return seconds
 
     seconds = {name: timed(name) for name in probes}
