@@ -6,7 +6,8 @@ for inputs of 256x256 or more, measures the backends on this machine once and bu
 Each round is a fresh process, as the command line is, in three settings: `backend="auto"` in a process that finds
 no stored measurement (a new user's first command: an empty BSR_HUB_CACHE folder), "auto" in a later process (the
 table and the ONNX graph stored by the first), and eager PyTorch (no measurement, no build). "of which measuring" is the time
-autotune.tune logged for the measurement, builds of every candidate included. Writes
+autotune.tune logged for the measurement, builds of every candidate included, and split by candidate below the table.
+Writes
 bench/results/first_upscale.md.
 """
 
@@ -36,10 +37,12 @@ if int(sys.argv[3]):
     torch.set_num_threads(int(sys.argv[3]))
 measured = []
 
-class Measured(logging.Handler):  # autotune.tune logs "measured MODEL on SHAPE in SECONDS s: CHOICE"
+class Measured(logging.Handler):  # autotune.tune logs "measured MODEL on SHAPES in SECONDS s: CHOICE (COSTS)"
     def emit(self, record):
         if record.msg.startswith("measured"):
-            measured.append((record.args[2], record.args[3], list(record.args[1])))
+            costs = dict(item.rsplit(" ", 2)[:2] for item in record.args[4].split(", "))  # "NAME 0.12 s"
+            measured.append((record.args[2], record.args[3], list(record.args[1]),
+                             {name: float(s) for name, s in costs.items()}))
 
 log = logging.getLogger("bsr_hub.inference.autotune")
 log.setLevel(logging.INFO)
@@ -60,6 +63,18 @@ SETTINGS = {  # name -> (backend, whether the cache folder is emptied before eac
     "auto, a later process (measurement stored)": ("auto", False),
     "eager": ("eager", False),
 }
+
+
+def cost_table(first: list[dict]) -> list[str]:
+    """Where the first process's measuring went: per candidate, the median over the rounds of what measuring it took
+    (its build on first use, which for ONNX Runtime is the export, the warm-up, its passes, the pause after it)."""
+    per_round = [{name: s for m in r["measured"] for name, s in m[3].items()} for r in first]
+    names = sorted({name for costs in per_round for name in costs},
+                   key=lambda name: -statistics.median(c.get(name, 0.0) for c in per_round))
+    lines = ["", ("What measuring each candidate took in the first process (median over the rounds, seconds; build on "
+             "first use, warm-up, passes, pause after ONNX Runtime):"), "", "| candidate | seconds |", "|---|---:|"]
+    lines += [f"| {name} | {statistics.median(c.get(name, 0.0) for c in per_round):.2f} |" for name in names]
+    return lines
 
 
 def main() -> None:
@@ -91,8 +106,8 @@ def main() -> None:
     lines = [
         "# The first upscale in a process, part by part",
         "",
-        f"`{command}`: the README's photo (chelsea, 451x300, x2), each round a fresh process; median seconds over the "
-        "rounds. total = import + load + first call (what one `bsr-hub upscale` of this photo pays before writing).",
+        (f"`{command}`: the README's photo (chelsea, 451x300, x2), each round a fresh process; median seconds over the "
+        "rounds. total = import + load + first call (what one `bsr-hub upscale` of this photo pays before writing)."),
         "",
         f"CPU: {cpu_description()}; torch threads: {args.threads or 'torch default'}.",
         f"Load before: {load_before}.",
@@ -106,8 +121,10 @@ def main() -> None:
         total = statistics.median(sum(r[p] for p in ("import", "load", "first call")) for r in rows)
         lines.append(f"| {name} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
     first = runs[next(iter(SETTINGS))]
-    lines += ["", "What the first process measured (seconds, its choice, the probes (B, h, w)), per round:", ""]
+    lines += ["", ("What the first process measured (seconds, its choice, the probes (B, h, w), what measuring each "
+              "candidate took), per round:"), ""]
     lines += [f"- {json.dumps(r['measured'])}" for r in first]
+    lines += cost_table(first)
     write_result(args.out, lines)
 
 

@@ -87,6 +87,8 @@ than alone from 50 ms on. Without the wait the candidate timed after ONNX Runtim
 in bench/results/cpu_inference_avx512.md as of commit 6386366 the default ran ONNX Runtime where eager-bf16 took 0.65x
 its time (bsr-lite-x2, 1280x720); the same run with the wait chose eager-bf16 in five of six cases."""
 
+_clock = time.perf_counter  # what the measuring's costs are read from (a test's fake timer advances its own)
+
 SHAPE_STEP = 32
 """Probes are squares whose side is rounded up to this many pixels up to 256, to twice this up to 512 and to four
 times beyond (`probe_side`): tiles and images of nearly the same size share one measurement (1024x1024 tiles of 128
@@ -149,6 +151,9 @@ class Tuning:
     fresh: bool = True
     cost: float | None = None
     """Seconds the measuring took in this process, builds included (None when nothing was measured)."""
+    costs: dict[str, float] | None = None
+    """What measuring each candidate took in this process (name -> seconds: its build on first use, warm-up, passes),
+    None when nothing was measured."""
 
     def image_seconds(self, name: str) -> float:
         """The candidate's estimated time for the image: one pass on its probe x its probe passes per image."""
@@ -250,19 +255,25 @@ def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tenso
         return time.perf_counter() - start
 
 
-def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, float]:
+def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds per pass on its probe for each candidate of `probes`: one pass each, a second for those whose estimated
-    time for the image is within RETIME_WITHIN of the least; after ONNX Runtime's, a pause (SETTLE_AFTER)."""
+    time for the image is within RETIME_WITHIN of the least; after ONNX Runtime's, a pause (SETTLE_AFTER). Also what
+    measuring each cost here (its build on first use, warm-up, passes and pause), so that a user can see where a first
+    call's time went (`bsr-hub bench`): on the AVX-512 machine most of it is ONNX Runtime's export and its passes on
+    its larger tile (bench/results/first_upscale_avx512.md)."""
     inputs: dict[tuple[int, int, int], torch.Tensor] = {}
     for b, h, w in {p.shape for p in probes.values()}:
         generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
         inputs[(b, h, w)] = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
+    costs = dict.fromkeys(probes, 0.0)
 
     def timed(name: str, warm_up: bool = True) -> float:
         candidate = _BY_NAME[name]
+        start = _clock()
         seconds = _time_candidate(model, candidate, inputs[probes[name].shape], warm_up=warm_up)
         if candidate.backend in SETTLE_AFTER:
             time.sleep(SETTLE_AFTER[candidate.backend])  # the next candidate gets the cores to itself
+        costs[name] += _clock() - start
         return seconds
 
     seconds = {name: timed(name) for name in probes}
@@ -270,7 +281,7 @@ def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> dict[str, floa
     for name, p in probes.items():
         if seconds[name] * p.work <= RETIME_WITHIN * least:
             seconds[name] = min(seconds[name], timed(name, warm_up=False))
-    return seconds
+    return seconds, costs
 
 
 # ---------------------------------------------------------------------------------------------- the cache file
@@ -336,13 +347,14 @@ def tune(model: torch.nn.Module, probes: dict[str, Probe], *, fresh: bool = Fals
             if table is not None and set(table) == set(probes):
                 _TUNINGS[text] = table
                 return Tuning(table, probes, fresh=False)
-        start = time.perf_counter()
-        measured = _measure(model, probes)
-        cost = time.perf_counter() - start
+        start = _clock()
+        measured, costs = _measure(model, probes)
+        cost = _clock() - start
         table = _TUNINGS[text] = _store(text, key, measured, replace=fresh)
-        tuning = Tuning(table, probes, fresh=True, cost=cost)
+        tuning = Tuning(table, probes, fresh=True, cost=cost, costs=costs)
         shapes = sorted({p.shape for p in probes.values()})
-        logger.info("measured %s on %s in %.2f s: %s", model_key(model), shapes, cost, tuning.best().name)
+        logger.info("measured %s on %s in %.2f s: %s (%s)", model_key(model), shapes, cost, tuning.best().name,
+                    ", ".join(f"{name} {seconds:.2f} s" for name, seconds in costs.items()))
         return tuning
 
 

@@ -244,6 +244,36 @@ def test_two_processes_that_measured_at_once_agree(tuning):
     assert autotune.Tuning(second, dict.fromkeys(second, autotune.Probe((1, 64, 64)))).best().name == "jit"
 
 
+def test_what_measuring_each_candidate_cost_is_reported_where_it_was_measured(tiny_checkpoint, tuning, monkeypatch,
+                                                                             capsys):
+    """A first call's measurement can take seconds (builds, passes on large tiles): `bsr-hub bench` says what each
+    candidate cost, from a clock that a fake timer advances by its pass time plus a build on the first use of each
+    candidate (so the cost is the build, the warm-up-free passes and nothing else here); a table read back from the
+    cache has no costs."""
+    clock = {"now": 0.0}
+    built = set()
+    timer = FakeTimer({"eager channels_last": 0.05, "eager NCHW": 0.5})
+
+    def timing(model, candidate, x, warm_up=True):
+        seconds = timer(model, candidate, x, warm_up)
+        clock["now"] += seconds + (0.0 if candidate.name in built else 1.0)  # a 1 s build on first use
+        built.add(candidate.name)
+        return seconds
+
+    monkeypatch.setattr(autotune, "_time_candidate", timing)
+    monkeypatch.setattr(autotune, "_clock", lambda: clock["now"])
+    assert main(["bench", str(tiny_checkpoint), "--size", "300x260", "--repeats", "1", "--json"]) == 0
+    rows = {row["candidate"]: row for row in json.loads(capsys.readouterr().out)["candidates"]}
+    assert set(rows) == {c.name for c in autotune.available_candidates(BSRModel.from_pretrained(tiny_checkpoint))}
+    for name, row in rows.items():
+        passes = 2 if row["image_seconds"] <= autotune.RETIME_WITHIN * min(r["image_seconds"] for r in rows.values()) else 1
+        assert row["measure_seconds"] == pytest.approx(1.0 + passes * row["seconds"]), name
+    assert rows["eager NCHW"]["measure_seconds"] == pytest.approx(1.0 + rows["eager NCHW"]["seconds"])  # one pass
+    assert main(["bench", str(tiny_checkpoint), "--size", "300x260", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "from the cache" in out and "measuring it" not in out
+
+
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -271,9 +301,10 @@ def test_the_real_measurement_times_every_candidate(tiny_model):
     """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
     is not checked, only that every candidate has a time."""
     probes = {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates(tiny_model)}
-    seconds = autotune._measure(tiny_model, probes)
-    assert set(seconds) == {c.name for c in autotune.available_candidates(tiny_model)}
+    seconds, costs = autotune._measure(tiny_model, probes)
+    assert set(seconds) == set(costs) == {c.name for c in autotune.available_candidates(tiny_model)}
     assert all(0 < s < 60 for s in seconds.values())
+    assert all(costs[name] >= seconds[name] for name in seconds)  # a pass, and its build, warm-up, ... around it
 
 
 def test_each_backend_is_judged_by_its_estimated_time_for_the_image(tiny_model, tuning, monkeypatch):
