@@ -6,9 +6,8 @@ for inputs of 256x256 or more, measures the backends on this machine once and bu
 Each round is a fresh process, as the command line is, in three settings: `backend="auto"` in a process that finds
 no stored measurement (a new user's first command: an empty BSR_HUB_CACHE folder), "auto" in a later process (the
 table and the ONNX graph stored by the first), and eager PyTorch (no measurement, no build). "of which measuring" is the time
-autotune.tune logged for the measurement, builds of every candidate included, and split by candidate below the table.
-Writes
-bench/results/first_upscale.md.
+autotune.tune logged for the measurement, builds of every candidate included, and split by candidate (and into build
+and the rest) below the table. Writes bench/results/first_upscale.md.
 """
 
 from __future__ import annotations
@@ -37,12 +36,13 @@ if int(sys.argv[3]):
     torch.set_num_threads(int(sys.argv[3]))
 measured = []
 
-class Measured(logging.Handler):  # autotune.tune logs "measured MODEL on SHAPES in SECONDS s: CHOICE (COSTS)"
+class Measured(logging.Handler):  # autotune.tune logs each measurement with its Tuning as record.tuning
     def emit(self, record):
-        if record.msg.startswith("measured"):
-            costs = dict(item.rsplit(" ", 2)[:2] for item in record.args[4].split(", "))  # "NAME 0.12 s"
-            measured.append((record.args[2], record.args[3], list(record.args[1]),
-                             {name: float(s) for name, s in costs.items()}))
+        t = getattr(record, "tuning", None)
+        if t is not None:
+            shapes = sorted({p.shape for p in t.probes.values()})
+            measured.append((round(t.cost, 3), t.best().name, shapes,
+                             {k: round(v, 3) for k, v in t.costs.items()}, {k: round(v, 3) for k, v in t.builds.items()}))
 
 log = logging.getLogger("bsr_hub.inference.autotune")
 log.setLevel(logging.INFO)
@@ -67,13 +67,21 @@ SETTINGS = {  # name -> (backend, whether the cache folder is emptied before eac
 
 def cost_table(first: list[dict]) -> list[str]:
     """Where the first process's measuring went: per candidate, the median over the rounds of what measuring it took
-    (its build on first use, which for ONNX Runtime is the export, the warm-up, its passes, the pause after it)."""
-    per_round = [{name: s for m in r["measured"] for name, s in m[3].items()} for r in first]
-    names = sorted({name for costs in per_round for name in costs},
-                   key=lambda name: -statistics.median(c.get(name, 0.0) for c in per_round))
-    lines = ["", ("What measuring each candidate took in the first process (median over the rounds, seconds; build on "
-             "first use, warm-up, passes, pause after ONNX Runtime):"), "", "| candidate | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {statistics.median(c.get(name, 0.0) for c in per_round):.2f} |" for name in names]
+    (its build on first use, which for ONNX Runtime is the export and the session, the warm-up, its passes, the pause
+    after it) and of its build alone."""
+    costs = [{name: s for m in r["measured"] for name, s in m[3].items()} for r in first]
+    builds = [{name: s for m in r["measured"] for name, s in m[4].items()} for r in first]
+
+    def median(per_round: list[dict], name: str) -> float:
+        return statistics.median(c.get(name, 0.0) for c in per_round)
+
+    names = sorted({name for c in costs for name in c}, key=lambda name: -median(costs, name))
+    lines = ["", ("What measuring each candidate took in the first process (median over the rounds, seconds): in all "
+             "(build on first use, warm-up, passes, pause after ONNX Runtime), and the build alone:"), "",
+             "| candidate | in all | build | the rest |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {median(costs, name):.2f} | {median(builds, name):.2f} | "
+              f"{statistics.median(c.get(name, 0.0) - b.get(name, 0.0) for c, b in zip(costs, builds)):.2f} |"
+              for name in names]
     return lines
 
 
@@ -122,7 +130,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{med[p]:.2f}" for p in parts) + f" | {total:.2f} |")
     first = runs[next(iter(SETTINGS))]
     lines += ["", ("What the first process measured (seconds, its choice, the probes (B, h, w), what measuring each "
-              "candidate took), per round:"), ""]
+              "candidate took, and of that its build), per round:"), ""]
     lines += [f"- {json.dumps(r['measured'])}" for r in first]
     lines += cost_table(first)
     write_result(args.out, lines)

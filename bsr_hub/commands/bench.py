@@ -34,13 +34,13 @@ def _test_image(width: int, height: int):
 
 def _candidates(tuning) -> list[dict]:
     """The measured table as rows (candidate, probe shape, seconds per pass, probe passes per image, estimated seconds
-    for the image, chosen, and what measuring it took in this process: None for a table read from the cache), the
-    least estimate first."""
+    for the image, chosen, and what measuring it took in this process and of that its build: None for a table read
+    from the cache), the least estimate first."""
     chosen = tuning.best().name
-    costs = tuning.costs or {}
+    costs, builds = tuning.costs or {}, tuning.builds or {}
     rows = [{"candidate": name, "probe_shape": list(tuning.probes[name].shape), "seconds": s,
              "work": tuning.probes[name].work, "image_seconds": tuning.image_seconds(name), "chosen": name == chosen,
-             "measure_seconds": costs.get(name)}
+             "measure_seconds": costs.get(name), "build_seconds": builds.get(name)}
             for name, s in tuning.seconds.items()]
     return sorted(rows, key=lambda row: row["image_seconds"])
 
@@ -71,10 +71,10 @@ def _print_table(r: dict) -> None:
           f"two for those within {RETIME_WITHIN}x of the least estimate ({source}; {r['cache']}):")
     fresh = r["measured_now"]
     print(f"  {'':24} {'pass':>9}    {'one pass':>9}    {'passes':>6}    {'the image (estimated)':>9}"
-          + ("    measuring it (build included)" if fresh else ""))
+          + ("    measuring it (of which the build)" if fresh else ""))
     for row in r["candidates"]:
         _, ph, pw = row["probe_shape"]
-        cost = f" {row['measure_seconds']:21.2f} s" if fresh else ""
+        cost = f" {row['measure_seconds']:14.2f} s ({row['build_seconds']:.2f} s)" if fresh else ""
         print(f"  {row['candidate']:24} {f'{pw}x{ph}':>9} {1000 * row['seconds']:9.1f} ms {row['work']:8.2f}"
               f" {row['image_seconds']:9.3f} s{cost}{'   <- fastest' if row['chosen'] else ''}")
     print(f"upscale runs: {r['runs_as']}")

@@ -154,6 +154,9 @@ class Tuning:
     costs: dict[str, float] | None = None
     """What measuring each candidate took in this process (name -> seconds: its build on first use, warm-up, passes),
     None when nothing was measured."""
+    builds: dict[str, float] | None = None
+    """Of `costs`, the build on first use (name -> seconds: ONNX Runtime's export and session, TorchScript's freeze,
+    bf16's copy of the weights; 0 for eager and for a runner this process had already built)."""
 
     def image_seconds(self, name: str) -> float:
         """The candidate's estimated time for the image: one pass on its probe x its probe passes per image."""
@@ -255,21 +258,24 @@ def _time_candidate(model: torch.nn.Module, candidate: Candidate, x: torch.Tenso
         return time.perf_counter() - start
 
 
-def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> tuple[dict[str, float], dict[str, float]]:
+def _measure(model: torch.nn.Module, probes: dict[str, Probe]
+             ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Seconds per pass on its probe for each candidate of `probes`: one pass each, a second for those whose estimated
     time for the image is within RETIME_WITHIN of the least; after ONNX Runtime's, a pause (SETTLE_AFTER). Also what
-    measuring each cost here (its build on first use, warm-up, passes and pause), so that a user can see where a first
-    call's time went (`bsr-hub bench`): on the AVX-512 machine most of it is ONNX Runtime's export and its passes on
-    its larger tile (bench/results/first_upscale_avx512.md)."""
+    measuring each cost here (its build on first use, warm-up, passes and pause) and, of that, the build, so that a
+    user can see where a first call's time went (`bsr-hub bench`): on the AVX-512 machine most of it is ONNX
+    Runtime's export and its passes on its larger tile (bench/results/first_upscale_avx512.md)."""
     inputs: dict[tuple[int, int, int], torch.Tensor] = {}
     for b, h, w in {p.shape for p in probes.values()}:
         generator = torch.Generator().manual_seed(0)  # content does not change the speed; a fixed input keeps it quiet
         inputs[(b, h, w)] = torch.rand(b, 3, h, w, generator=generator).to(device=model.device, dtype=model.dtype)
-    costs = dict.fromkeys(probes, 0.0)
+    costs, builds = dict.fromkeys(probes, 0.0), dict.fromkeys(probes, 0.0)
 
     def timed(name: str, warm_up: bool = True) -> float:
         candidate = _BY_NAME[name]
         start = _clock()
+        get_runner(model, candidate.backend, candidate.memory_format)  # built here on first use, then kept
+        builds[name] += _clock() - start
         seconds = _time_candidate(model, candidate, inputs[probes[name].shape], warm_up=warm_up)
         if candidate.backend in SETTLE_AFTER:
             time.sleep(SETTLE_AFTER[candidate.backend])  # the next candidate gets the cores to itself
@@ -281,7 +287,7 @@ def _measure(model: torch.nn.Module, probes: dict[str, Probe]) -> tuple[dict[str
     for name, p in probes.items():
         if seconds[name] * p.work <= RETIME_WITHIN * least:
             seconds[name] = min(seconds[name], timed(name, warm_up=False))
-    return seconds, costs
+    return seconds, costs, builds
 
 
 # ---------------------------------------------------------------------------------------------- the cache file
@@ -348,13 +354,14 @@ def tune(model: torch.nn.Module, probes: dict[str, Probe], *, fresh: bool = Fals
                 _TUNINGS[text] = table
                 return Tuning(table, probes, fresh=False)
         start = _clock()
-        measured, costs = _measure(model, probes)
+        measured, costs, builds = _measure(model, probes)
         cost = _clock() - start
         table = _TUNINGS[text] = _store(text, key, measured, replace=fresh)
-        tuning = Tuning(table, probes, fresh=True, cost=cost, costs=costs)
+        tuning = Tuning(table, probes, fresh=True, cost=cost, costs=costs, builds=builds)
         shapes = sorted({p.shape for p in probes.values()})
         logger.info("measured %s on %s in %.2f s: %s (%s)", model_key(model), shapes, cost, tuning.best().name,
-                    ", ".join(f"{name} {seconds:.2f} s" for name, seconds in costs.items()))
+                    ", ".join(f"{name} {seconds:.2f} s, build {builds[name]:.2f} s" for name, seconds in costs.items()),
+                    extra={"tuning": tuning})  # the whole measurement, for a handler that wants more than the line
         return tuning
 
 

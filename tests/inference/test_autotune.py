@@ -247,20 +247,25 @@ def test_two_processes_that_measured_at_once_agree(tuning):
 def test_what_measuring_each_candidate_cost_is_reported_where_it_was_measured(tiny_checkpoint, tuning, monkeypatch,
                                                                              capsys):
     """A first call's measurement can take seconds (builds, passes on large tiles): `bsr-hub bench` says what each
-    candidate cost, from a clock that a fake timer advances by its pass time plus a build on the first use of each
-    candidate (so the cost is the build, the warm-up-free passes and nothing else here); a table read back from the
-    cache has no costs."""
+    candidate cost and, of that, its build, from a clock that a fake timer advances by its pass time and a fake build
+    by 1 s on the first use of each candidate (so the cost is the build and the warm-up-free passes here); a table
+    read back from the cache has no costs."""
     clock = {"now": 0.0}
     built = set()
     timer = FakeTimer({"eager channels_last": 0.05, "eager NCHW": 0.5})
 
     def timing(model, candidate, x, warm_up=True):
         seconds = timer(model, candidate, x, warm_up)
-        clock["now"] += seconds + (0.0 if candidate.name in built else 1.0)  # a 1 s build on first use
-        built.add(candidate.name)
+        clock["now"] += seconds
         return seconds
 
+    def build(model, backend, memory_format):
+        if (backend, memory_format) not in built:
+            clock["now"] += 1.0
+            built.add((backend, memory_format))
+
     monkeypatch.setattr(autotune, "_time_candidate", timing)
+    monkeypatch.setattr(autotune, "get_runner", build)
     monkeypatch.setattr(autotune, "_clock", lambda: clock["now"])
     assert main(["bench", str(tiny_checkpoint), "--size", "300x260", "--repeats", "1", "--json"]) == 0
     rows = {row["candidate"]: row for row in json.loads(capsys.readouterr().out)["candidates"]}
@@ -268,7 +273,14 @@ def test_what_measuring_each_candidate_cost_is_reported_where_it_was_measured(ti
     for name, row in rows.items():
         passes = 2 if row["image_seconds"] <= autotune.RETIME_WITHIN * min(r["image_seconds"] for r in rows.values()) else 1
         assert row["measure_seconds"] == pytest.approx(1.0 + passes * row["seconds"]), name
+        assert row["build_seconds"] == pytest.approx(1.0), name  # the first use only, not the second pass
     assert rows["eager NCHW"]["measure_seconds"] == pytest.approx(1.0 + rows["eager NCHW"]["seconds"])  # one pass
+    assert main(["bench", str(tiny_checkpoint), "--size", "300x260", "--repeats", "1", "--retune"]) == 0
+    out = capsys.readouterr().out
+    assert "measuring it (of which the build)" in out
+    rows = [line for line in out.splitlines() if " ms " in line]
+    assert len(rows) == len(autotune.available_candidates(BSRModel.from_pretrained(tiny_checkpoint)))
+    assert all("(0.00 s)" in line for line in rows)  # each built by the run before, in this process
     assert main(["bench", str(tiny_checkpoint), "--size", "300x260", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "from the cache" in out and "measuring it" not in out
