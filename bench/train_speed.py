@@ -17,6 +17,7 @@ the CPU model and flags, and the load.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps timed per round, after one warm-up step")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (its build takes minutes)")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="time only the settings whose label holds one of these (e.g. 'bf16 channels_last, 2')")
+    parser.add_argument("--no-loader", action="store_true", help="leave the data loader's timing out")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from bsr_hub.core.cpu import has_native_bf16
 
     native = has_native_bf16()
-    settings = [s for p in args.presets for s in settings_for(p, native, not args.no_compile)]
+    settings = [s for p in args.presets for s in settings_for(p, native, not args.no_compile)
+                if not args.only or any(text in s.label() for text in args.only)]
     times: dict[Setting, list[float]] = {s: [] for s in settings}
     builds: dict[Setting, float] = {}
     for round_ in range(args.rounds):
@@ -145,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             if s.compiled:
                 builds[s] = r["first_s"]
             print(f"round {round_ + 1}: {s.preset:8} {s.label():40} {r['step_s']:.3f} s/step", flush=True)
-    loader = in_child(_loader_child, 20) if DATA.is_dir() else None
+    loader = in_child(_loader_child, 20) if DATA.is_dir() and not args.no_loader else None
 
-    command = "python bench/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/train_speed.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Training speed on this CPU",
         "",
@@ -155,26 +160,27 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"CPU: {cpu_description()}; native bf16: {'yes' if native else 'no'}. Load while measuring: {machine_load()}.",
         "",
-        f"One training step of x{SCALE}, batch {BATCH} of {PATCH}x{PATCH} LR patches on random data (hybrid loss, "
+        (f"One training step of x{SCALE}, batch {BATCH} of {PATCH}x{PATCH} LR patches on random data (hybrid loss, "
         f"Adam); median over rounds of the mean over `--steps` steps after a warm-up step; each setting in a fresh "
-        "process, the rounds interleaved. \"vs fp32 NCHW 2 threads\" is that setting's speed-up (> 1 is faster).",
+        "process, the rounds interleaved. \"vs fp32 NCHW 2 threads\" is that setting's speed-up (> 1 is faster)."),
         "",
         "| preset | setting | rounds | s/step | samples/s | vs fp32 NCHW 2 threads | torch.compile build s |",
         "|---|---|---|---|---|---|---|",
     ]
     for preset in args.presets:
-        base = statistics.median(times[Setting(preset, "fp32", False, 2)])
+        base = times.get(Setting(preset, "fp32", False, 2))  # left out by --only: no ratio
         for s in (s for s in settings if s.preset == preset):
             med = statistics.median(times[s])
             build = f"{builds[s]:.0f}" if s in builds else "-"
+            ratio = f"{statistics.median(base) / med:.2f}" if base else "-"
             lines.append(f"| {preset} | {s.label()} | {len(times[s])} | {med:.3f} | {BATCH / med:.1f} | "
-                         f"{base / med:.2f} | {build} |")
+                         f"{ratio} | {build} |")
     if loader:
         lines += [
             "",
-            f"The data loader alone (RFS indexed over {DATA.relative_to(DATA.parents[2])}, 1 thread): set-up "
+            (f"The data loader alone (RFS indexed over {DATA.relative_to(DATA.parents[2])}, 1 thread): set-up "
             f"{loader['setup_s']:.1f} s, then {loader['batch_s'] * 1000:.0f} ms per batch in the process and "
-            f"{loader['worker_batch_s'] * 1000:.0f} ms per batch through one DataLoader worker (20 batches each).",
+            f"{loader['worker_batch_s'] * 1000:.0f} ms per batch through one DataLoader worker (20 batches each)."),
         ]
     write_result(args.output, lines)
     return 0
