@@ -313,10 +313,11 @@ def test_the_real_measurement_times_every_candidate(tiny_model):
     """No fake timer: each candidate is built and run on the probe (and the contenders twice); what the clock says
     is not checked, only that every candidate has a time."""
     probes = {c.name: autotune.Probe((1, 64, 64)) for c in autotune.available_candidates(tiny_model)}
-    seconds, costs = autotune._measure(tiny_model, probes)
-    assert set(seconds) == set(costs) == {c.name for c in autotune.available_candidates(tiny_model)}
+    seconds, costs, builds = autotune._measure(tiny_model, probes)
+    assert set(seconds) == set(costs) == set(builds) == {c.name for c in autotune.available_candidates(tiny_model)}
     assert all(0 < s < 60 for s in seconds.values())
-    assert all(costs[name] >= seconds[name] for name in seconds)  # a pass, and its build, warm-up, ... around it
+    assert all(costs[name] >= seconds[name] + builds[name] for name in seconds)  # a pass, its build, warm-up, ...
+    assert builds["eager NCHW"] < builds.get("jit", 1.0)  # eager builds nothing; a TorchScript graph is traced
 
 
 def test_each_backend_is_judged_by_its_estimated_time_for_the_image(tiny_model, tuning, monkeypatch):
