@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def conv_flops(model, size: int) -> float:
     """FLOPs of every Conv2d for one size x size input (2 per multiply-add), counted with forward hooks on a small
@@ -28,10 +30,25 @@ def machine_load() -> str:
     (these 2 cores are shared, so a timing means little without it)."""
     import subprocess
 
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    jobs = subprocess.run(["pgrep", "-fa", "train.py"], capture_output=True, text=True).stdout.split("\n")
-    trainings = sorted({line.split("--config", 1)[1].split()[0] for line in jobs if "--config" in line})
-    return f"`{uptime}`; training jobs running: {', '.join(trainings) or 'none'}"
+    uptime = subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
+    jobs = subprocess.run(["pgrep", "-fa", "train.py"], check=False, capture_output=True,
+                          text=True).stdout.split("\n")
+    trainings: dict[str, bool] = {}  # recipe -> whether every process of it is stopped (SIGSTOP for a quiet run)
+    for line in jobs:
+        if "--config" in line:
+            recipe = line.split("--config", 1)[1].split()[0]
+            trainings[recipe] = trainings.get(recipe, True) and _stopped(line.split()[0])
+    named = [f"{r} (paused: stopped)" if paused else r for r, paused in sorted(trainings.items())]
+    return f"`{uptime}`; training jobs running: {', '.join(named) or 'none'}"
+
+
+def _stopped(pid: str) -> bool:
+    """Whether process `pid` is stopped (state T in /proc: SIGSTOP); False where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] == "T"  # the state follows the command name in parentheses
 
 
 def write_result(path, lines: list[str]) -> None:

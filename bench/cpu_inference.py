@@ -2,6 +2,7 @@
 
     python bench/cpu_inference.py                    # writes bench/results/cpu_inference.md
     python bench/cpu_inference.py --rounds 5 --sizes 256x256 512x512 1280x720
+    python bench/cpu_inference.py --models bsr-tiny-x2 --sizes 256x256 --graphs   # + jit / torch.compile graphs
 
 For `bsr-tiny-x2` and `bsr-lite-x2` (the bundled weights: int8 calibration depends on them) at each size:
 
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,7 +103,7 @@ def _conv_ceiling(dtype: torch.dtype = torch.float32) -> float:
         x = torch.rand(1, 64, 256, 256).to(dtype).contiguous(memory_format=fmt)
         with torch.no_grad():
             conv(x)
-            best = min(best, *(_timed(lambda: conv(x)) for _ in range(5)))
+            best = min(best, *(_timed(lambda x=x: conv(x)) for _ in range(5)))
     return 2 * 64 * 64 * 9 * 256 * 256 / best / 1e9
 
 
@@ -131,8 +134,15 @@ def _espcn(scale: int, width: int, height: int) -> Callable[[], object]:
     return run
 
 
-def _configs(name: str, width: int, height: int) -> list[tuple[str, str, Callable[[], object], float]]:
-    """(path, config, run, flops) for one model and size; each run is warmed up once here."""
+BUILDS: dict[tuple[str, str, str], float] = {}
+"""Seconds from nothing built to the first result, per (model, size, graph configuration) of `--graphs`: the trace
+and freeze, or torch.compile's build (its on-disk cache in a new empty folder, as on a user's first call)."""
+
+
+def _configs(name: str, width: int, height: int, graphs: bool = False,
+             ) -> list[tuple[str, str, Callable[[], object], float]]:
+    """(path, config, run, flops) for one model and size; each run is warmed up once here. `graphs` adds the raw
+    forward as frozen TorchScript and torch.compile graphs of the fp32 and the bf16-weights model."""
     from bsr_hub import BSRModel
     from bsr_hub.core.cpu import has_native_bf16
     from bsr_hub.inference.backends import get_runner
@@ -161,11 +171,31 @@ def _configs(name: str, width: int, height: int) -> list[tuple[str, str, Callabl
         half = BSRModel.from_pretrained(name).eval().to(torch.bfloat16)
         found.append(("raw", "eager bf16 weights channels_last",
                       torch.no_grad()(raw(half, torch.channels_last, x.to(torch.bfloat16))), flops))
+    if graphs:
+        # Fused graphs of the same networks (issue 27's ESPCN target): much of bsr-tiny's eager forward is element-wise
+        # work (ReLU, residual adds, the attention's pooling and product) that a graph can fuse into or around the
+        # convolutions. torch.compile builds once per input shape: its build (and first call) is timed here.
+        variants = [(model, "fp32", x)] + ([(half, "bf16 weights", x.to(torch.bfloat16))] if has_native_bf16() else [])
+        for net, precision, tensor in variants:
+            for backend in ("compile",) if net is model else ("jit", "compile"):  # fp32 jit: a row above already
+                config = f"{backend} {precision} channels_last"
+                start = time.perf_counter()
+                with torch.no_grad():
+                    run = raw(get_runner(net, backend, torch.channels_last), torch.channels_last, tensor)
+                    run()
+                BUILDS[(name, f"{width}x{height}", config)] = time.perf_counter() - start
+                found.append(("raw", config, torch.no_grad()(run), flops))
     found.append(("upscale", "default (auto)", lambda: model.upscale(image), flops))
     for backend in backends:
         found.append(("upscale", f"backend={backend}", lambda b=backend: model.upscale(image, backend=b), flops))
     if has_native_bf16():
         found.append(("upscale", "bf16 model (default otherwise)", lambda: half.upscale(image), flops))
+        if graphs:
+            start = time.perf_counter()
+            half.upscale(image, backend="compile")
+            BUILDS[(name, f"{width}x{height}", "upscale bf16 model backend=compile")] = time.perf_counter() - start
+            found.append(("upscale", "bf16 model, backend=compile", lambda: half.upscale(image, backend="compile"),
+                          flops))
     found.append(("espcn", "ESPCN-shaped, OpenCV dnn", _espcn(model.scale, width, height), 0.0))
     for _, _, run, _ in found:
         run()  # warm-up: graphs built, kernels and thread pools ready
@@ -179,10 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: torch's)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--graphs", action="store_true",
+                        help="add jit and torch.compile graphs of the fp32 and bf16-weights models (compile builds per "
+                        "shape: slow)")
     args = parser.parse_args(argv)
 
     import cv2
 
+    if args.graphs:
+        # torch.compile keeps what it built in a cache folder across processes: a new one, so the builds timed here are
+        # what a user's first call costs (the folder is left in the temp dir; a few MB).
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bsr_bench_inductor_")
     if args.threads:
         torch.set_num_threads(args.threads)  # ONNX Runtime's sessions take torch's count (inference/backends.py)
     threads = torch.get_num_threads()
@@ -197,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         for size in args.sizes:
             width, height = _parse_size(size)
-            configs = _configs(name, width, height)
+            configs = _configs(name, width, height, args.graphs)
             chosen[(name, size)] = _auto_choice(name, width, height)
             times: dict[str, list[float]] = {f"{p}|{c}": [] for p, c, _, _ in configs}
             for r in range(args.rounds):
@@ -236,18 +273,18 @@ def _report(args, rows: list[Row], ceilings: tuple[float, float | None], chosen,
     lines = [
         "# CPU inference: every backend, precision and layout, side by side (issue 27)",
         "",
-        f"Command: `{command}` (written by the script). bsr_hub {__version__}, torch {torch.__version__}, "
-        f"{threads} threads for every runtime.",
+        (f"Command: `{command}` (written by the script). bsr_hub {__version__}, torch {torch.__version__}, "
+        f"{threads} threads for every runtime."),
         "",
         f"CPU: {cpu_description()}. Load before: {load_before}; after: {machine_load()}.",
         "",
         f"Plain 64->64 3x3 convolution on 256x256 (the ceiling), fastest layout: **{ceiling:.0f} GFLOP/s** in fp32"
         + (f", {bf16_ceiling:.0f} GFLOP/s in bf16." if bf16_ceiling else "; no native bf16."),
         "",
-        f"Median of {args.rounds} interleaved rounds per configuration (order shuffled each round). raw: the network "
+        (f"Median of {args.rounds} interleaved rounds per configuration (order shuffled each round). raw: the network "
         "on the whole image; "
         "upscale: `model.upscale(image)` on a PIL image (conversion, border, tiles, output included). "
-        "fps = 1 / s; '% ceiling' = the network's convolution FLOPs / s over the fp32 ceiling.",
+        "fps = 1 / s; '% ceiling' = the network's convolution FLOPs / s over the fp32 ceiling."),
         "",
     ]
     for (name, size), group in _grouped(rows).items():
@@ -258,9 +295,14 @@ def _report(args, rows: list[Row], ceilings: tuple[float, float | None], chosen,
         lines += [
             f"## {name}, {size}",
             "",
-            f"`backend=\"auto\"` chose: {chosen[(name, size)]}. Default `upscale` vs the fastest raw forward "
-            f"other than int8 ({best_raw.config}): **{default.seconds / best_raw.seconds:.2f}x** its time.",
+            (f"`backend=\"auto\"` chose: {chosen[(name, size)]}. Default `upscale` vs the fastest raw forward "
+            f"other than int8 ({best_raw.config}): **{default.seconds / best_raw.seconds:.2f}x** its time."),
             "",
+        ]
+        builds = [f"{config} {seconds:.1f} s" for (m, z, config), seconds in BUILDS.items() if (m, z) == (name, size)]
+        if builds:
+            lines += ["Graph builds, from nothing to the first result: " + ", ".join(builds) + ".", ""]
+        lines += [
             "| path | configuration | s | fps | % ceiling |",
             "|---|---|---:|---:|---:|",
         ]
