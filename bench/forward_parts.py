@@ -42,19 +42,19 @@ def _part_of(name: str, module: torch.nn.Module) -> str | None:
     return name if name in ("head", "fusion", "tail") else None
 
 
-def _timed_parts(network: torch.nn.Module) -> tuple[dict[str, float], list]:
-    """Forward hooks that add each part's wall time to the returned dict (reset it before a forward)."""
+def _timed_parts(network: torch.nn.Module) -> dict[str, float]:
+    """Forward hooks that add each part's wall time to the returned dict (reset it before a forward); they stay on
+    `network` for its life."""
     spent = dict.fromkeys(PARTS, 0.0)
-    handles = []
     for name, module in network.named_modules():
         part = _part_of(name, module)
         if part is None:
             continue
         started: list[float] = []
-        handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda *_, s=started, p=part: spent.__setitem__(p, spent[p] + time.perf_counter() - s.pop())))
-    return spent, handles
+        module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter()))
+        module.register_forward_hook(
+            lambda *_, s=started, p=part: spent.__setitem__(p, spent[p] + time.perf_counter() - s.pop()))
+    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision, dtype, layout in configs:
         network = BSRModel.from_pretrained(args.model).eval().to(dtype).to(memory_format=layout)
         x = torch.rand(1, 3, args.size, args.size).to(dtype).contiguous(memory_format=layout)
-        spent, _ = _timed_parts(network)
+        spent = _timed_parts(network)
         label = f"{precision} {'channels_last' if layout == torch.channels_last else 'NCHW'}"
         runs.append((label, network, x, spent, {p: [] for p in (*PARTS, "rest", "total")}))
     with torch.inference_mode():
