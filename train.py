@@ -33,6 +33,7 @@ from bsr_hub.training import (
     HybridLoss,
     LossMeter,
     StopRequest,
+    Teacher,
     TrainConfig,
     TrainingRun,
     check_train_dir,
@@ -150,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print(notice)
     if cfg.output.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
+    try:  # a teacher that cannot teach stops the run before its output folder is made
+        teacher = Teacher.load(cfg.distill, cfg.scale, accelerator, cfg.optim.channels_last) if cfg.distill.teacher else None
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     set_seed(cfg.seed)
     # The output folder (locked, another run's files refused), and the resume point decided on the main process
     # (the sampler starts at its step).
     run = TrainingRun(cfg, accelerator, command)
     try:
-        status = train(cfg, accelerator, run, command)
+        status = train(cfg, accelerator, run, command, teacher)
     finally:
         run.close()  # the folder's lock goes however the run ends: finished, stopped, or failed
     leave(accelerator, run)
@@ -202,7 +207,7 @@ def settle_precision(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, mixed_precision=chosen))
 
 
-def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
+def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str, teacher: Teacher | None) -> int:
     """The run itself: model, optimizer, data, schedule, prepare, resume, the loop, and its end."""
     from accelerate.utils import gather_object
 
@@ -238,8 +243,8 @@ def train(cfg: TrainConfig, accelerator, run: TrainingRun, command: str) -> int:
     model.train()
     try:
         with StopRequest(watch_parent=launched_by_a_launcher()) as stop:  # the launcher's end stops the run too
-            saved, stopped = loop(cfg, accelerator, run, model, optimizer, scheduler, criterion, loader, validation,
-                                  stop, progress)
+            saved, stopped = loop(cfg, accelerator, run, model, optimizer, scheduler, criterion, teacher, loader,
+                                  validation, stop, progress)
     finally:
         progress.bar.close()  # before any message: an error line must not continue the bar's line
 
@@ -275,11 +280,12 @@ def data_loader(cfg: TrainConfig, sampler, accelerator) -> DataLoader:
                       pin_memory=on_gpu)  # pinned pages make the loop's non_blocking copies asynchronous
 
 
-def loop(cfg: TrainConfig, accelerator, run: TrainingRun, model, optimizer, scheduler, criterion, loader, validation,
-         stop: StopRequest, progress: Progress) -> tuple[Path | None, bool]:
-    """Accelerate's loop: forward, loss, backward, clip, optimizer step and zero_grad under `accumulate`; then, once
-    per optimizer step, the scheduler, the EMA, logging, validation and checkpoints. Returns the last checkpoint
-    written (None: none yet) and whether a stop request ended the loop."""
+def loop(cfg: TrainConfig, accelerator, run: TrainingRun, model, optimizer, scheduler, criterion, teacher: Teacher | None,
+         loader, validation, stop: StopRequest, progress: Progress) -> tuple[Path | None, bool]:
+    """Accelerate's loop: forward, loss (the teacher's output a second target, if any), backward, clip, optimizer
+    step and zero_grad under `accumulate`; then, once per optimizer step, the scheduler, the EMA, logging,
+    validation and checkpoints. Returns the last checkpoint written (None: none yet) and whether a stop request
+    ended the loop."""
     saved = None
     batches = iter(loader)
     while run.step < cfg.optim.max_steps:
@@ -296,7 +302,8 @@ def loop(cfg: TrainConfig, accelerator, run: TrainingRun, model, optimizer, sche
         if cfg.optim.channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
-            loss, terms = criterion(model(lr), hr)
+            sr = model(lr)  # (N, 3, sP, sP)
+            loss, terms = criterion(sr, hr) if teacher is None else teacher.loss(criterion, sr, hr, lr)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.optim.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)

@@ -123,6 +123,8 @@ def training_lineage(training: dict[str, Any]) -> tuple[list[dict[str, Any]], di
     for stage in record.lineage:
         row = dataclasses.asdict(stage)
         row["init_from"] = stage.init_from or "scratch"
+        if stage.teacher:
+            row["init_from"] += f"; taught by {stage.teacher}"
         row["wall_time"] = format_duration(stage.wall_time_s) if stage.wall_time_s is not None else "not recorded"
         stages.append(row)
     total_s = record.total_wall_time_s

@@ -157,6 +157,8 @@ class Stage:
     data: str | None = None
     finished: str | None = None
     """UTC date and time the stage ended (ISO 8601)."""
+    teacher: str | None = None
+    """The model whose output was a second target (distillation); None = none."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Stage:

@@ -1,6 +1,6 @@
 """The training layer: the typed training config and recipes, the run (resume, history, records) and its end
 (final evaluation, card, push), the checkpoint folder (layout, lock, rotation), EMA and the LR schedule, and the
-hybrid loss. `train.py` drives it with Accelerate.
+hybrid loss and distillation's teacher. `train.py` drives it with Accelerate.
 """
 
 from .checkpoints import CheckpointStateError, OutputBusyError, OutputLock
@@ -15,6 +15,7 @@ from .config import (
     field_type,
     resolve_config,
 )
+from .distill import DistillConfig, Teacher
 from .finish import final_evaluation, publish
 from .losses import HybridLoss, LossConfig
 from .optim import EMA, choose_kernels, cudnn_benchmark_for, fp32_forward, load_matching_weights, step_decay
@@ -31,6 +32,7 @@ __all__ = [
     "RUN_WIDE",
     "SECTIONS",
     "CheckpointStateError",
+    "DistillConfig",
     "HybridLoss",
     "LossConfig",
     "LossMeter",
@@ -38,6 +40,7 @@ __all__ = [
     "OutputLock",
     "ResumeChangedError",
     "StopRequest",
+    "Teacher",
     "TrainConfig",
     "TrainingRun",
     "check_resume",

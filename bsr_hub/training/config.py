@@ -2,8 +2,8 @@
 it is written back as.
 
 `TrainConfig` composes one typed section per concern: `model`, `data` (`data.DataConfig`), `rfs`
-(`sampling.RFSConfig`), `loss` (`losses.LossConfig`), `optim`, `validation`, `output`; the sampler and the loss
-take theirs as they are. Precedence: dataclass defaults, then a YAML recipe (`--config`; a mapping per
+(`sampling.RFSConfig`), `loss` (`losses.LossConfig`), `distill` (`distill.DistillConfig`), `optim`, `validation`,
+`output`; the sampler and the loss take theirs as they are. Precedence: dataclass defaults, then a YAML recipe (`--config`; a mapping per
 section), then flags (`--optim.max_steps`). The flat names of bsr_hub 0.1 map onto the sections (`FLAT_NAMES`).
 Its command line is the commands layer's (`load_train_config`).
 """
@@ -22,6 +22,7 @@ from typing import Any
 from ..core import from_mapping
 from ..data import DataConfig, DegradationMix, RFSConfig
 from ..models import BSRConfig
+from .distill import DistillConfig
 from .losses import LossConfig
 
 MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
@@ -151,8 +152,8 @@ class OutputSection:
 # The sections of a run, by their name in a recipe (`data:`) and a flag (`--data.train_dir`). `data`, `rfs` and
 # `loss` are the very objects the sampler and the loss take (bsr_hub.data.sources, bsr_hub.data.sampling, bsr_hub.training.losses).
 SECTIONS: dict[str, type] = {
-    "model": ModelSection, "data": DataConfig, "rfs": RFSConfig, "loss": LossConfig, "optim": OptimSection,
-    "validation": ValidationSection, "output": OutputSection,
+    "model": ModelSection, "data": DataConfig, "rfs": RFSConfig, "loss": LossConfig, "distill": DistillConfig,
+    "optim": OptimSection, "validation": ValidationSection, "output": OutputSection,
 }
 RUN_WIDE = {"data": ("scale",), "rfs": ("scale", "seed")}
 """Section fields that are the run's own `scale` and `seed`: set once at the top of a recipe and handed down."""
@@ -181,6 +182,7 @@ class TrainConfig:
     balanced over the PIC intervals, 1 = the natural distribution); and the rest of `sampling.RFSConfig`."""
     loss: LossConfig = field(default_factory=LossConfig)
     """[paper: L2 + a L1 + b Lp]"""
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     output: OutputSection = field(default_factory=OutputSection)
