@@ -46,6 +46,33 @@ def test_light_spatial_attention_is_light_and_spatial():
     assert torch.allclose(weights, weights[:, :1].expand_as(weights), atol=1e-5)
 
 
+def test_the_attention_of_a_channels_last_bf16_map_on_a_cpu_matches_the_expression_in_bf16():
+    """Its fp32 arithmetic (faster there) rounds once where the bf16 kernels round: the same map, and gradients
+    under autocast, as training computes it."""
+    torch.manual_seed(0)
+    lsa = LightSpatialAttention(7).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 23, 17).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+    expected = x * torch.sigmoid(lsa.conv(pooled))  # the expression, in bf16 kernels
+    out = lsa(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, expected)
+    trained = LightSpatialAttention(7).to(memory_format=torch.channels_last)  # fp32 weights, bf16 autocast
+    grads = []
+    for forward in (trained, lambda t: t * torch.sigmoid(trained.conv(torch.cat(
+            [t.amax(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)], dim=1)))):
+        trained.zero_grad()
+        leaf = x.clone().requires_grad_()  # bf16, as a residual block's output under autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = forward(leaf)
+        y.float().square().mean().backward()
+        grads.append((y.dtype, trained.conv.weight.grad.clone(), leaf.grad))
+    (dtype, weight_grad, input_grad), (dtype_expr, weight_grad_expr, input_grad_expr) = grads
+    assert dtype == dtype_expr == torch.bfloat16
+    assert torch.allclose(weight_grad, weight_grad_expr, rtol=2e-2, atol=1e-4)
+    assert torch.allclose(input_grad.float(), input_grad_expr.float(), rtol=2e-2, atol=1e-4)
+
+
 def test_ablation_switches_change_the_network():
     full = BSRModel(tiny_config())
     no_attention = BSRModel(tiny_config(use_attention=False))

@@ -15,7 +15,6 @@ pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
 sys.path.insert(0, str(REPO_ROOT))
 import train
-
 from bsr_hub import BSRConfig, BSRModel
 from bsr_hub.training import DistillConfig, HybridLoss, Teacher
 
