@@ -5,7 +5,7 @@ memory budgets and the CPU backends (eager, TorchScript, torch.compile, ONNX Run
 It knows no model class: `models.BSRModel.upscale` calls down into it.
 """
 
-from .api import check_precision, super_resolve, upscale, upscale_many
+from .api import check_precision, ensemble_forward, super_resolve, upscale, upscale_many
 from .backends import BACKENDS, resolve_backend
 from .onnx import (
     INPUT_NAME,
@@ -45,6 +45,7 @@ __all__ = [
     "PixelMemory",
     "Upscaler",
     "check_precision",
+    "ensemble_forward",
     "mirrored_border",
     "read_graph_facts",
     "resolve_backend",

@@ -38,7 +38,7 @@ from .tiling import (
 )
 
 
-def _ensemble(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def ensemble_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Self-ensemble ("+"): the mean over the 8 flips/rotations, each undone on the output, in float32.
 
     The sum is float32 whatever the model's dtype: a half-precision model's outputs summed in half precision
@@ -174,7 +174,7 @@ def super_resolve_bands(
             runners[memory_format] = get_runner(model, backend, memory_format)
         runner = runners[memory_format]
         t = t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
-        y = _ensemble(runner, t) if self_ensemble else runner(t)
+        y = ensemble_forward(runner, t) if self_ensemble else runner(t)
         return y.float()
 
     if tiling.whole and device.type == "cpu" and tile != AUTO:

@@ -59,18 +59,38 @@ def test_the_loss_mixes_the_hr_and_the_teachers_targets_and_the_teacher_stays_fr
     assert not network.training  # eval mode: the teacher's output does not change with the batch
 
 
+def test_a_self_ensembled_teacher_gives_the_mean_of_its_eight_flipped_and_rotated_passes(accelerator):
+    torch.manual_seed(3)
+    network = small_model(seed=3).eval()
+    lr = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        passes = []
+        for flip in (False, True):
+            t = lr.flip(-1) if flip else lr
+            for k in range(4):
+                y = torch.rot90(network(torch.rot90(t, k, dims=(-2, -1))), -k, dims=(-2, -1))
+                passes.append(y.flip(-1) if flip else y)
+        expected = torch.stack(passes).mean(0)
+        single = network(lr)
+    teacher = Teacher(network, 0.5, accelerator, channels_last=False, self_ensemble=True)
+    assert torch.allclose(teacher(lr), expected, atol=1e-6)
+    assert not torch.allclose(teacher(lr), single, atol=1e-4)  # eight passes, not one
+    assert torch.equal(Teacher(network, 0.5, accelerator, channels_last=False)(lr), single)
+
+
 def test_a_run_taught_by_a_saved_model_logs_the_term_and_records_the_teacher_in_its_lineage_and_card(tmp_path):
     from bsr_hub.models.records import TrainingRecord
 
     assert run(tmp_path / "teacher", "--optim.max_steps", "2") == 0
     teacher = str(tmp_path / "teacher" / "model")
-    assert run(tmp_path / "student", "--optim.max_steps", "3", "--distill.teacher", teacher, "--distill.weight", "0.5") == 0
+    assert run(tmp_path / "student", "--optim.max_steps", "3", "--distill.teacher", teacher, "--distill.weight", "0.5",
+               "--distill.self_ensemble") == 0
     history = [json.loads(line) for line in (tmp_path / "student" / "history.jsonl").read_text().splitlines()]
     logged = [h for h in history if "loss" in h]
     assert len(logged) == 3 and all(h["teacher"] > 0 for h in logged)
     record = TrainingRecord.load(tmp_path / "student" / "model" / "training.json")
-    assert record.lineage[-1].teacher == teacher and "teacher: " in record.recipe
-    assert f"scratch; taught by {teacher}" in (tmp_path / "student" / "model" / "README.md").read_text()
+    assert record.lineage[-1].teacher == f"{teacher} (self-ensemble)" and "self_ensemble: true" in record.recipe
+    assert f"scratch; taught by {teacher} (self-ensemble)" in (tmp_path / "student" / "model" / "README.md").read_text()
 
 
 def test_a_zero_weight_trains_the_same_weights_as_no_teacher_and_a_positive_one_does_not(tmp_path):
