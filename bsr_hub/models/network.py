@@ -68,8 +68,8 @@ class LightSpatialAttention(nn.Module):
         """The same map for a channels_last bf16 input on a CPU, with the channel max, mean and product in fp32,
         each rounded to bf16 once as the bf16 kernels round. There the channels are the innermost dimension, and
         PyTorch's bf16 kernels for a reduction over them and a product broadcast over them work through 16 or 32
-        values at a time, much slower than fp32's: this takes the attention from 2.60 to 1.97 ms in bsr-tiny-x2
-        and 3.52 to 1.77 ms in bsr-lite-x2 at 256x256 (bench/results/attention_cpu_bf16.md; in NCHW no gain)."""
+        values at a time, much slower than fp32's: this takes the attention from 2.76 to 1.82 ms in bsr-tiny-x2
+        and 3.67 to 2.01 ms in bsr-lite-x2 at 256x256 (bench/results/attention_cpu_bf16.md; in NCHW no gain)."""
         xf = x.float()  # (B, C, H, W), the memory format kept
         pooled = torch.cat([xf.amax(dim=1, keepdim=True), xf.mean(dim=1, keepdim=True)], dim=1).to(x.dtype)
         weight = torch.sigmoid(self.conv(pooled))  # (B, 1, H, W), bf16 (or autocast's choice)
