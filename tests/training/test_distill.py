@@ -121,3 +121,5 @@ def test_the_distill_section_defaults_to_no_teacher():
     assert DistillConfig().teacher is None
     with pytest.raises(ValueError, match="must name a model"):
         DistillConfig(teacher="  ")
+    with pytest.raises(ValueError, match="self_ensemble needs distill.teacher"):
+        DistillConfig(self_ensemble=True)
