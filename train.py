@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.output.push_to_hub and accelerator.is_main_process:
         check_hub_access(cfg)
     try:  # a teacher that cannot teach stops the run before its output folder is made
-        teacher = Teacher.load(cfg.distill, cfg.scale, accelerator, cfg.optim.channels_last) if cfg.distill.teacher else None
+        teacher = Teacher.load(cfg.distill, cfg.scale, accelerator, cfg.optim.channels_last)  # None: no teacher
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     set_seed(cfg.seed)

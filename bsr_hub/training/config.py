@@ -3,8 +3,8 @@ it is written back as.
 
 `TrainConfig` composes one typed section per concern: `model`, `data` (`data.DataConfig`), `rfs`
 (`sampling.RFSConfig`), `loss` (`losses.LossConfig`), `distill` (`distill.DistillConfig`), `optim`, `validation`,
-`output`; the sampler and the loss take theirs as they are. Precedence: dataclass defaults, then a YAML recipe (`--config`; a mapping per
-section), then flags (`--optim.max_steps`). The flat names of bsr_hub 0.1 map onto the sections (`FLAT_NAMES`).
+`output`; the sampler and the loss take theirs as they are. Precedence: dataclass defaults, then a YAML recipe
+(`--config`; a mapping per section), then flags (`--optim.max_steps`). The flat names of bsr_hub 0.1 map onto the sections (`FLAT_NAMES`).
 Its command line is the commands layer's (`load_train_config`).
 """
 

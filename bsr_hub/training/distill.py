@@ -60,14 +60,16 @@ class Teacher:
         self.self_ensemble = self_ensemble
 
     @classmethod
-    def load(cls, config: DistillConfig, scale: int, accelerator: Any, channels_last: bool = True) -> Teacher:
-        """The configured teacher, checked against the run's scale.
+    def load(cls, config: DistillConfig, scale: int, accelerator: Any, channels_last: bool = True) -> Teacher | None:
+        """The configured teacher, checked against the run's scale; None when the recipe names none.
 
         Raises:
             ValueError: the teacher cannot be loaded, or upscales by another factor than the run.
         """
         from ..models import BSRModel, CheckpointError
 
+        if not config.teacher:
+            return None
         try:
             network = BSRModel.from_pretrained(config.teacher)
         except (CheckpointError, OSError) as err:  # an unknown name, a folder without weights, no network

@@ -24,6 +24,7 @@ from .checkpoints import (
     resolve_resume,
 )
 from .config import RUN_WIDE, SECTIONS, TrainConfig, nest
+from .distill import DistillConfig
 from .losses import LossConfig
 
 RESUME_GUARDED = (
@@ -35,6 +36,7 @@ RESUME_GUARDED = (
     *(f"rfs.{f.name}" for f in dataclasses.fields(RFSConfig) if f.name not in RUN_WIDE["rfs"]),
     # the objective and the schedule
     *(f"loss.{f.name}" for f in dataclasses.fields(LossConfig)),
+    *(f"distill.{f.name}" for f in dataclasses.fields(DistillConfig)),
     "optim.learning_rate", "optim.adam_beta2", "optim.lr_decay_at", "optim.lr_decay_factor", "optim.warmup_steps",
     "optim.max_steps", "optim.gradient_accumulation_steps", "optim.max_grad_norm", "optim.ema_decay",
 )

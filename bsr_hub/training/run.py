@@ -371,7 +371,8 @@ class TrainingRun:
         batch = cfg.rfs.batch_size * cfg.optim.gradient_accumulation_steps * self.accelerator.num_processes
         stage = Stage(model=cfg.model_name, init_from=cfg.model.init_from, steps=self.step, batch=batch,
                       wall_time_s=round(wall, 1), hardware=hardware, command=self.command, data=described,
-                      finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), teacher=cfg.distill.describe_teacher())
+                      finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      teacher=cfg.distill.describe_teacher())
         return TrainingRecord(
             data=described, datasets=data, degradation=cfg.data.degradation,
             sampler=cfg.sampler_name,

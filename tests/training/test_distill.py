@@ -117,6 +117,16 @@ def test_a_teacher_that_cannot_teach_is_refused_at_the_start_in_one_line(tmp_pat
             run(tmp_path / "run", "--distill.teacher", str(tmp_path / "x3"), "--distill.weight", bad)
 
 
+def test_a_resume_that_changes_the_teacher_or_its_weight_is_refused_naming_them(tmp_path):
+    small_model().save_pretrained(tmp_path / "other")
+    out = tmp_path / "run"
+    taught = ("--optim.max_steps", "3", "--output.checkpointing_steps", "3", "--distill.teacher", str(tmp_path / "other"))
+    assert run(out, *taught) == 0
+    with pytest.raises(SystemExit) as err:
+        run(out, *taught, "--resume", "latest", "--distill.weight", "0.2")
+    assert "distill.weight: 0.5 in the checkpoint, 0.2 now" in str(err.value)
+
+
 def test_the_distill_section_defaults_to_no_teacher():
     assert DistillConfig().teacher is None
     with pytest.raises(ValueError, match="must name a model"):
