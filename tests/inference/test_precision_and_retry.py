@@ -24,7 +24,7 @@ def test_self_ensemble_of_a_half_precision_model_sums_in_float32(dtype):
     def half_network(t: torch.Tensor) -> torch.Tensor:  # (1, 3, 12, 12) half -> same, half, as a GPU model does
         return (t.float() * 0.93 + ramp).to(dtype)
 
-    got = api._ensemble(half_network, x)
+    got = api.ensemble_forward(half_network, x)
     outputs = []
     for k in range(8):  # the same transforms, undone, each output kept in its half-precision values
         t = x.flip(-1) if k >= 4 else x
