@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..inference import ensemble_forward
+
 
 @dataclass
 class DistillConfig:
@@ -82,8 +84,6 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         """The teacher's SR of a batch: (N, 3, P, P) -> (N, 3, sP, sP), in the run's mixed precision."""
-        from ..inference import ensemble_forward
-
         with self.accelerator.autocast():
             return ensemble_forward(self.network, lr) if self.self_ensemble else self.network(lr)
 
