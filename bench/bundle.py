@@ -9,7 +9,10 @@ card, `eval_results.json` and the last stage of `training.json`'s lineage must a
 script copies the run's model folder and its history into bsr_hub/checkpoints/NAME, sets the three names, re-renders
 the card, and removes the old checkpoint's robustness results (they describe the weights that were replaced),
 printing the commands that re-measure them. It does not decide whether a run may replace a checkpoint: that is the
-rule in issue 21 (every one of Set5 / Set14 / BSD100 better, mean at least +0.10 dB), checked by the person running it.
+rule in issue 21 (every one of Set5 / Set14 / BSD100 better, mean at least +0.10 dB), checked by the person running it,
+with the held-out photos of bench/make_heldout_set.py (never trained on, nor tuned on) as a check beside it: the run
+should beat the bundled checkpoint there too (`python evaluate.py --model M --data-dir ../extra_data/heldout
+--benchmarks lomiri-16.04 --scale S` for both).
 """
 
 from __future__ import annotations
